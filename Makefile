@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make demo` and `make test` (README "Quick start").
+# Every pip call passes -c constraints.txt so nothing replaces the CPU torch wheel with a CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+PIP_INSTALL := $(PIP) install -c constraints.txt
+
+.PHONY: demo test lint typecheck unit install install-dev bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first (the CPU wheel), then the package: installing torch-dependent packages before torch pulls CUDA.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+## make demo: install and run the end-to-end demo (synthetic data -> prepare -> DIN vs mean pooling)
+demo: $(VENV)/.installed
+	$(BIN)/longrec demo --out demo_out
+
+## make test: install with the dev extra; format check, lint, type check, then the test suite (incl. integration)
+test: $(VENV)/.installed-dev lint typecheck unit
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: $(VENV)/.installed-dev
+	$(BIN)/mypy
+
+# pytest exits 5 when it collected no test: that is not a failure of the code, every other non-zero code is.
+unit: $(VENV)/.installed-dev
+	$(BIN)/pytest -m "not gpu and not slow" -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests ran"; exit 0; fi; exit $$rc
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache

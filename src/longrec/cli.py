@@ -1,0 +1,289 @@
+"""`longrec` command line: synth, prepare, train, eval, demo, config.
+
+Results go to stdout; progress and logs go to stderr. An error prints one line and exits 2 (the traceback only
+with --debug).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+EXAMPLES = {
+    "synth": """examples:
+  longrec synth --out data/synth-raw
+  longrec synth --out data/tiny --set num_users=100 --set events_per_user=50 --set mechanisms="('a','d')"
+  longrec synth --out data/long --set num_users=4 --set events_per_user=100000""",
+    "prepare": """examples:
+  longrec prepare data/synth-raw --format synthetic --out data/synth
+  longrec prepare ../shared/data/taobao_userbehavior/UserBehavior_927users.csv.gz --format taobao \\
+      --option actions="('pv',)" --protocol A --set min_behaviours=50 --out data/taobao-A
+  longrec prepare ../shared/data/movielens_latest_small/ratings.csv.gz --format movielens \\
+      --option movies=../shared/data/movielens_latest_small/movies.csv --protocol B --out data/ml-B
+  longrec prepare log.parquet --format parquet --out data/mine \\
+      --option mapping="{'user_id': 'uid', 'item_id': 'iid', 'timestamp': 'ts'}\"""",
+    "train": """examples:
+  longrec train configs/din_synthetic.toml --out runs/din
+  longrec train configs/din_synthetic.toml --out runs/din-32 --set model.dim=32 --set train.epochs=3
+  longrec train configs/din_synthetic.toml --out runs/din --resume      # continue a killed run""",
+    "eval": """examples:
+  longrec eval runs/din --split test
+  longrec eval runs/din --split valid --data data/synth""",
+    "demo": """examples:
+  longrec demo                       # synthetic data -> prepare -> DIN vs mean pooling, into demo_out/
+  longrec demo --out /tmp/demo --users 1000""",
+    "config": """examples:
+  longrec config configs/din_synthetic.toml
+  longrec config configs/din_synthetic.toml --set model.dim=32 --set train.lr=0.01""",
+}
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _print_metrics_table(rows: list[tuple[str, dict[str, Any]]], title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("model", "split", "AUC", "GAUC (user)", "GAUC (category)", "logloss", "samples"):
+        table.add_column(col, justify="right" if col not in ("model", "split") else "left")
+    for name, metrics in rows:
+        for split in ("valid", "test"):
+            m = metrics[split]
+            table.add_row(
+                name,
+                split,
+                f"{m['auc']:.4f}",
+                f"{m['gauc']:.4f}",
+                f"{m.get('gauc_category', float('nan')):.4f}",
+                f"{m['logloss']:.4f}",
+                f"{m['count']:,}",
+            )
+    _console().print(table)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from longrec.config import load_config
+
+    print(load_config(args.config, args.set).to_json(), end="")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from longrec.config import ConfigError, fill_dataclass, parse_overrides
+    from longrec.data.synthetic import SyntheticConfig, generate
+
+    problems: list[str] = []
+    cfg = fill_dataclass(SyntheticConfig, parse_overrides(args.set), "", problems)
+    if cfg is None:
+        raise ConfigError(problems, "--set")
+    started = time.perf_counter()
+    synthetic = generate(cfg, progress=not args.quiet)
+    synthetic.write(Path(args.out))
+    log = synthetic.log
+    impressions = int(log["label"].is_not_null().sum()) if "label" in log.columns else 0
+    print(
+        f"wrote {args.out}: {log['user_id'].n_unique():,} users, {log.height - impressions:,} behaviours, "
+        f"{impressions:,} labelled impressions in {time.perf_counter() - started:.1f}s"
+    )
+    return 0
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    from longrec.config import parse_overrides
+    from longrec.data.loaders import load_log
+
+    options = parse_overrides(args.option) if args.option else {}
+    loaded = load_log(args.input, args.format, **options)
+    return loaded.frame, loaded.report, loaded.source
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from longrec.config import ConfigError, fill_dataclass, parse_overrides
+    from longrec.data.prepare import prepare
+    from longrec.data.protocols import ProtocolConfig
+
+    problems: list[str] = []
+    protocol = fill_dataclass(ProtocolConfig, {"name": args.protocol}, "protocol.", problems)
+    if protocol is not None:
+        overrides = parse_overrides(args.set)
+        base = ProtocolConfig.for_protocol(args.protocol)
+        import dataclasses
+
+        protocol = fill_dataclass(ProtocolConfig, {**dataclasses.asdict(base), **overrides}, "protocol.", problems)
+    if protocol is None:
+        raise ConfigError(problems, "prepare options")
+    frame, report, source = _load(args)
+    extra = tuple(args.extra_fields.split(",")) if args.extra_fields is not None else None
+    result = prepare(frame, args.out, protocol, source=source, load_report=report, extra_fields=extra)
+    print("\n".join(result.lines()))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from longrec.config import load_config
+    from longrec.train.loop import train
+
+    overrides = list(args.set)
+    if args.quiet:
+        overrides.append("train.progress=False")
+    config = load_config(args.config, overrides)
+    result = train(config, args.out, resume=args.resume)
+    _print_metrics_table([(config.model.name, result)], f"{config.model.name}: best step {result['best_step']}")
+    print(f"run directory: {args.out}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from longrec.config import Config, load_config
+    from longrec.data.store import TrajectoryStore, atomic_write_text
+    from longrec.eval.evaluate import evaluate
+    from longrec.train.checkpoint import load_checkpoint
+    from longrec.train.loop import build_model_for_store
+
+    run = Path(args.run)
+    saved = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else None
+    if saved is None:
+        raise FileNotFoundError(f"{run / 'config.json'} not found: '{run}' is not a run directory of 'longrec train'.")
+    model_section = saved.pop("model")
+    overrides = [f"model.{k}={v!r}" for k, v in model_section.items()]
+    overrides += [f"{s}.{k}={v!r}" for s, section in saved.items() for k, v in section.items()]
+    if args.data:
+        overrides.append(f"data.path={args.data!r}")
+    config: Config = load_config(None, overrides)
+    store = TrajectoryStore.open(config.data.path)
+    checkpoint = load_checkpoint(run / "checkpoint.pt")
+    if checkpoint["vocab_sha"] != store.manifest["vocab_sha"]:
+        raise ValueError(
+            f"{run / 'checkpoint.pt'} was trained with vocabulary sha {checkpoint['vocab_sha']} but "
+            f"{config.data.path} has {store.manifest['vocab_sha']}; re-run 'longrec prepare' with the original "
+            "vocabulary, or retrain."
+        )
+    model = build_model_for_store(config.model.name, config.model.params, store)
+    model.load_state_dict(checkpoint["model"])
+    metrics = evaluate(
+        model, store, args.split, config.train.eval_batch_size, config.data.max_history, progress=not args.quiet
+    )
+    atomic_write_text(run / f"eval_{args.split}.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from longrec.demo import run_demo
+
+    summary = run_demo(Path(args.out), users=args.users, seed=args.seed, progress=not args.quiet)
+    rows = [(name, summary["runs"][name]) for name in summary["runs"]]
+    _print_metrics_table(rows, f"longrec demo: synthetic data ({summary['data']['samples']})")
+    print(summary["verdict"])
+    print(f"summary: {Path(args.out) / 'summary.json'} ({summary['seconds']:.0f}s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `longrec` argument parser (one subcommand per stage)."""
+    from longrec import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="longrec",
+        description="Long user-behaviour-sequence modeling: prepare logs, train and evaluate CTR models.",
+        epilog="Run 'longrec COMMAND --help' for a command's options and examples. Start with 'longrec demo'.",
+    )
+    parser.add_argument("--version", action="version", version=f"longrec {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    p = add("synth", "Generate a synthetic multi-domain behaviour log with planted mechanisms and ground truth.")
+    p.add_argument("--out", required=True, help="output directory (log.parquet, truth.parquet, taxonomy_map.csv, ...)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a SyntheticConfig field")
+    p.set_defaults(func=_cmd_synth)
+
+    from longrec.data.loaders import LOADERS
+    from longrec.data.protocols import PROTOCOLS
+
+    p = add("prepare", "Check a behaviour log, build dense ids and the trajectory store, and cut protocol samples.")
+    p.add_argument("input", help="the log file (or a 'longrec synth' directory with --format synthetic)")
+    p.add_argument("--format", required=True, choices=sorted(LOADERS), help="the input format")
+    p.add_argument("--out", required=True, help="the store directory (replaced atomically)")
+    p.add_argument(
+        "--protocol", default="T", choices=PROTOCOLS, help="A: DARE, B: leave-last-out, T: by time (default)"
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a protocol option, e.g. min_behaviours=50"
+    )
+    p.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="a loader option, e.g. actions=\"('pv',)\""
+    )
+    p.add_argument("--extra-fields", default=None, help="comma-separated extra id columns to keep (default: all)")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = add("train", "Train a model from a TOML experiment config; writes a run directory.")
+    p.add_argument("config", help="experiment TOML (see configs/)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=0.01")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.set_defaults(func=_cmd_train)
+
+    p = add("eval", "Score a trained run's best checkpoint on a split; writes RUN/eval_SPLIT.json.")
+    p.add_argument("run", help="run directory written by 'longrec train'")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    p.add_argument("--data", default=None, help="a prepared store with the same vocabulary (default: the run's)")
+    p.set_defaults(func=_cmd_eval)
+
+    p = add("demo", "Synthetic data -> prepare -> train DIN and mean pooling -> comparison table + summary.json.")
+    p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    p.add_argument("--users", type=int, default=None, help="synthetic users (default: the demo's size)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)
+
+    p = add("config", "Print the resolved experiment config, or every problem in it.")
+    p.add_argument("config", nargs="?", default=None, help="experiment TOML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `longrec` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=False)])
+    if args.quiet:
+        args.set = [*getattr(args, "set", [])]
+    try:
+        code: int = args.func(args)
+        return code
+    except (ValueError, KeyError, FileNotFoundError, TypeError) as err:
+        if args.debug:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"error: {type(err).__name__}: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""Typed experiment configs: TOML files and `--set key=value` overrides fill frozen dataclasses.
+
+Every problem (unknown key, wrong type, bad value) is collected and raised at once as one `ConfigError`, with
+did-you-mean hints. The resolved config is saved as `config.json` in each run directory.
+
+Example:
+    >>> cfg = load_config(None, ["model.name=din", "train.lr=0.01", "data.path=data/synth"])
+    >>> cfg.train.lr
+    0.01
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = [
+    "DATA_SIZE_FIELDS",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "ModelSection",
+    "TrainConfig",
+    "fill_dataclass",
+    "load_config",
+    "parse_overrides",
+]
+
+# Model-config fields that come from the prepared data, never from the experiment file.
+DATA_SIZE_FIELDS = frozenset(
+    {
+        "num_users",
+        "num_items",
+        "num_categories",
+        "taxonomy_levels",
+        "num_actions",
+        "num_domains",
+        "num_scenes",
+        "num_goals",
+        "num_extra",
+    }
+)
+METRICS = ("auc", "gauc", "gauc_category", "logloss")
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """One or more config problems, all listed."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{len(problems)} problem(s) in {source}:\n{lines}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which prepared store to read, and how to batch it."""
+
+    path: str = ""  # directory written by `longrec prepare`
+    max_history: int = 200  # L_max: most recent behaviours kept per sample
+    num_workers: int = 0  # background processes building batches (0 = in the training process)
+    prefetch_factor: int = 4  # batches each worker builds ahead
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_history < 1:
+            problems.append(f"data.max_history must be a positive int. Got {self.max_history} instead.")
+        if self.num_workers < 0:
+            problems.append(f"data.num_workers must be >= 0. Got {self.num_workers} instead.")
+        if self.prefetch_factor < 1:
+            problems.append(f"data.prefetch_factor must be >= 1. Got {self.prefetch_factor} instead.")
+        if problems:
+            raise ConfigError(problems, "DataConfig" if isinstance(self, DataConfig) else "TrainConfig")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, validation and stopping."""
+
+    lr: float = 1e-3  # Adam learning rate
+    batch_size: int = 256
+    eval_batch_size: int = 4096
+    epochs: int = 2
+    seed: int = 0  # model init, shuffling, everything random in training
+    l2: float = 0.0  # L2 penalty on non-embedding weights (added to the loss, never to the reported logloss)
+    eval_every: int = 0  # validate every N steps; 0 = at the end of each epoch
+    metric: str = "auc"  # validation metric that picks the best checkpoint: auc | gauc | gauc_category | logloss
+    patience: int = 0  # stop after this many validations without improvement; 0 = never stop early
+    max_steps: int = 0  # stop after this many steps in total; 0 = no limit
+    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    progress: bool = True  # progress bar on stderr (off automatically when stderr is not a terminal)
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("batch_size", "eval_batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                problems.append(f"train.{name} must be a positive int. Got {getattr(self, name)} instead.")
+        if self.lr <= 0:
+            problems.append(f"train.lr must be > 0. Got {self.lr} instead.")
+        if self.l2 < 0:
+            problems.append(f"train.l2 must be >= 0. Got {self.l2} instead.")
+        for name in ("eval_every", "patience", "max_steps", "threads"):
+            if getattr(self, name) < 0:
+                problems.append(f"train.{name} must be >= 0. Got {getattr(self, name)} instead.")
+        if self.metric not in METRICS:
+            problems.append(f"train.metric must be one of {', '.join(METRICS)}. Got {self.metric!r} instead.")
+        if problems:
+            raise ConfigError(problems, "DataConfig" if isinstance(self, DataConfig) else "TrainConfig")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """`model = { name = "din", dim = 16, ... }`: the registry name plus that model's hyper-parameters."""
+
+    name: str = "din"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole experiment."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["model"] = {"name": self.model.name, **self.model.params}
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Check `value` against annotation `tp`; return (ok, value converted to the annotated container type)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True, value
+    if origin in (types.UnionType, typing.Union):
+        for arg in typing.get_args(tp):
+            ok, out = _coerce(value, arg)
+            if ok:
+                return True, out
+        return False, value
+    if tp is type(None):
+        return value is None, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if tp is str:
+        return isinstance(value, str), value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            return False, value
+        args = typing.get_args(tp)
+        item_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(item_types) != len(value):
+            return False, value
+        out = [_coerce(v, t) for v, t in zip(value, item_types, strict=True)]
+        return all(ok for ok, _ in out), tuple(v for _, v in out)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            return False, value
+        (arg,) = typing.get_args(tp)
+        out = [_coerce(v, arg) for v in value]
+        return all(ok for ok, _ in out), [v for _, v in out]
+    if origin is dict or tp is dict:
+        return isinstance(value, dict), value
+    return isinstance(value, tp) if isinstance(tp, type) else True, value
+
+
+def fill_dataclass(cls: type[T], values: dict[str, Any], prefix: str, problems: list[str]) -> T | None:
+    """Build dataclass `cls` from `values`, appending every problem to `problems` (returns None if any).
+
+    Nested dataclass fields are filled recursively; unknown keys get did-you-mean hints; `__post_init__`
+    ValueErrors are recorded, not raised.
+    """
+    assert dataclasses.is_dataclass(cls)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    before = len(problems)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(names)}"
+            problems.append(f"{where}: unknown key ({hint})")
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                problems.append(f"{where}: expected a table, got {type(value).__name__} {value!r}")
+                continue
+            nested = fill_dataclass(typing.cast(type, tp), value, f"{where}.", problems)
+            if nested is not None:
+                kwargs[key] = nested
+            continue
+        ok, converted = _coerce(value, tp)
+        if not ok:
+            problems.append(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+            continue
+        kwargs[key] = converted
+    bad_keys = len(problems) > before
+    try:
+        built = cls(**kwargs)  # also with bad keys left out, so __post_init__ problems are reported in the same run
+    except ConfigError as err:
+        problems.extend(err.problems)
+        return None
+    except (ValueError, TypeError) as err:
+        problems.append(
+            str(err) if str(err).startswith(cls.__name__) else f"{prefix.rstrip('.') or cls.__name__}: {err}"
+        )
+        return None
+    return None if bad_keys else built
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["train.lr=0.01", "model.name=din"]` -> nested dict. Values go through `ast.literal_eval`; bare words
+    stay strings."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError([f"--set {item!r}: expected key=value, e.g. train.lr=0.01"], "--set")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _check_model(section: dict[str, Any], problems: list[str]) -> ModelSection | None:
+    from longrec.models import MODELS  # the registry imports torch: keep it out of module import time
+
+    params = dict(section)
+    name = params.pop("name", "din")
+    if name not in MODELS:
+        close = difflib.get_close_matches(str(name), list(MODELS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        problems.append(f"model.name: unknown model {name!r}{hint}. Known models: {', '.join(sorted(MODELS))}.")
+        return None
+    config_cls = MODELS[name][0]
+    given = [k for k in params if k in DATA_SIZE_FIELDS]
+    for key in given:
+        problems.append(f"model.{key}: comes from the prepared data; remove it from the config")
+    hints = typing.get_type_hints(config_cls)
+    # Validate values by building the model config with placeholder data sizes.
+    dummy = {f.name: _placeholder(hints[f.name]) for f in dataclasses.fields(config_cls) if f.name in DATA_SIZE_FIELDS}
+    checked = {k: v for k, v in params.items() if k not in DATA_SIZE_FIELDS}
+    before = len(problems)
+    built = fill_dataclass(config_cls, {**dummy, **checked}, "model.", problems)
+    if built is None or len(problems) > before:
+        return None
+    return ModelSection(name=name, params={k: getattr(built, k) for k in checked})
+
+
+def _placeholder(tp: Any) -> Any:
+    return [8] if typing.get_origin(tp) in (list, tuple) else 8
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a TOML experiment file (or defaults when `path` is None), apply `--set` overrides, and check it all.
+
+    Args:
+        path: a TOML file with `[model]`, `[data]` and `[train]` tables (all optional).
+        overrides: `key=value` strings, e.g. `["train.lr=0.01", "model.dim=32"]`.
+
+    Returns:
+        The resolved, validated `Config`.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ConfigError: every problem found, at once.
+    """
+    source = str(path) if path else "config"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {p} not found.")
+        try:
+            raw = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError([f"not valid TOML: {err}"], source) from err
+    raw = _merge(raw, parse_overrides(overrides or []))
+    problems: list[str] = []
+    sections = {f.name for f in dataclasses.fields(Config)}
+    for key in raw:
+        if key not in sections:
+            close = difflib.get_close_matches(key, sorted(sections), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known sections: {', '.join(sorted(sections))}"
+            problems.append(f"{key}: unknown section ({hint})")
+    model = _check_model(raw.get("model", {}), problems) if isinstance(raw.get("model", {}), dict) else None
+    data = fill_dataclass(DataConfig, raw.get("data", {}), "data.", problems)
+    train = fill_dataclass(TrainConfig, raw.get("train", {}), "train.", problems)
+    if problems or model is None or data is None or train is None:
+        raise ConfigError(problems or ["model: expected a table"], source)
+    return Config(model=model, data=data, train=train)

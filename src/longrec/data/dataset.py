@@ -1,0 +1,156 @@
+"""Collate: samples + trajectory store -> `Batch`, built in background workers with prefetching.
+
+A sample's history is the last `max_history` of the user's behaviours `[0, end)`, i.e. strictly before the
+sample's cutoff time (see `longrec.data.protocols`). Histories are left-padded to the longest history in the
+batch (at most `max_history`, at least 1), so short-history batches do not pay for `max_history` columns.
+Shapes: B batch, L history length, M taxonomy levels, E extra id fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from longrec.data.batch import Batch
+from longrec.data.store import SampleSet, TrajectoryStore
+
+__all__ = ["BatchPlan", "collate", "epoch_batches", "make_loader"]
+
+
+def _tensor(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x).astype(np.int64, copy=False))
+
+
+def collate(store: TrajectoryStore, samples: SampleSet, index: np.ndarray, max_history: int) -> Batch:
+    """Build the `Batch` of samples `index` (vectorised over the batch and the history; no Python loop).
+
+    Args:
+        store: the trajectory store the samples index into.
+        samples: one split's samples.
+        index: [B] int64 sample rows.
+        max_history: L_max; longer histories keep their most recent L_max behaviours.
+
+    Returns:
+        A batch with every history field the store has, left-padded to L = max(1, longest history in the batch).
+    """
+    user = np.asarray(samples.user[index], dtype=np.int64)  # [B]
+    end = np.asarray(samples.end[index], dtype=np.int64)  # [B]
+    n = np.minimum(end, max_history)  # [B] behaviours kept
+    L = max(1, int(n.max(initial=0)))
+    pad = L - n  # [B] left padding
+    cols = np.arange(L)  # [L]
+    mask = cols[None, :] >= pad[:, None]  # [B, L]
+    rows = (store.offsets[user] + end - n)[:, None] + cols[None, :] - pad[:, None]  # [B, L] global behaviour rows
+    rows = np.where(mask, rows, 0)  # [B, L] padding reads row 0, then is zeroed
+    arrays = store.arrays
+    target_time = np.asarray(samples.target_time[index], dtype=np.int64)  # [B]
+
+    def hist(name: str) -> torch.Tensor | None:
+        if name not in arrays:
+            return None
+        value = arrays[name][rows]  # [B, L] or [B, L, W]
+        m = mask if value.ndim == 2 else mask[:, :, None]
+        return _tensor(np.where(m, value, 0))
+
+    delta = np.where(mask, target_time[:, None] - arrays["timestamp"][rows], 0).astype(np.float32)  # [B, L]
+    position = np.where(mask, L - cols[None, :], 0)  # [B, L] most recent = 1
+    M = store.taxonomy_levels
+    E = samples.target_extra.shape[1]
+    return Batch(
+        history=hist("item"),  # type: ignore[arg-type]
+        history_mask=torch.from_numpy(mask),
+        target=_tensor(samples.target_item[index]),
+        label=torch.from_numpy(np.asarray(samples.label[index], dtype=np.float32)),
+        history_category=hist("category") if M else None,
+        target_category=_tensor(samples.target_category[index]) if M else None,
+        history_action=hist("action"),
+        history_domain=hist("domain"),
+        history_scene=hist("scene"),
+        history_extra=hist("extra") if E else None,
+        target_extra=_tensor(samples.target_extra[index]) if E else None,
+        history_time_delta=torch.from_numpy(delta),
+        history_position=_tensor(position),
+        target_time=_tensor(target_time),
+        scene=_tensor(samples.scene[index]),
+        goal=_tensor(samples.goal[index]),
+        user=_tensor(user),
+    )
+
+
+def epoch_batches(num_samples: int, batch_size: int, shuffle: bool, seed: int, epoch: int) -> list[np.ndarray]:
+    """The sample rows of every batch of one epoch: a pure function of (seed, epoch); the last batch may be short."""
+    order = np.random.default_rng([seed, epoch]).permutation(num_samples) if shuffle else np.arange(num_samples)
+    return [order[i : i + batch_size] for i in range(0, num_samples, batch_size)]
+
+
+@dataclass
+class BatchPlan(Dataset[Batch]):
+    """A map-style dataset whose i-th item is the i-th planned batch (so workers build whole batches)."""
+
+    store: TrajectoryStore
+    samples: SampleSet
+    batches: list[np.ndarray]
+    max_history: int
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> Batch:
+        return collate(self.store, self.samples, self.batches[i], self.max_history)
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+def make_loader(
+    store: TrajectoryStore,
+    split: str,
+    batch_size: int,
+    max_history: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    start_batch: int = 0,
+    num_workers: int = 0,
+    prefetch_factor: int = 4,
+    pin_memory: bool = False,
+) -> Iterator[Batch] | DataLoader[Batch]:
+    """Batches of one split for one epoch, in a deterministic order, every sample included (no dropped tail).
+
+    Args:
+        store: the prepared store.
+        split: 'train', 'valid' or 'test'.
+        batch_size: samples per batch (the last batch may be smaller).
+        max_history: L_max.
+        shuffle: shuffle with a permutation derived from (seed, epoch).
+        seed: shuffle seed.
+        epoch: epoch number (changes the permutation).
+        start_batch: skip the first batches of the epoch (resuming mid-epoch).
+        num_workers: background processes building batches; 0 builds them in this process.
+        prefetch_factor: batches each worker builds ahead.
+        pin_memory: page-lock batches for fast host-to-GPU copies.
+
+    Returns:
+        An iterable of `Batch`.
+    """
+    samples = store.samples(split)
+    batches = epoch_batches(len(samples), batch_size, shuffle, seed, epoch)[start_batch:]
+    plan = BatchPlan(store, samples, batches, max_history)
+    if num_workers == 0:
+        return (plan[i] for i in range(len(plan)))
+    return DataLoader(
+        plan,
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        prefetch_factor=prefetch_factor,
+        collate_fn=_identity,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )

@@ -1,0 +1,233 @@
+"""The trajectory store: every user's behaviours stored once, time-sorted, columnar and memory-mappable.
+
+Layout of a prepared directory (the LongCTR / FuxiCTR layout: samples index into trajectories, never copy them):
+
+    manifest.json                 format version, schema, vocabulary sizes and sha, counts, protocol, filter report
+    trajectories/offsets.npy      int64 [U + 1]: user u's behaviours are rows offsets[u]:offsets[u + 1] (u = 0 is empty)
+    trajectories/<field>.npy      one array per field, rows sorted by (user, timestamp): item [N] int32,
+                                  timestamp [N] int64, category [N, M] int32, action/domain/scene [N] int16,
+                                  extra [N, E] int32
+    items/category.npy            int32 [V_item, M]: each item's (most frequent) taxonomy path, for negatives
+    items/extra.npy               int32 [V_item, E]: each item's (most frequent) extra ids
+    items/count.npy               int64 [V_item]: behaviours per item, for frequency-proportional negatives
+    vocab/<name>.parquet          raw values in dense-id order: dense id = row + 1 (0 = padding / unknown)
+    samples/<split>/<field>.npy   user, end, target_item, target_category, target_extra, target_time, label, goal,
+                                  scene, event_id; a sample's history is trajectory[:end] (behaviours strictly
+                                  before target_time)
+
+Everything is written into a temporary sibling directory and renamed into place, so a crash never leaves a
+half-written store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+__all__ = [
+    "FORMAT_VERSION",
+    "HISTORY_ARRAYS",
+    "SAMPLE_ARRAYS",
+    "SPLITS",
+    "SampleSet",
+    "TrajectoryStore",
+    "atomic_directory",
+    "atomic_write_text",
+]
+
+FORMAT_VERSION = 1
+HISTORY_ARRAYS = ("item", "timestamp", "category", "action", "domain", "scene", "extra")
+SAMPLE_ARRAYS = (
+    "user",
+    "end",
+    "target_item",
+    "target_category",
+    "target_extra",
+    "target_time",
+    "label",
+    "goal",
+    "scene",
+    "event_id",
+)
+SPLITS = ("train", "valid", "test")
+
+
+@contextmanager
+def atomic_directory(out: Path) -> Iterator[Path]:
+    """Yield a temporary directory next to `out`; on success it replaces `out`, on error it is removed."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file through a temporary file and a rename, so readers never see half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class SampleSet:
+    """Columnar samples of one split. Each row indexes a user's trajectory; nothing is copied from it."""
+
+    user: np.ndarray  # [N] int64 dense user id
+    end: np.ndarray  # [N] int64 number of the user's behaviours strictly before target_time
+    target_item: np.ndarray  # [N] int64
+    target_category: np.ndarray  # [N, M] int32 (M may be 0)
+    target_extra: np.ndarray  # [N, E] int32 (E may be 0)
+    target_time: np.ndarray  # [N] int64 epoch seconds of the cutoff
+    label: np.ndarray  # [N] float32 in {0, 1}
+    goal: np.ndarray  # [N] int64 goal id (0 when the data has one goal)
+    scene: np.ndarray  # [N] int64 request scene (0 = unknown)
+    event_id: np.ndarray  # [N] int64 source event id (labelled impression or target behaviour), -1 if none
+
+    def __len__(self) -> int:
+        return int(self.user.shape[0])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in SAMPLE_ARRAYS}
+
+    @classmethod
+    def concat(cls, parts: list[SampleSet]) -> SampleSet:
+        return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in SAMPLE_ARRAYS})
+
+    def take(self, index: np.ndarray) -> SampleSet:
+        return SampleSet(**{name: getattr(self, name)[index] for name in SAMPLE_ARRAYS})
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, value in self.arrays().items():
+            np.save(directory / f"{name}.npy", np.ascontiguousarray(value))
+
+    @classmethod
+    def load(cls, directory: Path, mmap: bool = True) -> SampleSet:
+        mode: Any = "r" if mmap else None
+        return cls(**{name: np.load(directory / f"{name}.npy", mmap_mode=mode) for name in SAMPLE_ARRAYS})
+
+
+@dataclass
+class TrajectoryStore:
+    """A prepared directory, opened read-only with memory-mapped arrays."""
+
+    root: Path
+    manifest: dict[str, Any]
+    offsets: np.ndarray  # [U + 1] int64
+    arrays: dict[str, np.ndarray]  # HISTORY_ARRAYS present in this store, rows sorted by (user, timestamp)
+    item_category: np.ndarray  # [V_item, M] int32
+    item_count: np.ndarray  # [V_item] int64
+    item_extra: np.ndarray  # [V_item, E] int32
+    _samples: dict[str, SampleSet] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, root: str | Path, mmap: bool = True) -> TrajectoryStore:
+        """Open a directory written by `longrec prepare`.
+
+        Raises:
+            FileNotFoundError: no manifest.json under `root`.
+            ValueError: the store was written by an incompatible format version.
+        """
+        root = Path(root)
+        path = root / "manifest.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: '{root}' is not a prepared store. Run 'longrec prepare' first.")
+        manifest = json.loads(path.read_text())
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{path} has format_version {manifest.get('format_version')!r}; this longrec reads {FORMAT_VERSION}. "
+                "Re-run 'longrec prepare'."
+            )
+        mode: Any = "r" if mmap else None
+        traj = root / "trajectories"
+        arrays = {
+            name: np.load(traj / f"{name}.npy", mmap_mode=mode)
+            for name in HISTORY_ARRAYS
+            if (traj / f"{name}.npy").is_file()
+        }
+        return cls(
+            root=root,
+            manifest=manifest,
+            offsets=np.load(traj / "offsets.npy"),
+            arrays=arrays,
+            item_category=np.load(root / "items" / "category.npy"),
+            item_count=np.load(root / "items" / "count.npy"),
+            item_extra=np.load(root / "items" / "extra.npy"),
+        )
+
+    @property
+    def sizes(self) -> dict[str, Any]:
+        """Vocabulary sizes (each including id 0) that model configs take: num_items, num_categories, ..."""
+        return dict(self.manifest["sizes"])
+
+    @property
+    def num_users(self) -> int:
+        """User vocabulary size including id 0: real users are 1 .. num_users - 1."""
+        return int(self.offsets.shape[0] - 1)
+
+    @property
+    def taxonomy_levels(self) -> int:
+        return int(self.manifest["sizes"]["taxonomy_levels"])
+
+    def samples(self, split: str) -> SampleSet:
+        """The samples of one split ('train', 'valid' or 'test'), memory-mapped."""
+        if split not in self._samples:
+            directory = self.root / "samples" / split
+            if not directory.is_dir():
+                known = (
+                    sorted(p.name for p in (self.root / "samples").iterdir())
+                    if (self.root / "samples").is_dir()
+                    else []
+                )
+                raise KeyError(f"Unknown split '{split}' in {self.root}. Known splits: {', '.join(known) or 'none'}.")
+            self._samples[split] = SampleSet.load(directory)
+        return self._samples[split]
+
+    def trajectory(self, user: int) -> dict[str, np.ndarray]:
+        """One user's whole trajectory (every stored field), oldest first."""
+        lo, hi = int(self.offsets[user]), int(self.offsets[user + 1])
+        return {name: value[lo:hi] for name, value in self.arrays.items()}
+
+    def vocab(self, name: str) -> pl.Series:
+        """Raw values of a vocabulary in dense-id order (dense id = position + 1)."""
+        return pl.read_parquet(self.root / "vocab" / f"{name}.parquet")["raw"]
+
+
+def vocab_sha(vocab_dir: Path) -> str:
+    """A digest of every vocabulary file: checkpoints record it so a model is never run on remapped ids."""
+    digest = hashlib.sha256()
+    for path in sorted(vocab_dir.glob("*.parquet")):
+        digest.update(path.name.encode())
+        digest.update(pl.read_parquet(path)["raw"].cast(pl.String).str.join("\x1f").item().encode())
+    return digest.hexdigest()[:16]
+
+
+def write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
+    atomic_write_text(root / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
