@@ -1,0 +1,88 @@
+"""CTR models: one family per file, one `forward(batch) -> logits [B]` contract, and the `MODELS` registry.
+
+Every model takes one frozen config dataclass, lists the optional `Batch` fields it needs in `model.reads`, and is
+built the same way by `build_model(name, **params)`. A line in `MODELS` enrolls a model in the contract tests.
+
+Shape legend: `B` batch · `L` history length, padded (10²–10⁵) · `K` behaviours kept by search (K ≤ L) · `D`
+embedding dim · `F` side-info fields · `M` taxonomy levels · `T` goals (advertising targets) · `C` candidates · `S`
+summary tokens · `V` vocabulary · `H` heads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from longrec.models.din import DIN, DINConfig
+from longrec.models.mean_pool import MeanPool, MeanPoolConfig
+
+__all__ = ["DIN", "MODELS", "DINConfig", "MeanPool", "MeanPoolConfig", "build_model", "data_params", "model_config"]
+
+# name -> (config dataclass, module class); the module's constructor takes exactly one config instance.
+MODELS: dict[str, tuple[type[Any], type[nn.Module]]] = {
+    "din": (DINConfig, DIN),
+    "mean_pool": (MeanPoolConfig, MeanPool),
+}
+
+
+def _entry(name: str) -> tuple[type[Any], type[nn.Module]]:
+    if name not in MODELS:
+        raise KeyError(f"Unknown model '{name}'. Known models: {', '.join(sorted(MODELS))}.")
+    return MODELS[name]
+
+
+def model_config(name: str, **params: Any) -> Any:
+    """Build and validate the config dataclass of model `name` (what `config.json` stores under "model").
+
+    Raises:
+        KeyError: unknown model name.
+        TypeError: a parameter the config does not declare, or a required one missing.
+        ValueError: a value the config rejects (from its `__post_init__`).
+    """
+    config_cls = _entry(name)[0]
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = []
+    for key in sorted(set(params) - set(fields)):
+        close = difflib.get_close_matches(key, fields, n=1)
+        unknown.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    if unknown:
+        raise TypeError(f"{config_cls.__name__} has no field {', '.join(unknown)}. Fields: {', '.join(fields)}.")
+    no_default = dataclasses.MISSING
+    missing = [
+        n for n, f in fields.items() if f.default is no_default and f.default_factory is no_default and n not in params
+    ]
+    if missing:
+        raise TypeError(
+            f"{config_cls.__name__} needs {', '.join(missing)}; pass the data-derived sizes (see data_params)."
+        )
+    return config_cls(**params)
+
+
+def build_model(name: str, **params: Any) -> nn.Module:
+    """Build model `name` from its config fields.
+
+    Example:
+        >>> from longrec.models import build_model
+        >>> model = build_model("din", num_items=100, num_categories=20, taxonomy_levels=2, dim=8)
+        >>> model.reads
+        ('history_category', 'target_category')
+
+    Raises:
+        KeyError: `Unknown model 'dinn'. Known models: din, mean_pool.`
+        TypeError / ValueError: see `model_config`.
+    """
+    return _entry(name)[1](model_config(name, **params))
+
+
+def data_params(config_cls: type[Any], sizes: Mapping[str, Any]) -> dict[str, Any]:
+    """The data-derived sizes (num_items, num_categories, taxonomy_levels, ...) that `config_cls` declares.
+
+    The train loop passes every size the data knows; each model config declares only the vocabularies it embeds,
+    so the rest are dropped here instead of failing as unknown fields.
+    """
+    declared = {f.name for f in dataclasses.fields(config_cls)}
+    return {k: v for k, v in sizes.items() if k in declared}

@@ -1,0 +1,95 @@
+"""DIN: Deep Interest Network (Zhou et al., KDD 2018, https://arxiv.org/abs/1706.06978).
+
+Each behaviour h_i gets a weight a(t, h_i) from an MLP scorer on [t, h_i, t - h_i, t ⊙ h_i], so the pooled interest
+Σ_i a(t, h_i)·h_i depends on the target t. The weights are not normalised (Eq. 3: no softmax), so how much of the
+history matches the target survives pooling. The head MLP reads [interest, t, interest ⊙ t] (the product term follows
+the authors' released code) and returns one click logit.
+
+Behaviours and target are embedded by `BehaviourEmbedding`: item plus, when categories are on, one category vector
+per taxonomy level. `max_history = K` keeps only the K most recent behaviours (the last K columns, since histories
+are left-padded): the "DIN on the latest K" baseline of long-sequence papers.
+
+No BatchNorm (DARE's head has one): it would make a logit depend on the rest of the batch in train mode and break
+the batch-of-one and padding contracts.
+
+Shapes: B batch, L history length (K after `max_history`), D embedding dim, M taxonomy levels, E = D·(1 + M)
+behaviour width (D without categories), W scorer/head widths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longrec.data.batch import HISTORY_FIELDS, Batch
+from longrec.models.layers import BehaviourEmbedding, check_behaviour_config, check_int, check_sizes, mlp
+
+__all__ = ["DIN", "DINConfig"]
+
+
+@dataclass(frozen=True)
+class DINConfig:
+    num_items: int  # item vocabulary size, id 0 = padding
+    num_categories: int = 0  # category vocabulary shared by every taxonomy level, id 0 = missing; 0 = no categories
+    taxonomy_levels: int = 0  # M, depth of history_category [B, L, M]
+    dim: int = 16  # D, width of each embedding table
+    attention_hidden: tuple[int, ...] = (80, 40)  # widths of the attention scorer MLP (the paper's 80, 40)
+    head_hidden: tuple[int, ...] = (200, 80)  # widths of the output MLP (the paper's 200, 80)
+    max_history: int | None = None  # keep only the K most recent behaviours; None = the whole history
+    init_std: float = 0.05  # embeddings start at N(0, init_std²); DARE's protocol uses 0.01 with lr 1e-2
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        check_behaviour_config(
+            owner, self.num_items, self.num_categories, self.taxonomy_levels, self.dim, self.init_std
+        )
+        # Lists come back from config.json; store tuples so the config stays hashable and compares equal.
+        object.__setattr__(self, "attention_hidden", check_sizes(owner, "attention_hidden", self.attention_hidden))
+        object.__setattr__(self, "head_hidden", check_sizes(owner, "head_hidden", self.head_hidden))
+        if self.max_history is not None:
+            check_int(owner, "max_history", self.max_history)
+
+
+class DIN(nn.Module):
+    """Target attention with unnormalised MLP weights over the (most recent) history."""
+
+    def __init__(self, config: DINConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = BehaviourEmbedding(
+            config.num_items, config.dim, config.num_categories, config.taxonomy_levels, config.init_std
+        )
+        E = self.embedding.out_dim
+        self.attention_scorer = mlp(4 * E, config.attention_hidden)
+        self.head = mlp(3 * E, config.head_hidden)
+        self.reads: tuple[str, ...] = self.embedding.reads
+
+    def _most_recent(self, batch: Batch) -> Batch:
+        """The batch cut to its last `max_history` columns (every L-axis field, so side information stays aligned)."""
+        K = self.config.max_history
+        if K is None or batch.history.shape[1] <= K:
+            return batch
+        return batch.replace(**{n: v[:, -K:] for n in HISTORY_FIELDS if (v := getattr(batch, n)) is not None})
+
+    def _attend(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """Attention weights [B, K], behaviour embeddings h [B, K, E] and target embedding t [B, E]."""
+        h, t = self.embedding(batch)  # [B, K, E], [B, E]
+        t_k = t.unsqueeze(1).expand_as(h)  # [B, K, E]
+        scores = self.attention_scorer(torch.cat([t_k, h, t_k - h, t_k * h], dim=-1)).squeeze(-1)  # [B, K]
+        # Eq. 3: no softmax, so the intensity of interest survives pooling; padding contributes exactly 0.
+        weights = scores.masked_fill(~batch.history_mask, 0.0)  # [B, K]
+        return weights, h, t
+
+    def attention_weights(self, batch: Batch) -> Tensor:
+        """Weight of each behaviour in the pooled interest, [B, L]; 0 on padding and on behaviours cut by K."""
+        weights = self._attend(self._most_recent(batch))[0]  # [B, K]
+        return F.pad(weights, (batch.history.shape[1] - weights.shape[1], 0))  # [B, L]
+
+    def forward(self, batch: Batch) -> Tensor:
+        """Return one click logit per example, shape [B]."""
+        weights, h, t = self._attend(self._most_recent(batch))  # [B, K], [B, K, E], [B, E]
+        interest = torch.einsum("bk,bke->be", weights, h)  # [B, E]
+        return self.head(torch.cat([interest, t, interest * t], dim=-1)).squeeze(-1)  # [B]
