@@ -173,7 +173,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model = build_model_for_store(config.model.name, config.model.params, store)
     model.load_state_dict(checkpoint["model"])
     metrics = evaluate(
-        model, store, args.split, config.train.eval_batch_size, config.data.max_history, progress=not args.quiet
+        model,
+        store,
+        args.split,
+        config.train.eval_batch_size,
+        config.data.max_history,
+        progress=not args.quiet,
+        search=config.search,
     )
     atomic_write_text(run / f"eval_{args.split}.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     print(json.dumps(metrics, indent=2, sort_keys=True))

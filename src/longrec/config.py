@@ -28,6 +28,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "ModelSection",
+    "SearchConfig",
     "TrainConfig",
     "fill_dataclass",
     "load_config",
@@ -119,6 +120,29 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """The search stage (`longrec.search`): which searcher picks the K behaviours the model attends to."""
+
+    method: str = "none"  # none (whole history) | a name in longrec.search.SEARCHERS
+    k: int = 20  # behaviours kept per sample
+    seed: int = 0  # random hash planes (simhash, sdim)
+
+    def __post_init__(self) -> None:
+        from longrec.search import SEARCHERS  # the registry imports torch: keep it out of module import time
+
+        problems = []
+        if self.method != "none" and self.method not in SEARCHERS:
+            close = difflib.get_close_matches(self.method, list(SEARCHERS), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            known = ", ".join(["none", *sorted(SEARCHERS)])
+            problems.append(f"search.method: unknown searcher {self.method!r}{hint}. Known searchers: {known}.")
+        if self.k < 1:
+            problems.append(f"search.k must be a positive int. Got {self.k} instead.")
+        if problems:
+            raise ConfigError(problems, "SearchConfig")
+
+
+@dataclass(frozen=True)
 class ModelSection:
     """`model = { name = "din", dim = 16, ... }`: the registry name plus that model's hyper-parameters."""
 
@@ -132,6 +156,7 @@ class Config:
 
     model: ModelSection = field(default_factory=ModelSection)
     data: DataConfig = field(default_factory=DataConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -325,7 +350,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             problems.append(f"{key}: unknown section ({hint})")
     model = _check_model(raw.get("model", {}), problems) if isinstance(raw.get("model", {}), dict) else None
     data = fill_dataclass(DataConfig, raw.get("data", {}), "data.", problems)
+    search = fill_dataclass(SearchConfig, raw.get("search", {}), "search.", problems)
     train = fill_dataclass(TrainConfig, raw.get("train", {}), "train.", problems)
-    if problems or model is None or data is None or train is None:
+    if search is not None and data is not None and search.method != "none" and search.k > data.max_history:
+        problems.append(
+            f"search.k ({search.k}) must be <= data.max_history ({data.max_history}): search keeps at most the whole "
+            "history."
+        )
+    if problems or model is None or data is None or train is None or search is None:
         raise ConfigError(problems or ["model: expected a table"], source)
-    return Config(model=model, data=data, train=train)
+    return Config(model=model, data=data, search=search, train=train)

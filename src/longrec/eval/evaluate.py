@@ -10,26 +10,34 @@ import torch
 from rich.console import Console
 from rich.progress import track
 
+from longrec.config import SearchConfig
 from longrec.data.batch import Batch
 from longrec.data.dataset import make_loader
 from longrec.data.store import TrajectoryStore
 from longrec.eval.metrics import compute_metrics
+from longrec.search import search_stage
 
 __all__ = ["evaluate", "predict"]
 
 
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, batches: Iterable[Batch], progress: bool = False, total: int | None = None
+    model: torch.nn.Module,
+    batches: Iterable[Batch],
+    search: SearchConfig | None = None,
+    progress: bool = False,
+    total: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run `model` in eval mode over `batches`; return logits, labels, users, target categories and goals ([N] each)."""
+    """Run search + `model` in eval mode over `batches`; return logits, labels, users, target categories and goals
+    ([N] each)."""
     model.eval()
     parts: dict[str, list[np.ndarray]] = {"logits": [], "labels": [], "users": [], "categories": [], "goals": []}
     batches = track(
         batches, "evaluating", total=total, console=Console(stderr=True), disable=not progress, transient=True
     )
     for batch in batches:
-        parts["logits"].append(model(batch).float().numpy())
+        searched = search_stage(batch, model, search) if search is not None else batch
+        parts["logits"].append(model(searched).float().numpy())
         parts["labels"].append(batch.label.numpy() if batch.label is not None else np.zeros(len(batch), np.float32))
         parts["users"].append(batch.user.numpy() if batch.user is not None else np.zeros(len(batch), np.int64))
         cat = batch.target_category
@@ -48,6 +56,7 @@ def evaluate(
     max_history: int = 200,
     num_workers: int = 0,
     progress: bool = False,
+    search: SearchConfig | None = None,
 ) -> dict[str, Any]:
     """Metrics of `model` on every sample of `split` (no dropped partial batch).
 
@@ -58,7 +67,7 @@ def evaluate(
     samples = store.samples(split)
     batches = make_loader(store, split, batch_size, max_history, num_workers=num_workers)
     total = -(-len(samples) // batch_size)
-    out = predict(model, batches, progress=progress, total=total)
+    out = predict(model, batches, search=search, progress=progress, total=total)
     has_goals = store.sizes.get("num_goals", 1) > 1
     metrics = compute_metrics(
         out["labels"],

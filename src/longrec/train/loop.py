@@ -29,6 +29,7 @@ from longrec.data.dataset import make_loader
 from longrec.data.store import TrajectoryStore, atomic_write_text
 from longrec.eval.evaluate import evaluate
 from longrec.models import MODELS, build_model, data_params
+from longrec.search import search_stage
 from longrec.train.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["build_model_for_store", "l2_penalty", "train"]
@@ -130,7 +131,9 @@ def _train(config: Config, out: Path, resume: bool, on_step: Callable[[int], Non
 
     def validate() -> bool:
         """Validate, keep the best model, write last.pt; True when early stopping says stop."""
-        metrics = evaluate(model, store, "valid", tc.eval_batch_size, dc.max_history, dc.num_workers)
+        metrics = evaluate(
+            model, store, "valid", tc.eval_batch_size, dc.max_history, dc.num_workers, search=config.search
+        )
         value = float(metrics[tc.metric])
         line = {"step": state["step"], "epoch": state["epoch"], **{k: v for k, v in metrics.items() if k != "per_goal"}}
         state["history"].append(line)
@@ -189,9 +192,13 @@ def _train(config: Config, out: Path, resume: bool, on_step: Callable[[int], Non
             )
             for batch in loader:
                 model.train()
-                logits = model(batch)  # [B]
                 assert batch.label is not None  # collate always sets labels
+                logits = model(search_stage(batch, model, config.search))  # [B]
                 loss = F.binary_cross_entropy_with_logits(logits, batch.label)
+                aux = getattr(model, "aux_logits", None)
+                aux_logits = aux(batch) if aux is not None else None  # [B] full-history attention head, or None
+                if aux_logits is not None:
+                    loss = loss + F.binary_cross_entropy_with_logits(aux_logits, batch.label)
                 if tc.l2:
                     loss = loss + tc.l2 * l2_penalty(model)
                 optimizer.zero_grad(set_to_none=True)
@@ -230,7 +237,9 @@ def _train(config: Config, out: Path, resume: bool, on_step: Callable[[int], Non
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     for split in ("valid", "test"):
-        result[split] = evaluate(model, store, split, tc.eval_batch_size, dc.max_history, dc.num_workers)
+        result[split] = evaluate(
+            model, store, split, tc.eval_batch_size, dc.max_history, dc.num_workers, search=config.search
+        )
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
     logger.info("test %s", {k: v for k, v in result["test"].items() if k != "per_goal"})
     return result

@@ -1,0 +1,38 @@
+"""Exact top-K: the reference every approximate searcher is measured against, and the selection every searcher uses.
+
+Shapes: B batch, L history length, K kept behaviours, D query/key dim.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["exact_topk", "topk_positions"]
+
+
+def topk_positions(scores: Tensor, mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-K positions of `scores` among real behaviours, best first; padding is never selected.
+
+    Searchers that need a tie-break (hard search: recency inside a match level) build it into `scores`.
+
+    Args:
+        scores: [B, L] float, higher = keep first.
+        mask: [B, L] bool, True = real behaviour.
+        k: behaviours to keep (at most L); with fewer than K real ones the rest is marked not kept.
+
+    Returns:
+        positions [B, K] int64 into L and kept [B, K] bool (False = no behaviour in that slot).
+    """
+    L = scores.shape[1]
+    if not 1 <= k <= L:
+        raise ValueError(f"k must be in [1, L] = [1, {L}]. Got k={k} instead.")
+    ranked = scores.masked_fill(~mask, float("-inf"))  # [B, L]
+    positions = ranked.topk(k, dim=-1).indices  # [B, K]
+    return positions, mask.gather(1, positions)  # [B, K] each
+
+
+def exact_topk(query: Tensor, keys: Tensor, mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """query [B, D], keys [B, L, D], mask [B, L] -> positions [B, K] (best first) and kept [B, K]."""
+    scores = torch.einsum("bd,bld->bl", query, keys)  # [B, L]
+    return topk_positions(scores, mask, k)
