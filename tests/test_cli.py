@@ -36,10 +36,12 @@ def test_config_prints_resolved_json(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_errors_are_one_line_with_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["config", "configs/din_synthetic.toml", "--set", "train.lr_rate=0.1", "--set", "search=1"])
+    args = ["--set", "train.lr_rate=0.1", "--set", "serch.k=1", "--set", "search=1"]
+    code = main(["config", "configs/din_synthetic.toml", *args])
     err = capsys.readouterr().err
     assert code == 2
-    assert "train.lr_rate: unknown key" in err and "search: unknown section" in err
+    assert "train.lr_rate: unknown key" in err and "serch: unknown section (did you mean 'search'?)" in err
+    assert "search: expected a table of settings, got int 1" in err
     assert "Traceback" not in err
 
 

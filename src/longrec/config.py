@@ -348,15 +348,22 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             close = difflib.get_close_matches(key, sorted(sections), n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"known sections: {', '.join(sorted(sections))}"
             problems.append(f"{key}: unknown section ({hint})")
-    model = _check_model(raw.get("model", {}), problems) if isinstance(raw.get("model", {}), dict) else None
-    data = fill_dataclass(DataConfig, raw.get("data", {}), "data.", problems)
-    search = fill_dataclass(SearchConfig, raw.get("search", {}), "search.", problems)
-    train = fill_dataclass(TrainConfig, raw.get("train", {}), "train.", problems)
+    tables: dict[str, dict[str, Any]] = {}
+    for name in sections:
+        value = raw.get(name, {})
+        if isinstance(value, dict):
+            tables[name] = value
+        else:
+            problems.append(f"{name}: expected a table of settings, got {type(value).__name__} {value!r}")
+    model = _check_model(tables["model"], problems) if "model" in tables else None
+    data = fill_dataclass(DataConfig, tables.get("data", {}), "data.", problems)
+    search = fill_dataclass(SearchConfig, tables.get("search", {}), "search.", problems)
+    train = fill_dataclass(TrainConfig, tables.get("train", {}), "train.", problems)
     if search is not None and data is not None and search.method != "none" and search.k > data.max_history:
         problems.append(
             f"search.k ({search.k}) must be <= data.max_history ({data.max_history}): search keeps at most the whole "
             "history."
         )
     if problems or model is None or data is None or train is None or search is None:
-        raise ConfigError(problems or ["model: expected a table"], source)
+        raise ConfigError(problems, source)
     return Config(model=model, data=data, search=search, train=train)
