@@ -71,6 +71,7 @@ class DataConfig:
     max_history: int = 200  # L_max: most recent behaviours kept per sample
     num_workers: int = 0  # background processes building batches (0 = in the training process)
     prefetch_factor: int = 4  # batches each worker builds ahead
+    check_batches: bool = False  # check_batch on every batch (shapes, id ranges); `longrec --debug train` sets it
 
     def __post_init__(self) -> None:
         problems = []
@@ -126,9 +127,16 @@ class SearchConfig:
     method: str = "none"  # none (whole history) | a name in longrec.search.SEARCHERS
     k: int = 20  # behaviours kept per sample
     seed: int = 0  # random hash planes (simhash, sdim)
+    hash_bits: int = 64  # simhash: signature bits (ETA)
+    hash_rounds: int = 48  # sdim: hash rounds m (score = rounds in which a behaviour collides with the target)
+    round_bits: int = 3  # sdim: bits per round τ (a collision needs all τ bits equal)
+    level: int = -1  # category search: taxonomy column matched (Python indexing into M: 0 coarsest, -1 finest)
+    hard_method: str = "hierarchical"  # hard+soft: the hard searcher (category | hierarchical)
+    hard_k: int = 10  # hard+soft: width of the hard block (the first hard_k columns); the soft block gets k - hard_k
 
     def __post_init__(self) -> None:
         from longrec.search import SEARCHERS  # the registry imports torch: keep it out of module import time
+        from longrec.search.combined import HARD_SEARCHERS
 
         problems = []
         if self.method != "none" and self.method not in SEARCHERS:
@@ -138,6 +146,18 @@ class SearchConfig:
             problems.append(f"search.method: unknown searcher {self.method!r}{hint}. Known searchers: {known}.")
         if self.k < 1:
             problems.append(f"search.k must be a positive int. Got {self.k} instead.")
+        for name in ("hash_bits", "hash_rounds", "round_bits"):
+            if getattr(self, name) < 1:
+                problems.append(f"search.{name} must be a positive int. Got {getattr(self, name)} instead.")
+        if self.hard_method not in HARD_SEARCHERS:
+            known = ", ".join(sorted(HARD_SEARCHERS))
+            problems.append(f"search.hard_method must be one of {known}. Got {self.hard_method!r} instead.")
+        if self.hard_k < 0:
+            problems.append(f"search.hard_k must be >= 0. Got {self.hard_k} instead.")
+        elif self.method == "hard+soft" and self.hard_k > self.k:
+            problems.append(
+                f"search.hard_k ({self.hard_k}) must be <= search.k ({self.k}): the hard block is part of the K kept."
+            )
         if problems:
             raise ConfigError(problems, "SearchConfig")
 

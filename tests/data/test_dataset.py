@@ -83,3 +83,11 @@ def test_check_batch_reports_what_where_expected_got(store: TrajectoryStore) -> 
 def test_open_missing_store_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="is not a prepared store"):
         TrajectoryStore.open(tmp_path / "nope")
+
+
+def test_loader_check_reports_the_batch(store: TrajectoryStore) -> None:
+    assert len(list(make_loader(store, "train", 8, 8, check=True))) > 0  # clean data passes
+    broken = TrajectoryStore.open(store.root)
+    broken.manifest["sizes"]["num_items"] = 2  # as if prepared with another vocabulary
+    with pytest.raises(ValueError, match=r"batch 0\.(history|target)\[.*is not a known item id"):
+        list(make_loader(broken, "train", 8, 8, check=True))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from longrec.data.batch import Batch
+from longrec.data.batch import Batch, check_batch
 from longrec.data.store import SampleSet, TrajectoryStore
 
 __all__ = ["BatchPlan", "collate", "epoch_batches", "make_loader"]
@@ -78,7 +78,7 @@ def collate(store: TrajectoryStore, samples: SampleSet, index: np.ndarray, max_h
         target_time=_tensor(target_time),
         scene=_tensor(samples.scene[index]),
         goal=_tensor(samples.goal[index]),
-        user=_tensor(user),
+        user=_tensor(store.owner[user] if store.owner is not None else user),  # [B] the real user (GAUC groups)
     )
 
 
@@ -96,12 +96,16 @@ class BatchPlan(Dataset[Batch]):
     samples: SampleSet
     batches: list[np.ndarray]
     max_history: int
+    check: bool = False  # run check_batch on every batch (the --debug edge check)
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, i: int) -> Batch:
-        return collate(self.store, self.samples, self.batches[i], self.max_history)
+        batch = collate(self.store, self.samples, self.batches[i], self.max_history)
+        if self.check:
+            check_batch(batch, num_items=self.store.sizes["num_items"], where=f"batch {i}")
+        return batch
 
 
 def _identity(batch: Any) -> Any:
@@ -120,6 +124,7 @@ def make_loader(
     num_workers: int = 0,
     prefetch_factor: int = 4,
     pin_memory: bool = False,
+    check: bool = False,
 ) -> Iterator[Batch] | DataLoader[Batch]:
     """Batches of one split for one epoch, in a deterministic order, every sample included (no dropped tail).
 
@@ -135,13 +140,14 @@ def make_loader(
         num_workers: background processes building batches; 0 builds them in this process.
         prefetch_factor: batches each worker builds ahead.
         pin_memory: page-lock batches for fast host-to-GPU copies.
+        check: validate every batch with `check_batch` (shapes, dtypes, id ranges, no negative time gaps).
 
     Returns:
         An iterable of `Batch`.
     """
     samples = store.samples(split)
     batches = epoch_batches(len(samples), batch_size, shuffle, seed, epoch)[start_batch:]
-    plan = BatchPlan(store, samples, batches, max_history)
+    plan = BatchPlan(store, samples, batches, max_history, check)
     if num_workers == 0:
         return (plan[i] for i in range(len(plan)))
     return DataLoader(

@@ -189,6 +189,7 @@ def _train(config: Config, out: Path, resume: bool, on_step: Callable[[int], Non
                 start_batch=state["batch"],
                 num_workers=dc.num_workers,
                 prefetch_factor=dc.prefetch_factor,
+                check=dc.check_batches,
             )
             for batch in loader:
                 model.train()
