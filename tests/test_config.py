@@ -35,7 +35,9 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 
 
 def test_unknown_model_lists_known_ones() -> None:
-    with pytest.raises(ConfigError, match=r"unknown model 'dinn' \(did you mean 'din'\?\). Known models: (\w+, )*din, "):
+    with pytest.raises(
+        ConfigError, match=r"unknown model 'dinn' \(did you mean 'din'\?\). Known models: (\w+, )*din, "
+    ):
         load_config(None, ["model.name=dinn"])
 
 
