@@ -205,6 +205,8 @@ def prepare(
         if E:
             arrays["extra"] = extra[order]
         arrays.update({c: v[order] for c, v in small.items()})
+        if schema.has_event_id:
+            arrays["event_id"] = event_id[order]
         for name, value in arrays.items():
             np.save(tmp / "trajectories" / f"{name}.npy", np.ascontiguousarray(value))
         (tmp / "items").mkdir()

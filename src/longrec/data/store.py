@@ -6,7 +6,10 @@ Layout of a prepared directory (the LongCTR / FuxiCTR layout: samples index into
     trajectories/offsets.npy      int64 [U + 1]: user u's behaviours are rows offsets[u]:offsets[u + 1] (u = 0 is empty)
     trajectories/<field>.npy      one array per field, rows sorted by (user, timestamp): item [N] int32,
                                   timestamp [N] int64, category [N, M] int32, action/domain/scene [N] int16,
-                                  extra [N, E] int32
+                                  extra [N, E] int32, event_id [N] int64 (when the log has event ids: joins
+                                  retrieved behaviours to ground truth)
+    trajectories/owner.npy        optional int64 [U]: the real dense user of each trajectory, when trajectories
+                                  are per-sample histories (`longrec.data.interop`); Batch.user holds it
     items/category.npy            int32 [V_item, M]: each item's (most frequent) taxonomy path, for negatives
     items/extra.npy               int32 [V_item, E]: each item's (most frequent) extra ids
     items/count.npy               int64 [V_item]: behaviours per item, for frequency-proportional negatives
@@ -47,7 +50,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-HISTORY_ARRAYS = ("item", "timestamp", "category", "action", "domain", "scene", "extra")
+HISTORY_ARRAYS = ("item", "timestamp", "category", "action", "domain", "scene", "extra", "event_id")
 SAMPLE_ARRAYS = (
     "user",
     "end",
@@ -145,6 +148,7 @@ class TrajectoryStore:
     item_category: np.ndarray  # [V_item, M] int32
     item_count: np.ndarray  # [V_item] int64
     item_extra: np.ndarray  # [V_item, E] int32
+    owner: np.ndarray | None = None  # [U] int64 real dense user of each trajectory; None: trajectory = user
     _samples: dict[str, SampleSet] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -180,6 +184,7 @@ class TrajectoryStore:
             item_category=np.load(root / "items" / "category.npy"),
             item_count=np.load(root / "items" / "count.npy"),
             item_extra=np.load(root / "items" / "extra.npy"),
+            owner=np.load(traj / "owner.npy", mmap_mode=mode) if (traj / "owner.npy").is_file() else None,
         )
 
     @property
@@ -189,7 +194,9 @@ class TrajectoryStore:
 
     @property
     def num_users(self) -> int:
-        """User vocabulary size including id 0: real users are 1 .. num_users - 1."""
+        """User vocabulary size including id 0: real users are 1 .. num_users - 1 (the owners' ids, if any)."""
+        if self.owner is not None:
+            return int(self.manifest["sizes"]["num_users"])
         return int(self.offsets.shape[0] - 1)
 
     @property
