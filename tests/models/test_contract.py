@@ -38,7 +38,12 @@ def test_ids_under_padding_are_ignored(model, batch) -> None:
 
 def test_every_parameter_gets_a_gradient(model, batch) -> None:
     model.train()
-    F.binary_cross_entropy_with_logits(model(batch), batch.label).backward()
+    loss = F.binary_cross_entropy_with_logits(model(batch), batch.label)
+    aux = getattr(model, "aux_logits", None)  # the train loop adds the auxiliary head's BCE the same way
+    aux_logits = aux(batch) if aux is not None else None
+    if aux_logits is not None:
+        loss = loss + F.binary_cross_entropy_with_logits(aux_logits, batch.label)
+    loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, f"no gradient reached: {missing}"
 

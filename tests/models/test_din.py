@@ -2,9 +2,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from longrec.config import SearchConfig
 from longrec.data.batch import HISTORY_FIELDS, Batch
 from longrec.eval.metrics import auc
 from longrec.models import DINConfig, build_model
+from longrec.search import search_stage
 
 
 @pytest.fixture
@@ -133,3 +135,17 @@ def test_din_learns_a_planted_target_match_that_mean_pooling_misses() -> None:
         torch.set_num_threads(threads)
     assert din_auc > 0.9, f"DIN test AUC {din_auc:.3f}"
     assert din_auc > mean_pool_auc + 0.1, f"DIN {din_auc:.3f} vs MeanPool {mean_pool_auc:.3f}"
+
+
+def test_soft_search_runs_din_on_the_top_k_by_embedding_inner_product(din, batch) -> None:
+    L = batch.history.shape[1]
+    torch.testing.assert_close(din(search_stage(batch, din, SearchConfig(method="soft", k=L))), din(batch))
+    h, t = din.embedding(batch)  # [B, L, E], [B, E]
+    query, keys = din.search_embeddings(batch)
+    assert torch.equal(query, t) and torch.equal(keys, h)
+    k = 3
+    score = torch.einsum("be,ble->bl", t, h).masked_fill(~batch.history_mask, float("-inf"))  # [B, L]
+    keep = torch.zeros_like(batch.history_mask).scatter(1, score.topk(k, dim=1).indices, True) & batch.history_mask
+    # DIN's weights are per behaviour (no softmax), so DIN on the top-K = DIN with every other behaviour masked out.
+    expected = din(batch.replace(history_mask=keep, history=batch.history * keep))
+    torch.testing.assert_close(din(search_stage(batch, din, SearchConfig(method="soft", k=k))), expected)

@@ -7,7 +7,7 @@ import torch
 
 from longrec.config import SearchConfig
 from longrec.data.batch import Batch, check_batch
-from longrec.search import SEARCHERS, exact_topk, search_stage, topk_positions
+from longrec.search import BLOCK_SEARCHERS, SEARCHERS, exact_topk, search_stage, topk_positions
 
 
 def _batch(B: int = 4, L: int = 9, seed: int = 0) -> Batch:
@@ -21,6 +21,9 @@ def _batch(B: int = 4, L: int = 9, seed: int = 0) -> Batch:
         target=torch.randint(1, 50, (B,), generator=g),
         history_position=(L - torch.arange(L))[None, :].expand(B, L) * mask,
         history_time_delta=torch.rand(B, L, generator=g) * mask,
+        # every behaviour shares the target's path, so hard searchers keep min(K, real) like the others
+        history_category=torch.tensor([1, 2]).expand(B, L, 2) * mask.unsqueeze(-1),
+        target_category=torch.tensor([[1, 2]]).expand(B, 2).clone(),
     )
 
 
@@ -52,15 +55,18 @@ def test_padding_is_never_selected_and_short_histories_are_masked() -> None:
 @pytest.mark.parametrize("method", sorted(SEARCHERS))
 def test_every_searcher_returns_a_valid_left_padded_chronological_batch(method: str) -> None:
     batch = _batch()
-    out = search_stage(batch, Embeds(), SearchConfig(method=method, k=3))
+    out = search_stage(batch, Embeds(), SearchConfig(method=method, k=3, hard_k=1))
     check_batch(out)
     assert out.history.shape == (4, 3)
     assert out.history_mask.sum(1).tolist() == [3, 3, 0, 1]
+    # hard+soft returns [hard block | soft block]: each block follows the convention on its own
+    blocks = [slice(0, 1), slice(1, 3)] if method in BLOCK_SEARCHERS else [slice(0, 3)]
     for b in range(4):
-        real = out.history_position[b][out.history_mask[b]]
-        assert (real.diff() < 0).all(), "oldest first: relative positions decrease"
-        n = int(out.history_mask[b].sum())
-        assert out.history_mask[b, 3 - n :].all(), "left-padded"
+        for columns in blocks:
+            mask, position = out.history_mask[b, columns], out.history_position[b, columns]
+            assert (position[mask].diff() < 0).all(), "oldest first: relative positions decrease"
+            n = int(mask.sum())
+            assert mask[len(mask) - n :].all(), "left-padded"
 
 
 def test_soft_search_with_k_equal_l_keeps_the_whole_history() -> None:

@@ -17,15 +17,25 @@ from typing import Any
 
 from torch import nn
 
+from longrec.models.dare import DARE, DAREConfig
 from longrec.models.din import DIN, DINConfig
+from longrec.models.eta import ETA, ETAConfig
 from longrec.models.mean_pool import MeanPool, MeanPoolConfig
+from longrec.models.sdim import SDIM, SDIMConfig
+from longrec.models.tin import TIN, TINConfig
+from longrec.models.twin import TWIN, TWINConfig
 
 __all__ = ["DIN", "MODELS", "DINConfig", "MeanPool", "MeanPoolConfig", "build_model", "data_params", "model_config"]
 
 # name -> (config dataclass, module class); the module's constructor takes exactly one config instance.
 MODELS: dict[str, tuple[type[Any], type[nn.Module]]] = {
+    "dare": (DAREConfig, DARE),
     "din": (DINConfig, DIN),
+    "eta": (ETAConfig, ETA),
     "mean_pool": (MeanPoolConfig, MeanPool),
+    "sdim": (SDIMConfig, SDIM),
+    "tin": (TINConfig, TIN),
+    "twin": (TWINConfig, TWIN),
 }
 
 

@@ -88,6 +88,15 @@ class DIN(nn.Module):
         weights = self._attend(self._most_recent(batch))[0]  # [B, K]
         return F.pad(weights, (batch.history.shape[1] - weights.shape[1], 0))  # [B, L]
 
+    def search_embeddings(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Search query t [B, E] and keys h [B, L, E]: with `search.method = "soft"` DIN runs on the top-K by <t, h_i>.
+
+        The scorer MLP cannot be searched with an inner product, so the search ranks by the embeddings themselves
+        (SIM soft search / "DIN on the top-K"); any embedding searcher (simhash, sdim) can use them too.
+        """
+        h, t = self.embedding(batch)  # [B, L, E], [B, E]
+        return t, h
+
     def forward(self, batch: Batch) -> Tensor:
         """Return one click logit per example, shape [B]."""
         weights, h, t = self._attend(self._most_recent(batch))  # [B, K], [B, K, E], [B, E]

@@ -8,8 +8,9 @@ Every searcher is a pure, vectorised function with one signature, registered in 
 searchers in `NEEDS_EMBEDDINGS`, None for hard searchers. Fewer than K matches -> the rest is not kept (padding is
 never selected). `search_stage` runs the configured searcher and returns an ordinary `Batch` holding the K kept
 behaviours, **re-ordered chronologically and left-padded**, so a searched batch follows the same convention as a
-collated one and a model cannot tell whether search ran. `exact_topk` is the oracle: with K = L soft search keeps
-every behaviour and the model reproduces full attention exactly.
+collated one and a model cannot tell whether search ran (except `BLOCK_SEARCHERS`: hard+soft returns
+[hard block | soft block] for two sequence modules, see `search_stage`). `exact_topk` is the oracle: with K = L
+soft search keeps every behaviour and the model reproduces full attention exactly.
 
 Shapes: B batch, L history length, K kept behaviours, D search embedding dim.
 """
@@ -23,9 +24,15 @@ from torch import Tensor, nn
 
 from longrec.config import SearchConfig
 from longrec.data.batch import Batch, gather_history
+from longrec.search.category import category
+from longrec.search.combined import hard_and_soft
 from longrec.search.exact import exact_topk, topk_positions
+from longrec.search.hierarchical import hierarchical
+from longrec.search.sdim import sdim
+from longrec.search.simhash import simhash
 
 __all__ = [
+    "BLOCK_SEARCHERS",
     "NEEDS_EMBEDDINGS",
     "SEARCHERS",
     "Searcher",
@@ -60,8 +67,16 @@ def soft(
 SEARCHERS: dict[str, Searcher] = {
     "latest": latest,
     "soft": soft,
+    "category": category,
+    "hierarchical": hierarchical,
+    "hard+soft": hard_and_soft,
+    "simhash": simhash,
+    "sdim": sdim,
 }
-NEEDS_EMBEDDINGS = {"soft"}
+NEEDS_EMBEDDINGS = {"soft", "hard+soft", "simhash", "sdim"}
+# Searchers whose K columns are fixed-width blocks ([hard | soft], each oldest first and left-padded within itself):
+# search_stage keeps their column order and passes k = search.k even when L < k (see search/combined.py).
+BLOCK_SEARCHERS = {"hard+soft"}
 
 
 def _chronological(positions: Tensor, kept: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,12 +96,15 @@ def search_stage(batch: Batch, model: nn.Module | None, config: SearchConfig) ->
         config: `method` ('none' keeps the whole history) and `k`.
 
     Returns:
-        The batch with [B, min(K, L)] histories, oldest first and left-padded.
+        The batch with [B, min(K, L)] histories, oldest first and left-padded. Searchers in `BLOCK_SEARCHERS`
+        (hard+soft) instead give [B, K] histories laid out as they return them: fixed-width blocks, each oldest
+        first and left-padded, so a model can split the columns between its sequence modules.
     """
     if config.method == "none":
         return batch
     searcher = SEARCHERS[config.method]
-    k = min(config.k, batch.history.shape[1])
+    blocks = config.method in BLOCK_SEARCHERS
+    k = config.k if blocks else min(config.k, batch.history.shape[1])
     query = keys = None
     if config.method in NEEDS_EMBEDDINGS:
         embed = getattr(model, "search_embeddings", None)
@@ -98,4 +116,6 @@ def search_stage(batch: Batch, model: nn.Module | None, config: SearchConfig) ->
         with torch.no_grad():
             query, keys = embed(batch)  # [B, D], [B, L, D]
     positions, kept = searcher(batch, k, query, keys, config)
+    if blocks:
+        return gather_history(batch, positions, kept)
     return gather_history(batch, *_chronological(positions, kept))

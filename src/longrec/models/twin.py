@@ -1,0 +1,200 @@
+"""TWIN: two-stage interest network with consistency-preserved soft search (Chang et al., KDD 2023,
+https://arxiv.org/abs/2302.02352), as specified and ablated by DARE (Feng et al., ICLR 2025,
+https://arxiv.org/abs/2410.02604, §3-§4 and Table 1).
+
+Each behaviour is e_i = [item ⊕ category per taxonomy level ⊕ time], the target v_t = [item ⊕ category ⊕ time of the
+target], where "time" is a relative-position embedding (`history_position`: most recent = 1, clamped to
+`max_position`; the target's own time id is 0). One table per field serves attention *and* representation. The
+attention score is `<e_i^sem, v_t^sem>/sqrt(d_sem) + <e_i^time, v_t^time>/sqrt(d_time)`; soft search keeps the top K
+behaviours by that score (the `soft` searcher with `search_embeddings`), and `forward`, run on the K kept behaviours,
+recomputes the softmax over them: u = Σ_i w_i e_i. The target-aware representation (TR) h = Σ_i w_i (e_i ⊙ v_t) =
+u ⊙ v_t enters the head as in the authors' code: head MLP on [v_t, u, u ⊙ v_t] (their `use_cross_feature`).
+
+Head: the paper's BN → 200 → PReLU → 80 → PReLU → 1 without the BatchNorm, which would make a logit depend on the
+rest of the batch in train mode and break the batch-of-one and padding contracts (same choice as DIN).
+Auxiliary loss (`aux_loss`): `aux_logits(full_batch)` attends over all L behaviours (softmax over L) and feeds a
+second head (200 → PReLU → 1, as the authors' code); the train loop adds its BCE with the same labels, so the search
+attention keeps learning on behaviours that top-K drops. Off by default (as in the authors' `train_pytorch.py`; their
+Protocol-A runs pass `-use_aux_loss True`, and so does `configs/dare_taobao.toml`).
+
+`history_position` is read when the batch has it (collate always sets it, and search moves it with the behaviours);
+without it, time ids are derived from the mask (left-padded, most recent = 1), which equals what collate writes for
+an unsearched batch. It is not listed in `reads` so that a model without categories reads nothing optional.
+
+**Selecting each DARE-table variant** (registry name + config fields; search from the experiment's `search` table):
+
+| variant | model | search |
+| --- | --- | --- |
+| TWIN | `{ name = "twin" }` | `{ method = "soft", k = 20 }` |
+| TWIN (hard) | `{ name = "twin" }` (no model change) | `{ method = "category", k = 20 }` |
+| TWIN w/o TR | `{ name = "twin", target_aware = false }` | `{ method = "soft", k = 20 }` |
+| TWIN w/ proj. | `{ name = "twin", attention = "projection" }` | `{ method = "soft", k = 20 }` |
+| TWIN-4E | `{ name = "dare", separate_target_tables = true }` | `{ method = "soft", k = 20 }` |
+| DARE | `{ name = "dare" }` (`attention_dim = 8` for d_a = d_r / 2) | `{ method = "soft", k = 20 }` |
+
+TWIN-4E lives in `dare.py` because its four table sets (attention/representation × target/history) are DARE's
+attention/representation split plus a target/history split. Add `aux_loss = true` to follow the paper's protocol.
+`attention = "projection"` scores W_q v_t against W_k e_i with bias-free maps that are block-diagonal over
+(semantic | time), so the two scaled terms stay separate; the representation keeps the raw embeddings (the authors'
+script projects each field and the representation too).
+
+Shapes: B batch, L history length (K after search), D embedding dim, M taxonomy levels, E_s = D·(1 + M) semantic
+width (D without categories), E = E_s + D behaviour width (semantic ⊕ time), P = max_position.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from longrec.data.batch import Batch
+from longrec.models.layers import BehaviourEmbedding, check_behaviour_config, check_int, check_sizes, mlp
+
+__all__ = ["ATTENTION_KINDS", "TWIN", "TWINConfig", "check_bool", "masked_softmax", "time_ids"]
+
+ATTENTION_KINDS = ("dot", "projection")
+
+
+def check_bool(owner: str, name: str, value: object) -> None:
+    """Raise `ValueError` unless `value` is a bool (1 and 0 are rejected: a flag is a flag)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}.{name} must be a bool (true or false). Got {value!r} instead.")
+
+
+def time_ids(batch: Batch, max_position: int) -> Tensor:
+    """Relative-position time ids [B, L] int64 in [0, max_position]: most recent = 1, older ones clamped, padding 0.
+
+    Uses `batch.history_position` when present; otherwise counts real behaviours from the right of the mask, which is
+    what collate writes for a left-padded, unsearched batch.
+    """
+    position = batch.history_position
+    if position is None:
+        mask = batch.history_mask.long()  # [B, L]
+        position = mask.flip(1).cumsum(1).flip(1) * mask  # [B, L] most recent = 1, padding 0
+    return position.clamp(0, max_position)  # [B, L]
+
+
+def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
+    """Softmax of `scores` [B, L] over the real behaviours; padding gets exactly 0 and an empty history all zeros.
+
+    An empty row is softmaxed over zeros instead of -inf (no NaN, not even in the gradient), then masked out.
+    """
+    scores = scores.masked_fill(~mask, float("-inf"))  # [B, L]
+    scores = scores.masked_fill(~mask.any(1, keepdim=True), 0.0)  # [B, L], empty histories: finite
+    return torch.softmax(scores, dim=-1) * mask  # [B, L]
+
+
+@dataclass(frozen=True)
+class TWINConfig:
+    num_items: int  # item vocabulary size, id 0 = padding
+    num_categories: int = 0  # category vocabulary shared by every taxonomy level, id 0 = missing; 0 = no categories
+    taxonomy_levels: int = 0  # M, depth of history_category [B, L, M]
+    dim: int = 16  # D, width of each table: item, category (per level) and time
+    max_position: int = 200  # P: time ids 1..P (older behaviours share P); DARE's Protocol A has L = 200
+    target_aware: bool = True  # TR: head on [v_t, u, u ⊙ v_t]; False = "TWIN w/o TR", head on [v_t, u]
+    attention: str = "dot"  # "dot" | "projection" ("TWIN w/ proj.": scores on W_q v_t, W_k e_i)
+    head_hidden: tuple[int, ...] = (200, 80)  # widths of the output MLP (the paper's 200, 80)
+    aux_loss: bool = False  # second head on full-sequence attention (aux_logits); Protocol A turns it on
+    aux_hidden: tuple[int, ...] = (200,)  # widths of the auxiliary head (the authors' 200)
+    init_std: float = 0.05  # embeddings start at N(0, init_std²); DARE's protocol uses 0.01 with lr 1e-2
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        check_behaviour_config(
+            owner, self.num_items, self.num_categories, self.taxonomy_levels, self.dim, self.init_std
+        )
+        check_int(owner, "max_position", self.max_position)
+        check_bool(owner, "target_aware", self.target_aware)
+        check_bool(owner, "aux_loss", self.aux_loss)
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(
+                f"{owner}.attention must be one of {', '.join(ATTENTION_KINDS)}. Got {self.attention!r} instead."
+            )
+        # Lists come back from config.json; store tuples so the config stays hashable and compares equal.
+        object.__setattr__(self, "head_hidden", check_sizes(owner, "head_hidden", self.head_hidden))
+        object.__setattr__(self, "aux_hidden", check_sizes(owner, "aux_hidden", self.aux_hidden))
+
+
+class TWIN(nn.Module):
+    """Softmax target attention over the soft-searched behaviours, one shared table per field."""
+
+    def __init__(self, config: TWINConfig) -> None:
+        super().__init__()
+        self.config = config
+        D = config.dim
+        self.embedding = BehaviourEmbedding(
+            config.num_items, D, config.num_categories, config.taxonomy_levels, config.init_std
+        )
+        # No padding row: row 0 is the target's own time (padding behaviours also map there, with weight 0).
+        self.time_embedding = nn.Embedding(config.max_position + 1, D)
+        nn.init.normal_(self.time_embedding.weight, std=config.init_std)
+        E_s = self.embedding.out_dim
+        self.projections: nn.ModuleDict | None = None
+        if config.attention == "projection":
+            # Block-diagonal (semantic | time) so the two scaled dot products stay separate, as without projection.
+            self.projections = nn.ModuleDict(
+                {
+                    "query_semantic": nn.Linear(E_s, E_s, bias=False),
+                    "query_time": nn.Linear(D, D, bias=False),
+                    "key_semantic": nn.Linear(E_s, E_s, bias=False),
+                    "key_time": nn.Linear(D, D, bias=False),
+                }
+            )
+        E = E_s + D
+        width = 3 * E if config.target_aware else 2 * E
+        self.head = mlp(width, config.head_hidden)
+        self.aux_head = mlp(width, config.aux_hidden) if config.aux_loss else None
+        self.reads: tuple[str, ...] = self.embedding.reads
+
+    def _embed(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Query [B, E] and keys [B, L, E] (<query, key_i> = score_i), target v [B, E] and behaviours e [B, L, E]."""
+        h, t = self.embedding(batch)  # [B, L, E_s], [B, E_s]
+        p = self.time_embedding(time_ids(batch, self.config.max_position))  # [B, L, D]
+        p_t = self.time_embedding.weight[0].expand(len(batch), -1)  # [B, D] the target's time id is 0
+        e = torch.cat([h, p], dim=-1)  # [B, L, E]
+        v = torch.cat([t, p_t], dim=-1)  # [B, E]
+        q_sem, q_time, k_sem, k_time = t, p_t, h, p
+        if self.projections is not None:
+            q_sem, q_time = (
+                self.projections["query_semantic"](t),
+                self.projections["query_time"](p_t),
+            )  # [B, E_s], [B, D]
+            k_sem, k_time = (
+                self.projections["key_semantic"](h),
+                self.projections["key_time"](p),
+            )  # [B, L, E_s], [B, L, D]
+        # Scale the query, not the scores, so that one dot product gives the two-term score and search can use it.
+        query = torch.cat([q_sem / math.sqrt(q_sem.shape[-1]), q_time / math.sqrt(q_time.shape[-1])], dim=-1)  # [B, E]
+        keys = torch.cat([k_sem, k_time], dim=-1)  # [B, L, E]
+        return query, keys, v, e
+
+    def search_embeddings(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Query [B, E] and keys [B, L, E] whose dot product is the attention score (for the `soft` searcher)."""
+        query, keys, _, _ = self._embed(batch)
+        return query, keys
+
+    def attention_weights(self, batch: Batch) -> Tensor:
+        """Softmax attention weights [B, L] over the real behaviours of `batch` (0 on padding)."""
+        query, keys, _, _ = self._embed(batch)
+        return masked_softmax(torch.einsum("be,ble->bl", query, keys), batch.history_mask)  # [B, L]
+
+    def _logit(self, batch: Batch, head: nn.Module) -> Tensor:
+        query, keys, v, e = self._embed(batch)
+        weights = masked_softmax(torch.einsum("be,ble->bl", query, keys), batch.history_mask)  # [B, L]
+        u = torch.einsum("bl,ble->be", weights, e)  # [B, E]
+        # TR: Σ w_i (e_i ⊙ v_t) = u ⊙ v_t.
+        x = torch.cat([v, u, u * v] if self.config.target_aware else [v, u], dim=-1)  # [B, 3E] or [B, 2E]
+        return head(x).squeeze(-1)  # [B]
+
+    def forward(self, batch: Batch) -> Tensor:
+        """Return one click logit per example, shape [B] (attention over the behaviours search kept)."""
+        return self._logit(batch, self.head)
+
+    def aux_logits(self, batch: Batch) -> Tensor | None:
+        """Auxiliary logits [B] from softmax attention over all L behaviours and the second head; None when off."""
+        if self.aux_head is None:
+            return None
+        return self._logit(batch, self.aux_head)

@@ -1,0 +1,125 @@
+"""Hard and soft search together, feeding separate sequence modules (SPEC §2 "(ours)"; the Tencent paper, arXiv
+2510.21714, runs both but does not say how they combine).
+
+The searcher keeps `hard_k` behaviours with a hard searcher (`search.hard_method`: category or hierarchical) and
+K - hard_k with soft search (exact top-K of <key_i, query> with the model's `search_embeddings`) over the behaviours
+the hard searcher did **not** keep, so no behaviour is counted twice. Its output is two blocks of fixed width:
+
+    positions [B, K] = [ hard block: columns 0 .. hard_k - 1 | soft block: columns hard_k .. K - 1 ]
+
+each block oldest first and left-padded within itself (a block with fewer behaviours than its width starts with
+padding; the soft block never borrows unused hard slots). `search_stage` keeps this column order (it does not re-order
+the K behaviours chronologically as it does for other searchers) and always returns K = `search.k` columns, even
+when the batch's L is shorter, so a model splits every searched batch at the same column:
+
+    hard, soft = split_blocks(batch, hard_k)  # histories [B, K_hard] and [B, K - K_hard]
+
+(`split_blocks` slices every history field the same way). See docs/search.md.
+
+Shapes: B batch, L history length, K kept behaviours, D search embedding dim.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from longrec.config import SearchConfig
+from longrec.data.batch import HISTORY_FIELDS, Batch
+from longrec.search.category import category
+from longrec.search.exact import exact_topk
+from longrec.search.hierarchical import hierarchical
+
+__all__ = ["HARD_SEARCHERS", "hard_and_soft", "oldest_first", "split_blocks"]
+
+# The hard searchers `search.hard_method` can name (same signature as every searcher; no embeddings).
+HARD_SEARCHERS = {"category": category, "hierarchical": hierarchical}
+
+
+def oldest_first(positions: Tensor, kept: Tensor) -> tuple[Tensor, Tensor]:
+    """Re-order each row oldest first with the empty slots in front (left padding), like a collated batch.
+
+    Args:
+        positions: [B, K] int64 indices into L.
+        kept: [B, K] bool, False = empty slot.
+
+    Returns:
+        positions [B, K] and kept [B, K], permuted within each row.
+    """
+    key = torch.where(kept, positions, torch.full_like(positions, -1))  # [B, K] empty slots sort first
+    order = key.argsort(dim=1, stable=True)  # [B, K]
+    return positions.gather(1, order), kept.gather(1, order)  # [B, K] each
+
+
+def _block(positions: Tensor, kept: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """Pad a selection [B, K'] (K' <= width) with empty slots to [B, width], then order it oldest first."""
+    pad = width - positions.shape[1]
+    positions = torch.nn.functional.pad(positions, (0, pad))  # [B, width], empty slots point at column 0
+    kept = torch.nn.functional.pad(kept, (0, pad), value=False)  # [B, width]
+    return oldest_first(positions, kept)
+
+
+def hard_and_soft(
+    batch: Batch, k: int, query: Tensor | None, keys: Tensor | None, config: SearchConfig
+) -> tuple[Tensor, Tensor]:
+    """`config.hard_k` behaviours by hard search, then K - hard_k by soft search over the rest, as two blocks.
+
+    Args:
+        batch: histories [B, L] with `history_category` [B, L, M] and `target_category` [B, M].
+        k: total width K (may exceed L: slots beyond the history stay empty, so block widths never change).
+        query: [B, D] the model's search query.
+        keys: [B, L, D] the model's search keys.
+        config: `hard_method` (category | hierarchical), `hard_k` (0 <= hard_k <= k), and the hard searcher's own
+            keys (`level` for category).
+
+    Returns:
+        positions [B, K] int64 into L and kept [B, K] bool: columns [0, hard_k) the hard block, [hard_k, K) the soft
+        block, each oldest first and left-padded.
+
+    Raises:
+        ValueError: no search embeddings, or hard_k outside [0, k].
+    """
+    if query is None or keys is None:
+        raise ValueError("hard+soft search needs the model's search embeddings: the model has no search_embeddings().")
+    hard_k = config.hard_k
+    if not 0 <= hard_k <= k:
+        raise ValueError(f"search.hard_k must be in [0, search.k] = [0, {k}]. Got {hard_k} instead.")
+    mask = batch.history_mask  # [B, L]
+    L = mask.shape[1]
+    positions, kept = [], []
+    free = mask  # [B, L] behaviours the soft search may still take
+    if hard_k > 0:
+        p, m = HARD_SEARCHERS[config.hard_method](batch, min(hard_k, L), None, None, config)  # [B, min(hard_k, L)]
+        free = mask & ~torch.zeros_like(mask).scatter(1, p, m)  # [B, L]; top-K positions are distinct per row
+        p, m = _block(p, m, hard_k)  # [B, K_hard]
+        positions.append(p)
+        kept.append(m)
+    if k > hard_k:
+        p, m = exact_topk(query, keys, free, min(k - hard_k, L))  # [B, min(K - K_hard, L)]
+        p, m = _block(p, m, k - hard_k)  # [B, K - K_hard]
+        positions.append(p)
+        kept.append(m)
+    return torch.cat(positions, dim=1), torch.cat(kept, dim=1)  # [B, K] each
+
+
+def split_blocks(batch: Batch, hard_k: int) -> tuple[Batch, Batch]:
+    """Split a hard+soft searched batch into the hard block and the soft block, one per sequence module.
+
+    Args:
+        batch: the output of `search_stage` with `search.method = "hard+soft"`: histories [B, K].
+        hard_k: `search.hard_k` the batch was searched with (a model takes it as a config field).
+
+    Returns:
+        (hard, soft): the same batch with every history field cut to columns [0, hard_k) and [hard_k, K); target
+        fields are shared. Each block is oldest first and left-padded, like a collated batch.
+
+    Example:
+        >>> hard, soft = split_blocks(search_stage(batch, model, config.search), config.search.hard_k)  # doctest: +SKIP
+    """
+    K = batch.history.shape[1]
+    if not 0 <= hard_k <= K:
+        raise ValueError(f"hard_k must be in [0, K] = [0, {K}] (the searched width). Got {hard_k} instead.")
+    fields = [name for name in HISTORY_FIELDS if getattr(batch, name) is not None]
+    hard = batch.replace(**{name: getattr(batch, name)[:, :hard_k] for name in fields})  # [B, K_hard, ...]
+    soft = batch.replace(**{name: getattr(batch, name)[:, hard_k:] for name in fields})  # [B, K - K_hard, ...]
+    return hard, soft

@@ -1,0 +1,73 @@
+"""Hierarchical hard search over the taxonomy path (Tencent Advertising, arXiv 2510.21714, + ours; SPEC §2).
+
+A behaviour's match depth is the length of the path prefix it shares with the target, coarse to fine:
+
+    ℓ_i = max m such that path_i[1..m] == path_t[1..m]      (a level missing (0) on either side stops the match)
+
+Search takes the deepest matches first, the most recent first inside a depth, and falls back to coarser depths until
+K are kept; a behaviour with ℓ_i = 0 (not even the coarsest level matches) is never kept. This lets content-domain
+behaviours that only reach a coarse level of the unified taxonomy still feed the model when few ad behaviours share
+the target's fine category (the cross-domain setting of SPEC §1, planted mechanism (b)).
+
+Vectorised: ℓ = sum over M of the cumulative product of the level-wise equality; score = ℓ * (L + 1) + column, so
+one top-K orders by depth, then recency.
+
+Shapes: B batch, L history length, K kept behaviours, M taxonomy levels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from longrec.config import SearchConfig
+from longrec.data.batch import Batch
+from longrec.search.category import require_categories
+from longrec.search.exact import topk_positions
+
+__all__ = ["hierarchical", "match_depth"]
+
+
+def match_depth(history_category: Tensor, target_category: Tensor) -> Tensor:
+    """Match depth ℓ_i of every behaviour: how many leading taxonomy levels it shares with the target.
+
+    Args:
+        history_category: [B, L, M] int64 taxonomy paths, coarse to fine, 0 = level missing.
+        target_category: [B, M] int64.
+
+    Returns:
+        [B, L] int64 in [0, M]; 0 = not even the coarsest level matches (padding, whose path is all 0, gets 0).
+
+    Example:
+        >>> match_depth(torch.tensor([[[1, 2, 3], [1, 5, 3], [0, 2, 3]]]), torch.tensor([[1, 2, 3]]))
+        tensor([[3, 1, 0]])
+    """
+    t = target_category.unsqueeze(1)  # [B, 1, M]
+    equal = (history_category == t) & (t != 0)  # [B, L, M] level-wise match; a missing level never matches
+    return equal.long().cumprod(dim=-1).sum(dim=-1)  # [B, L] length of the matching prefix
+
+
+def hierarchical(
+    batch: Batch, k: int, query: Tensor | None, keys: Tensor | None, config: SearchConfig
+) -> tuple[Tensor, Tensor]:
+    """The K behaviours with the deepest taxonomy match, the most recent first within a depth.
+
+    Args:
+        batch: histories [B, L] with `history_category` [B, L, M] and `target_category` [B, M].
+        k: behaviours to keep, 1 <= k <= L.
+        query: unused (hard search needs no embeddings).
+        keys: unused.
+        config: unused (no knobs: every level takes part).
+
+    Returns:
+        positions [B, K] int64 into L (deepest, then most recent first) and kept [B, K] bool (False = fewer than K
+        behaviours with ℓ_i >= 1).
+    """
+    history_category, target_category = require_categories(batch, "hierarchical")
+    L, M = history_category.shape[1], history_category.shape[2]
+    depth = match_depth(history_category, target_category)  # [B, L]
+    column = torch.arange(L, device=depth.device).expand_as(depth)  # [B, L] later = more recent
+    # float32 holds integers exactly below 2**24; beyond that (huge L * M) rank in float64.
+    dtype = torch.float32 if (M + 1) * (L + 1) < 2**24 else torch.float64
+    score = (depth * (L + 1) + column).to(dtype)  # [B, L] depth first, recency breaks ties
+    return topk_positions(score, batch.history_mask & (depth > 0), k)
