@@ -11,7 +11,7 @@ import pytest
 
 from longrec.cli import EXAMPLES, build_parser, main
 
-COMMANDS = ("synth", "prepare", "train", "eval", "demo", "config")
+COMMANDS = ("synth", "prepare", "import-samples", "train", "eval", "demo", "config")
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -306,14 +307,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    from rich.console import Console
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=False)])
-    if args.quiet:
-        args.set = [*getattr(args, "set", [])]
+    # Logs go to stderr (results alone on stdout). The handler filters by verbosity; the root logger passes INFO on,
+    # so a run's log.txt (a file handler added by `train`) gets INFO lines even under --quiet.
+    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False, level=level)
+    logging.basicConfig(level=min(level, logging.INFO), format="%(message)s", handlers=[handler])
     try:
         code: int = args.func(args)
         return code
+    except BrokenPipeError:
+        # `longrec eval RUN | head`: the reader left; not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, KeyError, FileNotFoundError, TypeError) as err:
         if args.debug:
             raise

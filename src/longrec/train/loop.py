@@ -90,14 +90,20 @@ def train(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # log.txt gets INFO lines whatever the console verbosity; the logger's level is restored afterwards.
     handler = logging.FileHandler(out / "log.txt")
+    handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("longrec").addHandler(handler)
-    logging.getLogger("longrec").setLevel(logging.INFO)
+    package_logger = logging.getLogger("longrec")
+    previous = package_logger.level
+    package_logger.addHandler(handler)
+    if package_logger.getEffectiveLevel() > logging.INFO:
+        package_logger.setLevel(logging.INFO)
     try:
         return _train(config, out, resume, on_step)
     finally:
-        logging.getLogger("longrec").removeHandler(handler)
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(previous)
         handler.close()
 
 
