@@ -30,7 +30,13 @@ EXAMPLES = {
   longrec prepare ../shared/data/movielens_latest_small/ratings.csv.gz --format movielens \\
       --option movies=../shared/data/movielens_latest_small/movies.csv --protocol B --out data/ml-B
   longrec prepare log.parquet --format parquet --out data/mine \\
-      --option mapping="{'user_id': 'uid', 'item_id': 'iid', 'timestamp': 'ts'}\"""",
+      --option mapping="{'user_id': 'uid', 'item_id': 'iid', 'timestamp': 'ts'}"
+  # several sources -> one trajectory per user, categories mapped onto one taxonomy (docs/unify.md):
+  longrec prepare --source tests/data/fixtures/unify/ads.csv:csv:ad:feed \\
+      --source tests/data/fixtures/unify/content.csv:csv:content:video \\
+      --taxonomy-map tests/data/fixtures/unify/taxonomy_map.csv --out data/unified
+  longrec prepare data/synth-raw --format synthetic --taxonomy-map data/synth-raw/taxonomy_map.csv --out data/synth
+  longrec prepare --sources tests/data/fixtures/unify/taobao_scenes.toml --out data/taobao-scenes""",
     "import-samples": """examples:
   longrec import-samples --train train.parquet --valid valid.parquet --test test.parquet --out data/interop
   longrec train configs/din_synthetic.toml --out runs/din-interop --set data.path=data/interop
@@ -45,6 +51,9 @@ EXAMPLES = {
     "demo": """examples:
   longrec demo                       # synthetic data -> prepare -> DIN vs mean pooling, into demo_out/
   longrec demo --out /tmp/demo --users 1000""",
+    "analyze": """examples:
+  longrec analyze runs/din                     # PNGs + analysis.json into runs/din/plots/
+  longrec analyze runs/tin-tdpe --split test --samples 8192 --out /tmp/tin-plots""",
     "config": """examples:
   longrec config configs/din_synthetic.toml
   longrec config configs/din_synthetic.toml --set model.dim=32 --set train.lr=0.01""",
@@ -114,6 +123,24 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, str]:
     return loaded.frame, loaded.report, loaded.source
 
 
+def _unify(args: argparse.Namespace) -> tuple[Any, Any, str, Any]:
+    """INPUT (if any), the --sources file and every --source, merged by `longrec.data.unify`."""
+    from longrec.config import parse_overrides
+    from longrec.data.unify import SourceSpec, parse_source, read_sources_file, unify
+
+    specs, taxonomy_map, levels = [], args.taxonomy_map, args.taxonomy_levels
+    if args.input is not None:
+        specs.append(SourceSpec(args.input, args.format, parse_overrides(args.option) if args.option else {}))
+    if args.sources is not None:
+        listed = read_sources_file(args.sources)
+        specs += listed.sources
+        taxonomy_map = taxonomy_map if taxonomy_map is not None else listed.taxonomy_map
+        levels = levels if levels is not None else listed.taxonomy_levels
+    specs += [parse_source(text) for text in args.source]
+    unified = unify([spec.load() for spec in specs], taxonomy_map, levels)
+    return unified.frame, unified.report, " + ".join(spec.path for spec in specs), unified.coverage
+
+
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from longrec.config import ConfigError, fill_dataclass, parse_overrides
     from longrec.data.prepare import prepare
@@ -129,10 +156,23 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         protocol = fill_dataclass(ProtocolConfig, {**dataclasses.asdict(base), **overrides}, "protocol.", problems)
     if protocol is None:
         raise ConfigError(problems, "prepare options")
-    frame, report, source = _load(args)
+    if args.input is not None and args.format is None:
+        raise ValueError("prepare INPUT needs --format (one of the loader formats, e.g. --format taobao).")
+    if args.option and args.input is None:
+        raise ValueError("--option sets INPUT's loader options; give per-source options in a --sources file.")
+    coverage = None
+    if args.source or args.sources is not None or args.taxonomy_map is not None or args.taxonomy_levels is not None:
+        frame, report, source, coverage = _unify(args)
+    elif args.input is None:
+        raise ValueError("prepare needs a log: INPUT --format FORMAT, or --source PATH:FORMAT[:DOMAIN[:SCENE]].")
+    else:
+        frame, report, source = _load(args)
     extra = tuple(args.extra_fields.split(",")) if args.extra_fields is not None else None
-    result = prepare(frame, args.out, protocol, source=source, load_report=report, extra_fields=extra)
-    print("\n".join(result.lines()))
+    sections = {"taxonomy_coverage": coverage.to_dict()} if coverage is not None else None
+    result = prepare(
+        frame, args.out, protocol, source=source, load_report=report, extra_fields=extra, extra_manifest=sections
+    )
+    print("\n".join(result.lines() + (coverage.lines() if coverage is not None else [])))
     return 0
 
 
@@ -201,6 +241,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from longrec.eval.analyze import analyze_run
+
+    result = analyze_run(args.run, args.out, split=args.split, samples=args.samples, data=args.data)
+    for path in result["files"]:
+        print(path)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from longrec.demo import run_demo
 
@@ -244,8 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     from longrec.data.protocols import PROTOCOLS
 
     p = add("prepare", "Check a behaviour log, build dense ids and the trajectory store, and cut protocol samples.")
-    p.add_argument("input", help="the log file (or a 'longrec synth' directory with --format synthetic)")
-    p.add_argument("--format", required=True, choices=sorted(LOADERS), help="the input format")
+    p.add_argument(
+        "input", nargs="?", default=None, help="the log file (or a 'longrec synth' directory with --format synthetic)"
+    )
+    p.add_argument("--format", default=None, choices=sorted(LOADERS), help="the input format (required with INPUT)")
     p.add_argument("--out", required=True, help="the store directory (replaced atomically)")
     p.add_argument(
         "--protocol", default="T", choices=PROTOCOLS, help="A: DARE, B: leave-last-out, T: by time (default)"
@@ -257,6 +308,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--option", action="append", default=[], metavar="KEY=VALUE", help="a loader option, e.g. actions=\"('pv',)\""
     )
     p.add_argument("--extra-fields", default=None, help="comma-separated extra id columns to keep (default: all)")
+    p.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="PATH:FORMAT[:DOMAIN[:SCENE]]",
+        help="one more behaviour source to merge into the users' trajectories (repeatable; docs/unify.md)",
+    )
+    p.add_argument("--sources", default=None, metavar="TOML", help="a file of [[source]] tables with loader options")
+    p.add_argument(
+        "--taxonomy-map", default=None, metavar="FILE", help="CSV/Parquet: domain, source_category, cat_1..cat_M"
+    )
+    p.add_argument("--taxonomy-levels", type=int, default=None, metavar="M", help="unified depth (default: the map's)")
     p.set_defaults(func=_cmd_prepare)
 
     p = add(
@@ -288,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("train", "valid", "test"))
     p.add_argument("--data", default=None, help="a prepared store with the same vocabulary (default: the run's)")
     p.set_defaults(func=_cmd_eval)
+
+    p = add("analyze", "Draw where a trained model attends (per goal, per field group) and what search kept, as PNGs.")
+    p.add_argument("run", help="run directory written by 'longrec train'")
+    p.add_argument("--split", default="valid", choices=("train", "valid", "test"))
+    p.add_argument("--samples", type=int, default=4096, help="samples to analyse (default: 4096)")
+    p.add_argument("--out", default=None, help="output directory (default: RUN/plots)")
+    p.add_argument("--data", default=None, help="a prepared store with the same vocabulary (default: the run's)")
+    p.set_defaults(func=_cmd_analyze)
 
     p = add("demo", "Synthetic data -> prepare -> train DIN and mean pooling -> comparison table + summary.json.")
     p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")

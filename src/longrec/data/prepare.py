@@ -89,6 +89,7 @@ def prepare(
     source: str = "log",
     load_report: FilterReport | None = None,
     extra_fields: tuple[str, ...] | None = None,
+    extra_manifest: dict[str, Any] | None = None,
 ) -> PrepareResult:
     """Prepare a canonical behaviour log into a trajectory store with samples.
 
@@ -98,7 +99,9 @@ def prepare(
         protocol: which samples to cut (`ProtocolConfig.for_protocol('A')`, ...).
         source: the log's name, quoted in errors and the manifest.
         load_report: rows the loader filtered, recorded in the manifest.
-        extra_fields: extra id columns to keep; None keeps every extra column of the schema.
+        extra_fields: extra id columns to keep; None keeps every extra column of the schema but `source_category`.
+        extra_manifest: more JSON-ready manifest sections, e.g. {"taxonomy_coverage": ...} from
+            `longrec.data.unify`; a key that `prepare` writes itself is a ValueError.
 
     Returns:
         The written manifest, with counts and every filter.
@@ -113,7 +116,9 @@ def prepare(
     out = Path(out)
     lazy = frame.lazy()
     schema = check_log(lazy, source)
-    extras = schema.extra if extra_fields is None else tuple(extra_fields)
+    # Default: every extra id column except `source_category`, a domain's raw category that taxonomy mapping
+    # (longrec.data.unify) has already turned into cat_*; embedding it again would duplicate the taxonomy.
+    extras = tuple(e for e in schema.extra if e != "source_category") if extra_fields is None else tuple(extra_fields)
     unknown = [e for e in extras if e not in schema.extra]
     if unknown:
         raise ValueError(
@@ -250,6 +255,10 @@ def prepare(
             "protocol_report": dict(traj.report),
             "seconds": round(time.perf_counter() - started, 2),
         }
+        clash = sorted(set(extra_manifest or {}) & set(manifest))
+        if clash:
+            raise ValueError(f"extra_manifest keys {clash} clash with the manifest's own keys; rename them.")
+        manifest.update(extra_manifest or {})
         write_manifest(tmp, manifest)
     logger.info("wrote %s in %.1fs", out, time.perf_counter() - started)
     return PrepareResult(out=out, manifest=manifest)

@@ -1,0 +1,86 @@
+"""`longrec analyze`: attention profiles per goal, retrieval example, PNGs written from a real run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from longrec.cli import main
+from longrec.config import SearchConfig, load_config
+from longrec.data.dataset import collate
+from longrec.data.prepare import prepare
+from longrec.data.protocols import ProtocolConfig
+from longrec.data.store import TrajectoryStore
+from longrec.eval.analyze import attention_profile, retrieval_example
+from longrec.models import build_model
+from longrec.train.loop import train
+from tests.conftest import make_log
+
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("analyze")
+    log = make_log(num_users=20, events=20, seed=4, impressions=6, goals=("click", "buy"))
+    prepare(log, root / "data", ProtocolConfig.for_protocol("T", min_history=0))
+    overrides = [
+        "model.name='tin'",
+        "model.dim=4",
+        "model.head_hidden=(8,)",
+        f"data.path={str(root / 'data')!r}",
+        "data.max_history=12",
+        "train.epochs=1",
+        "train.batch_size=32",
+        "train.progress=False",
+        "search.method='hierarchical'",
+        "search.k=5",
+    ]
+    train(load_config(None, overrides), root / "run")
+    return root / "run"
+
+
+def test_analyze_writes_every_plot_and_the_numbers_behind_them(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--quiet", "analyze", str(run_dir), "--samples", "64"]) == 0
+    printed = capsys.readouterr().out.split()
+    names = {Path(p).name for p in printed}
+    assert {"attention_by_position.png", "attention_by_time_gap.png", "search_retrieval.png"} <= names
+    assert "validation_curve.png" in names
+    for path in printed:
+        assert Path(path).stat().st_size > 5_000, f"{path} looks empty"
+    numbers = json.loads((run_dir / "plots" / "analysis.json").read_text())
+    assert len(numbers["attention"]["position_mean"]) == 3  # goals: unknown, buy, click
+    assert set(numbers["retrieval_example"]["kept"]) == {"latest", "category", "hierarchical"}
+
+
+def test_attention_profile_averages_weights_by_goal_and_position(tmp_path: Path) -> None:
+    prepare(make_log(num_users=8, events=10, seed=1), tmp_path / "d", ProtocolConfig.for_protocol("T"))
+    store = TrajectoryStore.open(tmp_path / "d")
+    samples = store.samples("train")
+    batch = collate(store, samples, np.arange(len(samples)), 6)
+    model = build_model("tin", num_items=store.sizes["num_items"], dim=4)
+    profile = attention_profile(model, [batch], num_goals=1)
+    assert profile is not None
+    with torch.no_grad():
+        w = model.attention_weights(batch)
+    pos = batch.history_position
+    expected = float(w[(pos == 1) & batch.history_mask].mean())  # most recent behaviour
+    assert profile["position_mean"][0][1] == pytest.approx(expected, rel=1e-5)
+    assert profile["position_count"][0][1] == float(((pos == 1) & batch.history_mask).sum())
+
+
+def test_retrieval_example_marks_what_each_searcher_kept(run_dir: Path) -> None:
+    store = TrajectoryStore.open(json.loads((run_dir / "config.json").read_text())["data"]["path"])
+    samples = store.samples("valid")
+    batch = collate(store, samples, np.arange(min(8, len(samples))), 12)
+    row = int(batch.history_mask.sum(1).argmax())
+    example = retrieval_example(torch.nn.Identity(), batch, row, SearchConfig(method="latest", k=3))
+    n = int(batch.history_mask[row].sum())
+    assert example["kept"]["latest"] == [False] * (n - min(3, n)) + [True] * min(3, n)
+    assert all(d >= 1 for d, kept in zip(example["depth"], example["kept"]["hierarchical"], strict=True) if kept)
