@@ -101,9 +101,14 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many steps in total; 0 = no limit
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     progress: bool = True  # progress bar on stderr (off automatically when stderr is not a terminal)
+    goal_weights: dict[str, float] = field(default_factory=dict)  # BCE weight per goal name ({buy = 2.0}); else 1
 
     def __post_init__(self) -> None:
         problems = []
+        for goal, weight in self.goal_weights.items():
+            ok = isinstance(weight, int | float) and not isinstance(weight, bool) and 0 <= weight < float("inf")
+            if not isinstance(goal, str) or not goal or not ok:
+                problems.append(f"train.goal_weights[{goal!r}] must be a finite float >= 0. Got {weight!r} instead.")
         for name in ("batch_size", "eval_batch_size", "epochs"):
             if getattr(self, name) < 1:
                 problems.append(f"train.{name} must be a positive int. Got {getattr(self, name)} instead.")

@@ -12,7 +12,8 @@ Time is a relative-position table per role (attention, representation) indexed b
 1, clamped to `max_position`; the target's own time id is 0); see `twin.py` for the fallback when a batch has no
 positions. Head without BatchNorm, and the auxiliary loss (`aux_loss`, off by default like the authors' script; on in
 `configs/dare_taobao.toml`): `aux_logits(full_batch)` attends over all L behaviours with the attention tables, pools
-the representation tables and feeds a second head.
+the representation tables and feeds a second head; `forward_with_aux` is the train loop's one-lookup fast path for
+both heads (see `twin.py`).
 
 `separate_target_tables = true` is the **TWIN-4E** ablation: four table sets (attention/representation ×
 target/history), so a target item and the same item in the history no longer share an embedding. Keep
@@ -25,15 +26,24 @@ P = max_position.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from longrec.config import SearchConfig
 from longrec.data.batch import Batch
-from longrec.models.layers import BehaviourEmbedding, check_behaviour_config, check_int, check_sizes, mlp
-from longrec.models.twin import check_bool, masked_softmax, time_ids
+from longrec.models.layers import (
+    BehaviourEmbedding,
+    check_behaviour_config,
+    check_int,
+    check_sizes,
+    dot_scores,
+    lookup,
+    mlp,
+    weighted_sum,
+)
+from longrec.models.twin import check_bool, masked_softmax, pool_full_and_kept, scaled_query, time_ids
 
 __all__ = ["DARE", "DAREConfig"]
 
@@ -79,23 +89,20 @@ class _Tables(nn.Module):
         self.time_embedding = nn.Embedding(config.max_position + 1, dim)
         nn.init.normal_(self.time_embedding.weight, std=config.init_std)
 
-    def history(self, batch: Batch, max_position: int) -> tuple[Tensor, Tensor]:
-        """Semantic [B, L, D·(1+M)] and time [B, L, D] embeddings of the behaviours."""
-        h = self.embedding.item_embedding(batch.history)  # [B, L, D]
-        if self.embedding.category_embedding is not None:
-            assert batch.history_category is not None  # check_batch's job
-            h_cat = self.embedding.category_embedding(batch.history_category).flatten(2)  # [B, L, M·D]
-            h = torch.cat([h, h_cat], dim=-1)  # [B, L, D·(1+M)]
-        return h, self.time_embedding(time_ids(batch, max_position))  # [B, L, D·(1+M)], [B, L, D]
+    def history(self, batch: Batch, max_position: int) -> Tensor:
+        """Behaviour embeddings [B, L, D·(1+M) + D]: semantic (item ⊕ category per level) ⊕ time."""
+        ids = [*self.embedding.history_ids(batch), time_ids(batch, max_position)]
+        return lookup([*self.embedding.tables, self.time_embedding], ids)  # [B, L, D·(1+M) + D]
 
-    def target(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Semantic [B, D·(1+M)] and time [B, D] embeddings of the target (time id 0)."""
-        t = self.embedding.item_embedding(batch.target)  # [B, D]
-        if self.embedding.category_embedding is not None:
-            assert batch.target_category is not None  # check_batch's job
-            t_cat = self.embedding.category_embedding(batch.target_category).flatten(1)  # [B, M·D]
-            t = torch.cat([t, t_cat], dim=-1)  # [B, D·(1+M)]
-        return t, self.time_embedding.weight[0].expand(len(batch), -1)  # [B, D·(1+M)], [B, D]
+    def target(self, batch: Batch) -> Tensor:
+        """Target embedding [B, D·(1+M) + D]: semantic ⊕ time, where the target's time id is 0."""
+        ids = [*self.embedding.target_ids(batch), torch.zeros_like(batch.target)]
+        return lookup([*self.embedding.tables, self.time_embedding], ids)  # [B, D·(1+M) + D]
+
+
+def _head_logit(v: Tensor, u: Tensor, head: nn.Module) -> Tensor:
+    """The head on [v_t, u, u ⊙ v_t] -> [B]; TR: Σ w_i (e_i ⊙ v_t) = u ⊙ v_t."""
+    return head(torch.cat([v, u, u * v], dim=-1)).squeeze(-1)  # [B]
 
 
 class DARE(nn.Module):
@@ -117,29 +124,35 @@ class DARE(nn.Module):
 
     def search_embeddings(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Query [B, A] and keys [B, L, A] from the attention tables only; <query, key_i> is the attention score."""
-        h_sem, h_time = self.attention.history(batch, self.config.max_position)  # [B, L, A - D_a], [B, L, D_a]
-        t_sem, t_time = (self.target_attention or self.attention).target(batch)  # [B, A - D_a], [B, D_a]
-        # Scale the query, not the scores, so that one dot product gives the two-term score and search can use it.
-        query = torch.cat([t_sem / math.sqrt(t_sem.shape[-1]), t_time / math.sqrt(t_time.shape[-1])], dim=-1)  # [B, A]
-        return query, torch.cat([h_sem, h_time], dim=-1)  # [B, A], [B, L, A]
+        keys = self.attention.history(batch, self.config.max_position)  # [B, L, A]
+        target = (self.target_attention or self.attention).target(batch)  # [B, A]
+        return scaled_query(target, self.config.attention_dim or self.config.dim), keys  # [B, A], [B, L, A]
 
     def attention_weights(self, batch: Batch) -> Tensor:
         """Softmax attention weights [B, L] over the real behaviours of `batch` (0 on padding)."""
         query, keys = self.search_embeddings(batch)  # [B, A], [B, L, A]
-        return masked_softmax(torch.einsum("ba,bla->bl", query, keys), batch.history_mask)  # [B, L]
+        return masked_softmax(dot_scores(query, keys), batch.history_mask)  # [B, L]
 
     def representations(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Target v [B, R] and behaviours e [B, L, R] from the representation tables only."""
-        e = torch.cat(self.representation.history(batch, self.config.max_position), dim=-1)  # [B, L, R]
-        v = torch.cat((self.target_representation or self.representation).target(batch), dim=-1)  # [B, R]
+        e = self.representation.history(batch, self.config.max_position)  # [B, L, R]
+        v = (self.target_representation or self.representation).target(batch)  # [B, R]
         return v, e
 
     def _logit(self, batch: Batch, head: nn.Module) -> Tensor:
         weights = self.attention_weights(batch)  # [B, L]
         v, e = self.representations(batch)  # [B, R], [B, L, R]
-        u = torch.einsum("bl,blr->br", weights, e)  # [B, R]
-        # TR: Σ w_i (e_i ⊙ v_t) = u ⊙ v_t.
-        return head(torch.cat([v, u, u * v], dim=-1)).squeeze(-1)  # [B]
+        return _head_logit(v, weighted_sum(weights, e), head)  # [B]
+
+    def forward_with_aux(self, batch: Batch, search: SearchConfig) -> tuple[Tensor, Tensor] | None:
+        """Fast path of a training step: `(forward(search_stage(batch, self, search)), aux_logits(batch))`, [B] each,
+        from one lookup per table set (`pool_full_and_kept`); None unless the aux loss is on and search is `soft`."""
+        if self.aux_head is None or search.method != "soft":
+            return None
+        query, keys = self.search_embeddings(batch)  # [B, A], [B, L, A]
+        v, e = self.representations(batch)  # [B, R], [B, L, R]
+        full, kept = pool_full_and_kept(batch, query, keys, e, search.k)  # [B, R] each
+        return _head_logit(v, kept, self.head), _head_logit(v, full, self.aux_head)
 
     def forward(self, batch: Batch) -> Tensor:
         """Return one click logit per example, shape [B] (attention over the behaviours search kept)."""

@@ -1,19 +1,171 @@
-"""Blocks that two or more models share unchanged: the behaviour embedding, the PReLU MLP and config checks.
+"""Blocks that two or more models share unchanged: the behaviour embedding, the PReLU MLP, table lookup, attention
+scores and pooling, and config checks.
+
+**Fast paths and their oracle.** `lookup`, `dot_scores`, `weighted_sum` and `PReLU` (and, in their own files, DIN's
+decomposed scorer and the TWIN/DARE `forward_with_aux`) each have a fast CPU implementation and a plain one that reads
+like the paper; the plain one is the test oracle (same outputs and gradients within fp32 tolerance:
+tests/models/test_fast_paths.py, tests/train/test_train_step.py). `reference_paths()` switches every fast path off for
+a block of code, which is how those tests and `benchmarks/bench_throughput.py` run the plain path.
 
 Shapes: B batch, L history length, M taxonomy levels, D embedding dim, E = D·(1 + M) behaviour width with categories
-(E = D without them).
+(E = D without them), N rows looked up, J looked-up columns per row, V rows of all tables together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from longrec.data.batch import Batch
 
-__all__ = ["BehaviourEmbedding", "check_behaviour_config", "check_int", "check_sizes", "mlp"]
+__all__ = [
+    "BehaviourEmbedding",
+    "PReLU",
+    "check_behaviour_config",
+    "check_int",
+    "check_sizes",
+    "dot_scores",
+    "fast_paths",
+    "lookup",
+    "mlp",
+    "reference_paths",
+    "weighted_sum",
+]
+
+_FAST_PATHS = True
+
+
+def fast_paths() -> bool:
+    """Whether the fast paths are on (the default); `reference_paths()` turns them off."""
+    return _FAST_PATHS
+
+
+@contextmanager
+def reference_paths() -> Iterator[None]:
+    """Run the block on the plain reference paths (the oracle of every fast path), then restore the setting."""
+    global _FAST_PATHS
+    saved, _FAST_PATHS = _FAST_PATHS, False
+    try:
+        yield
+    finally:
+        _FAST_PATHS = saved
+
+
+class _GatherRows(torch.autograd.Function):
+    """`table[index]` whose backward scatters with `index_add_`.
+
+    `F.embedding`'s CPU backward adds one row at a time through a generic kernel (about 50-70 ns a row, measured
+    ~2x slower than `index_add_` on 10^5-10^6 rows); every row of the history pays it on every step. Rows in
+    `padding_rows` get no gradient, like `nn.Embedding(padding_idx=...)`.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, table: Tensor, index: Tensor, padding_rows: list[int]) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.num_rows, ctx.padding_rows = table.shape[0], padding_rows
+        return table.index_select(0, index.reshape(-1)).view(*index.shape, table.shape[1])  # [..., J, D]
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        (index,) = ctx.saved_tensors
+        D = grad.shape[-1]
+        grad_table = grad.new_zeros(ctx.num_rows, D).index_add_(0, index.reshape(-1), grad.reshape(-1, D))  # [V, D]
+        if ctx.padding_rows:
+            grad_table[ctx.padding_rows] = 0.0
+        return grad_table, None, None
+
+
+def lookup(tables: Sequence[nn.Embedding], ids: Sequence[Tensor]) -> Tensor:
+    """Rows of several tables of one width D side by side on the last axis: [tables[0][ids[0]], tables[1][ids[1]], ...].
+
+    Args:
+        tables: embedding tables, all of width D.
+        ids: one id tensor per table, all with the same leading shape S; an id tensor may carry one more axis (a
+            category path [..., M]), whose columns are looked up in the same table and laid side by side.
+
+    Returns:
+        [*S, J·D] where J counts the looked-up columns (1 per plain id tensor, M per path).
+
+    Fast path (the plain per-table lookup and concat is its oracle): every gather's backward is one `index_add_`
+    (`_GatherRows`). When the lookup is larger than the tables (training: B·L·J ids against a few 10^4 rows), the
+    tables are concatenated (V·D floats) and all J columns are gathered in one `index_select` straight into the output
+    layout, instead of J gathers of [*S, D] and a `torch.cat` that copies [*S, J·D] once more. A small lookup into big
+    tables (serving one request, the K kept behaviours) gathers per table: copying the tables would cost more.
+    """
+    lead = ids[0].dim()
+    if not fast_paths():
+        parts = [table(i) if i.dim() == lead else table(i).flatten(-2) for table, i in zip(tables, ids, strict=True)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)  # [*S, J·D]
+    columns = [i if i.dim() > lead else i.unsqueeze(-1) for i in ids]  # [*S, 1] or [*S, M] each
+    if sum(c.numel() for c in columns) < sum(t.num_embeddings for t in tables):
+        parts = [_GatherRows.apply(t.weight, c, _padding(t)) for t, c in zip(tables, columns, strict=True)]
+        return torch.cat(parts, dim=-2).flatten(-2)  # [*S, J, D] -> [*S, J·D]
+    padding_rows, start = [], 0
+    for j, table in enumerate(tables):
+        padding_rows += [start + row for row in _padding(table)]
+        columns[j] = columns[j] + start
+        start += table.num_embeddings
+    weight = tables[0].weight if len(tables) == 1 else torch.cat([t.weight for t in tables])  # [V, D]
+    index = columns[0] if len(columns) == 1 else torch.cat(columns, dim=-1)  # [*S, J]
+    return _GatherRows.apply(weight, index, padding_rows).flatten(-2)  # [*S, J·D]
+
+
+def _padding(table: nn.Embedding) -> list[int]:
+    return [] if table.padding_idx is None else [table.padding_idx]
+
+
+class _DotScores(torch.autograd.Function):
+    """<query, key_i>; backward writes the key gradient g_i·query as one broadcast product, in the keys' layout."""
+
+    @staticmethod
+    def forward(ctx: Any, query: Tensor, keys: Tensor) -> Tensor:
+        ctx.save_for_backward(query, keys)
+        return torch.einsum("be,ble->bl", query, keys)  # [B, L]
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        query, keys = ctx.saved_tensors
+        grad_query = torch.einsum("bl,ble->be", grad, keys)  # [B, E]
+        return grad_query, grad.unsqueeze(-1) * query.unsqueeze(1)  # [B, E], [B, L, E]
+
+
+class _WeightedSum(torch.autograd.Function):
+    """Σ_i w_i v_i; backward writes the value gradient w_i·g as one broadcast product, in the values' layout."""
+
+    @staticmethod
+    def forward(ctx: Any, weights: Tensor, values: Tensor) -> Tensor:
+        ctx.save_for_backward(weights, values)
+        return torch.einsum("bl,ble->be", weights, values)  # [B, E]
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        weights, values = ctx.saved_tensors
+        grad_weights = torch.einsum("be,ble->bl", grad, values)  # [B, L]
+        return grad_weights, weights.unsqueeze(-1) * grad.unsqueeze(1)  # [B, L], [B, L, E]
+
+
+def dot_scores(query: Tensor, keys: Tensor) -> Tensor:
+    """<query, key_i> for every behaviour: query [B, E], keys [B, L, E] -> [B, L].
+
+    Fast path (the plain einsum is its oracle): autograd differentiates the einsum through a bmm of rank-1 products
+    that writes the [B, L, E] key gradient as a transposed view, which the table gradient then copies once more;
+    `_DotScores` writes it directly (attention forward + backward measured ~2x faster on the CPU). `weighted_sum`
+    likewise.
+    """
+    if not fast_paths():
+        return torch.einsum("be,ble->bl", query, keys)  # [B, L]
+    return _DotScores.apply(query, keys)
+
+
+def weighted_sum(weights: Tensor, values: Tensor) -> Tensor:
+    """Σ_i w_i v_i: weights [B, L], values [B, L, E] -> [B, E] (fast path as in `dot_scores`)."""
+    if not fast_paths():
+        return torch.einsum("bl,ble->be", weights, values)  # [B, E]
+    return _WeightedSum.apply(weights, values)
 
 
 def check_int(owner: str, name: str, value: object, minimum: int = 1) -> None:
@@ -52,6 +204,36 @@ def check_behaviour_config(
         raise ValueError(f"{owner}.init_std must be a positive float. Got {init_std!r} instead.")
 
 
+class _LeakyReLUWithSlopeGrad(torch.autograd.Function):
+    """PReLU with one shared slope, computed as a leaky ReLU of that slope, plus the slope's gradient Σ g·min(x, 0).
+
+    ATen's PReLU backward writes a per-element slope gradient and then sums it; on [B, L, 80] DIN scorer activations
+    it took ~5x longer than this leaky-ReLU backward plus one dot product (measured on the CPU).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor) -> Tensor:
+        ctx.slope = float(weight)  # one host read: fine on the CPU, a sync on a GPU (where PReLU stays as is)
+        ctx.save_for_backward(x)
+        return torch.nn.functional.leaky_relu(x, ctx.slope)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        (x,) = ctx.saved_tensors
+        grad_x = torch.ops.aten.leaky_relu_backward(grad, x, ctx.slope, False)
+        grad_weight = torch.dot(grad.reshape(-1), x.clamp(max=0).reshape(-1)).reshape(1)  # [1]
+        return grad_x, grad_weight
+
+
+class PReLU(nn.PReLU):
+    """`nn.PReLU()` (one shared slope, same parameter and state dict) with a fast CPU path (`fast_paths()`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if fast_paths() and x.is_cpu and self.weight.numel() == 1:
+            return _LeakyReLUWithSlopeGrad.apply(x, self.weight)
+        return super().forward(x)
+
+
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int = 1) -> nn.Sequential:
     """Linear → PReLU for each hidden width, then a final Linear; acts on the last axis of any shape.
 
@@ -59,7 +241,7 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int = 1) -> nn.Sequential:
     """
     layers: list[nn.Module] = []
     for width in hidden:
-        layers += [nn.Linear(in_dim, width), nn.PReLU()]
+        layers += [nn.Linear(in_dim, width), PReLU()]
         in_dim = width
     layers.append(nn.Linear(in_dim, out_dim))
     return nn.Sequential(*layers)
@@ -98,14 +280,27 @@ class BehaviourEmbedding(nn.Module):
         """Optional `Batch` fields this embedding needs (for `check_batch(batch, reads=...)`)."""
         return ("history_category", "target_category") if self.category_embedding is not None else ()
 
+    @property
+    def tables(self) -> list[nn.Embedding]:
+        """The tables in output order (item, then category), for `lookup` with `history_ids`/`target_ids`."""
+        return [self.item_embedding] + ([self.category_embedding] if self.category_embedding is not None else [])
+
+    def history_ids(self, batch: Batch) -> list[Tensor]:
+        """The ids that `tables` look up for the behaviours: item [B, L] (and the category path [B, L, M])."""
+        if self.category_embedding is None:
+            return [batch.history]
+        assert batch.history_category is not None  # check_batch's job
+        return [batch.history, batch.history_category]
+
+    def target_ids(self, batch: Batch) -> list[Tensor]:
+        """The ids that `tables` look up for the target: item [B] (and the category path [B, M])."""
+        if self.category_embedding is None:
+            return [batch.target]
+        assert batch.target_category is not None  # check_batch's job
+        return [batch.target, batch.target_category]
+
     def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Return the behaviour embeddings h [B, L, E] and the target embedding t [B, E]."""
-        h = self.item_embedding(batch.history)  # [B, L, D]
-        t = self.item_embedding(batch.target)  # [B, D]
-        if self.category_embedding is not None:
-            assert batch.history_category is not None and batch.target_category is not None  # check_batch's job
-            h_cat = self.category_embedding(batch.history_category).flatten(2)  # [B, L, M·D]
-            t_cat = self.category_embedding(batch.target_category).flatten(1)  # [B, M·D]
-            h = torch.cat([h, h_cat], dim=-1)  # [B, L, E]
-            t = torch.cat([t, t_cat], dim=-1)  # [B, E]
+        h = lookup(self.tables, self.history_ids(batch))  # [B, L, E]
+        t = lookup(self.tables, self.target_ids(batch))  # [B, E]
         return h, t

@@ -15,7 +15,9 @@ rest of the batch in train mode and break the batch-of-one and padding contracts
 Auxiliary loss (`aux_loss`): `aux_logits(full_batch)` attends over all L behaviours (softmax over L) and feeds a
 second head (200 → PReLU → 1, as the authors' code); the train loop adds its BCE with the same labels, so the search
 attention keeps learning on behaviours that top-K drops. Off by default (as in the authors' `train_pytorch.py`; their
-Protocol-A runs pass `-use_aux_loss True`, and so does `configs/dare_taobao.toml`).
+Protocol-A runs pass `-use_aux_loss True`, and so does `configs/dare_taobao.toml`). With the aux loss on and `soft`
+search, the train loop's fast path calls `forward_with_aux`, which serves the search, the main head and the aux head
+from one lookup (`pool_full_and_kept`; the two separate calls are its test oracle).
 
 `history_position` is read when the batch has it (collate always sets it, and search moves it with the behaviours);
 without it, time ids are derived from the mask (left-padded, most recent = 1), which equals what collate writes for
@@ -50,10 +52,30 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from longrec.config import SearchConfig
 from longrec.data.batch import Batch
-from longrec.models.layers import BehaviourEmbedding, check_behaviour_config, check_int, check_sizes, mlp
+from longrec.models.layers import (
+    BehaviourEmbedding,
+    check_behaviour_config,
+    check_int,
+    check_sizes,
+    dot_scores,
+    lookup,
+    mlp,
+    weighted_sum,
+)
+from longrec.search.exact import exact_topk
 
-__all__ = ["ATTENTION_KINDS", "TWIN", "TWINConfig", "check_bool", "masked_softmax", "time_ids"]
+__all__ = [
+    "ATTENTION_KINDS",
+    "TWIN",
+    "TWINConfig",
+    "check_bool",
+    "masked_softmax",
+    "pool_full_and_kept",
+    "scaled_query",
+    "time_ids",
+]
 
 ATTENTION_KINDS = ("dot", "projection")
 
@@ -75,6 +97,43 @@ def time_ids(batch: Batch, max_position: int) -> Tensor:
         mask = batch.history_mask.long()  # [B, L]
         position = mask.flip(1).cumsum(1).flip(1) * mask  # [B, L] most recent = 1, padding 0
     return position.clamp(0, max_position)  # [B, L]
+
+
+def scaled_query(query: Tensor, time_dim: int) -> Tensor:
+    """[q_sem / sqrt(d_sem), q_time / sqrt(d_time)] for a query [B, d_sem + d_time] whose last `time_dim` are time.
+
+    Scaling the query, not the scores, lets one dot product give the two-term score, so search can use it.
+    """
+    d_sem = query.shape[-1] - time_dim
+    return torch.cat([query[:, :d_sem] / math.sqrt(d_sem), query[:, d_sem:] / math.sqrt(time_dim)], dim=-1)  # [B, E]
+
+
+def pool_full_and_kept(batch: Batch, query: Tensor, keys: Tensor, values: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Softmax-attention pooling of `values` over all L behaviours, and over the K that soft search keeps.
+
+    The fast path of a training step's `aux_logits(batch)` + `forward(search_stage(batch))` (`forward_with_aux`): soft
+    search ranks behaviours by the attention score itself, so one set of full-history embeddings serves the auxiliary
+    attention, the search (`exact_topk`, the `soft` searcher, on the same query and keys) and, gathered at the K kept
+    positions, the main attention, instead of three lookups. Softmax and the weighted sum ignore the order of the
+    behaviours, so skipping search_stage's chronological re-ordering changes nothing.
+
+    Args:
+        batch: the full-history batch (its mask).
+        query: [B, E] scaled query; `keys` [B, L, E]: <query, key_i> is the attention score.
+        values: [B, L, V] what is pooled.
+        k: behaviours soft search keeps (at most L).
+
+    Returns:
+        Pooled values over all behaviours [B, V] and over the kept ones [B, V].
+    """
+    mask = batch.history_mask
+    scores = dot_scores(query, keys)  # [B, L]
+    full = weighted_sum(masked_softmax(scores, mask), values)  # [B, V]
+    with torch.no_grad():
+        positions, kept = exact_topk(query, keys, mask, min(k, mask.shape[1]))  # [B, K] each
+    kept_values = values.gather(1, positions.unsqueeze(-1).expand(-1, -1, values.shape[-1]))  # [B, K, V]
+    kept_weights = masked_softmax(scores.gather(1, positions), kept)  # [B, K]
+    return full, weighted_sum(kept_weights, kept_values)  # [B, V], [B, V]
 
 
 def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
@@ -151,25 +210,20 @@ class TWIN(nn.Module):
 
     def _embed(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Query [B, E] and keys [B, L, E] (<query, key_i> = score_i), target v [B, E] and behaviours e [B, L, E]."""
-        h, t = self.embedding(batch)  # [B, L, E_s], [B, E_s]
-        p = self.time_embedding(time_ids(batch, self.config.max_position))  # [B, L, D]
-        p_t = self.time_embedding.weight[0].expand(len(batch), -1)  # [B, D] the target's time id is 0
-        e = torch.cat([h, p], dim=-1)  # [B, L, E]
-        v = torch.cat([t, p_t], dim=-1)  # [B, E]
-        q_sem, q_time, k_sem, k_time = t, p_t, h, p
-        if self.projections is not None:
-            q_sem, q_time = (
-                self.projections["query_semantic"](t),
-                self.projections["query_time"](p_t),
-            )  # [B, E_s], [B, D]
-            k_sem, k_time = (
-                self.projections["key_semantic"](h),
-                self.projections["key_time"](p),
-            )  # [B, L, E_s], [B, L, D]
-        # Scale the query, not the scores, so that one dot product gives the two-term score and search can use it.
-        query = torch.cat([q_sem / math.sqrt(q_sem.shape[-1]), q_time / math.sqrt(q_time.shape[-1])], dim=-1)  # [B, E]
-        keys = torch.cat([k_sem, k_time], dim=-1)  # [B, L, E]
-        return query, keys, v, e
+        tables = [*self.embedding.tables, self.time_embedding]
+        time = time_ids(batch, self.config.max_position)  # [B, L]
+        e = lookup(tables, [*self.embedding.history_ids(batch), time])  # [B, L, E] = [h, p]
+        v = lookup(tables, [*self.embedding.target_ids(batch), torch.zeros_like(batch.target)])  # [B, E], time id 0
+        if self.projections is None:
+            return scaled_query(v, self.config.dim), e, v, e  # dot attention: the keys are the behaviours
+        E_s = self.embedding.out_dim
+        query = torch.cat(
+            [self.projections["query_semantic"](v[:, :E_s]), self.projections["query_time"](v[:, E_s:])], dim=-1
+        )  # [B, E]
+        keys = torch.cat(
+            [self.projections["key_semantic"](e[..., :E_s]), self.projections["key_time"](e[..., E_s:])], dim=-1
+        )  # [B, L, E]
+        return scaled_query(query, self.config.dim), keys, v, e
 
     def search_embeddings(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Query [B, E] and keys [B, L, E] whose dot product is the attention score (for the `soft` searcher)."""
@@ -179,15 +233,26 @@ class TWIN(nn.Module):
     def attention_weights(self, batch: Batch) -> Tensor:
         """Softmax attention weights [B, L] over the real behaviours of `batch` (0 on padding)."""
         query, keys, _, _ = self._embed(batch)
-        return masked_softmax(torch.einsum("be,ble->bl", query, keys), batch.history_mask)  # [B, L]
+        return masked_softmax(dot_scores(query, keys), batch.history_mask)  # [B, L]
 
     def _logit(self, batch: Batch, head: nn.Module) -> Tensor:
         query, keys, v, e = self._embed(batch)
-        weights = masked_softmax(torch.einsum("be,ble->bl", query, keys), batch.history_mask)  # [B, L]
-        u = torch.einsum("bl,ble->be", weights, e)  # [B, E]
+        weights = masked_softmax(dot_scores(query, keys), batch.history_mask)  # [B, L]
+        return self._head_logit(v, weighted_sum(weights, e), head)  # [B]
+
+    def _head_logit(self, v: Tensor, u: Tensor, head: nn.Module) -> Tensor:
         # TR: Σ w_i (e_i ⊙ v_t) = u ⊙ v_t.
         x = torch.cat([v, u, u * v] if self.config.target_aware else [v, u], dim=-1)  # [B, 3E] or [B, 2E]
         return head(x).squeeze(-1)  # [B]
+
+    def forward_with_aux(self, batch: Batch, search: SearchConfig) -> tuple[Tensor, Tensor] | None:
+        """Fast path of a training step: `(forward(search_stage(batch, self, search)), aux_logits(batch))`, [B] each,
+        from one lookup (`pool_full_and_kept`); None unless the aux loss is on and search is `soft`."""
+        if self.aux_head is None or search.method != "soft":
+            return None
+        query, keys, v, e = self._embed(batch)  # [B, E], [B, L, E], [B, E], [B, L, E]
+        full, kept = pool_full_and_kept(batch, query, keys, e, search.k)  # [B, E] each
+        return self._head_logit(v, kept, self.head), self._head_logit(v, full, self.aux_head)
 
     def forward(self, batch: Batch) -> Tensor:
         """Return one click logit per example, shape [B] (attention over the behaviours search kept)."""
