@@ -98,7 +98,7 @@ def test_config_is_frozen_and_validated_early(model_name) -> None:
 
 
 def test_data_params_keeps_only_the_sizes_a_config_declares(model_name) -> None:
-    sizes = {"num_items": 50, "num_categories": 20, "taxonomy_levels": 2, "num_scenes": 3, "num_users": 9}
+    sizes = {"num_items": 50, "num_categories": 20, "taxonomy_levels": 2, "num_unused_size": 3, "num_users": 9}
     assert data_params(MODELS[model_name][0], sizes) == {"num_items": 50, "num_categories": 20, "taxonomy_levels": 2}
 
 

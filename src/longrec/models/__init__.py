@@ -19,9 +19,12 @@ from torch import nn
 
 from longrec.models.dare import DARE, DAREConfig
 from longrec.models.din import DIN, DINConfig
+from longrec.models.dsi_tin import DSITIN, DSITINConfig
 from longrec.models.eta import ETA, ETAConfig
 from longrec.models.mean_pool import MeanPool, MeanPoolConfig
+from longrec.models.sasrec import TDSASRec, TDSASRecConfig
 from longrec.models.sdim import SDIM, SDIMConfig
+from longrec.models.stacked_tin import StackedTIN, StackedTINConfig
 from longrec.models.tin import TIN, TINConfig
 from longrec.models.twin import TWIN, TWINConfig
 
@@ -31,9 +34,12 @@ __all__ = ["DIN", "MODELS", "DINConfig", "MeanPool", "MeanPoolConfig", "build_mo
 MODELS: dict[str, tuple[type[Any], type[nn.Module]]] = {
     "dare": (DAREConfig, DARE),
     "din": (DINConfig, DIN),
+    "dsi_tin": (DSITINConfig, DSITIN),
     "eta": (ETAConfig, ETA),
     "mean_pool": (MeanPoolConfig, MeanPool),
     "sdim": (SDIMConfig, SDIM),
+    "stacked_tin": (StackedTINConfig, StackedTIN),
+    "td_sasrec": (TDSASRecConfig, TDSASRec),
     "tin": (TINConfig, TIN),
     "twin": (TWINConfig, TWIN),
 }

@@ -24,6 +24,11 @@ Design choices (the paper leaves them open):
 `search.method = "soft"` gives TIN on its top-K (TWIN-style consistency), and K = L reproduces the full model.
 `time_gap_bucket` is public: TDPE reuses the same bucketing.
 
+Multi-goal ads (`tdpe`, `goal_heads`; see `models/tdpe.py`): `tdpe = "separate"` gives every advertising goal
+(`batch.goal`) its own position and time-gap tables (Target-Decoupled Positional Encoding), `"shared_delta"` a shared
+table plus a per-goal delta that starts at zero; `goal_heads = true` replaces the head's last layer by one per goal.
+The defaults (`"shared"`, `false`) are plain TIN, with the same parameters, state-dict keys and seeded values.
+
 Shapes: B batch, L history length, D embedding dim, M taxonomy levels, E = D·(1 + M) behaviour width (D without
 categories), P position rows, G time-gap buckets.
 """
@@ -32,14 +37,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
 from longrec.data.batch import Batch
 from longrec.models.layers import BehaviourEmbedding, check_behaviour_config, check_int, check_sizes, mlp
+from longrec.models.tdpe import GoalHeads, TargetDecoupledEncoding, check_goal_options
 
-__all__ = ["TEMPORAL", "TIN", "TINConfig", "time_gap_bucket"]
+__all__ = [
+    "TEMPORAL",
+    "TIN",
+    "TINConfig",
+    "TemporalOptions",
+    "add_temporal_encoding",
+    "check_temporal_options",
+    "temporal_tables",
+    "time_gap_bucket",
+]
 
 TEMPORAL = ("position", "time_gap", "both")
 _YEAR = 365.0 * 86_400.0  # seconds
@@ -75,6 +91,93 @@ def time_gap_bucket(seconds: Tensor, num_buckets: int, min_seconds: float = 60.0
     return torch.where(x > 0, bucket, 0)  # [...]
 
 
+class TemporalOptions(Protocol):
+    """The temporal-encoding fields that TINConfig, StackedTINConfig and DSITINConfig share (read-only)."""
+
+    @property
+    def temporal(self) -> str: ...
+    @property
+    def num_positions(self) -> int: ...
+    @property
+    def time_buckets(self) -> int: ...
+    @property
+    def min_gap_seconds(self) -> float: ...
+    @property
+    def max_gap_seconds(self) -> float: ...
+    @property
+    def num_goals(self) -> int: ...
+    @property
+    def tdpe(self) -> str: ...
+    @property
+    def init_std(self) -> float: ...
+
+
+def check_temporal_options(owner: str, options: TemporalOptions) -> None:
+    """Check the temporal fields of a TIN-family config; messages name `owner` (the config class)."""
+    if options.temporal not in TEMPORAL:
+        raise ValueError(f"{owner}.temporal must be one of {', '.join(TEMPORAL)}. Got {options.temporal!r} instead.")
+    check_int(owner, "num_positions", options.num_positions, minimum=2)  # the target's row plus one behaviour row
+    check_int(owner, "time_buckets", options.time_buckets, minimum=3)
+    lo, hi = options.min_gap_seconds, options.max_gap_seconds
+    if isinstance(lo, bool) or not isinstance(lo, int | float) or not lo > 0:
+        raise ValueError(f"{owner}.min_gap_seconds must be a positive float. Got {lo!r} instead.")
+    if isinstance(hi, bool) or not isinstance(hi, int | float) or not hi > lo:
+        raise ValueError(f"{owner}.max_gap_seconds must be > min_gap_seconds = {lo}. Got {hi!r} instead.")
+
+
+def temporal_tables(
+    options: TemporalOptions, width: int
+) -> tuple[TargetDecoupledEncoding | None, TargetDecoupledEncoding | None]:
+    """The position table [P, E] and the time-gap table [G, E] that `options.temporal` asks for (per goal under
+    TDPE), in that order; None for a kind it leaves out."""
+    T, mode, std = options.num_goals, options.tdpe, options.init_std
+    position = options.temporal in ("position", "both")
+    gap = options.temporal in ("time_gap", "both")
+    return (
+        TargetDecoupledEncoding(options.num_positions, width, T, mode, std) if position else None,
+        TargetDecoupledEncoding(options.time_buckets, width, T, mode, std) if gap else None,
+    )
+
+
+def add_temporal_encoding(
+    batch: Batch,
+    e: Tensor,
+    t: Tensor,
+    position_table: TargetDecoupledEncoding | None,
+    gap_table: TargetDecoupledEncoding | None,
+    options: TemporalOptions,
+) -> tuple[Tensor, Tensor]:
+    """ẽ_i = e_i + p^{(τ)}_{f(x_i)} and ṽ_t = v_t + p^{(τ)}_0 for each table given (position first, then time gap).
+
+    Args:
+        batch: supplies history_position (recomputed from the mask when None), history_time_delta (read only with
+            a gap table) and goal (read only by TDPE tables; None = goal 0).
+        e: [B, L, E] behaviour embeddings.
+        t: [B, E] target embedding.
+        position_table: relative-position table, or None.
+        gap_table: time-gap bucket table, or None.
+        options: num_positions (older behaviours share the last row) and the time_gap_bucket edges.
+
+    Returns:
+        ẽ [B, L, E] and ṽ_t [B, E].
+    """
+    goal, B = batch.goal, len(batch)
+    if position_table is not None:
+        position = batch.history_position
+        if position is None:  # left padding: position = real behaviours from this column to the end
+            position = batch.history_mask.flip(1).cumsum(1).flip(1) * batch.history_mask  # [B, L]
+        position = position.clamp(0, options.num_positions - 1)  # [B, L]
+        e = e + position_table(position, goal)  # [B, L, E]
+        t = t + position_table.target(goal, B)  # [B, E], the target is position 0
+    if gap_table is not None:
+        assert batch.history_time_delta is not None  # in the model's reads: check_batch's job
+        o = options
+        bucket = time_gap_bucket(batch.history_time_delta, o.time_buckets, o.min_gap_seconds, o.max_gap_seconds)
+        e = e + gap_table(bucket, goal)  # [B, L, E]
+        t = t + gap_table.target(goal, B)  # [B, E], the target's gap is 0
+    return e, t
+
+
 @dataclass(frozen=True)
 class TINConfig:
     num_items: int  # item vocabulary size, id 0 = padding
@@ -88,6 +191,9 @@ class TINConfig:
     max_gap_seconds: float = _YEAR  # time_gap_bucket: gaps beyond this share the last bucket
     head_hidden: tuple[int, ...] = (200, 80)  # widths of the output MLP
     init_std: float = 0.05  # embeddings (and temporal tables) start at N(0, init_std²)
+    num_goals: int = 1  # T, goal vocabulary size incl. id 0 = unknown (from the data); read by tdpe and goal_heads
+    tdpe: str = "shared"  # temporal tables per goal: shared (plain TIN) | separate | shared_delta (models/tdpe.py)
+    goal_heads: bool = False  # one final head layer per goal (GoalHeads) instead of one for all goals
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -95,21 +201,8 @@ class TINConfig:
             owner, self.num_items, self.num_categories, self.taxonomy_levels, self.dim, self.init_std
         )
         object.__setattr__(self, "head_hidden", check_sizes(owner, "head_hidden", self.head_hidden))
-        if self.temporal not in TEMPORAL:
-            raise ValueError(f"{owner}.temporal must be one of {', '.join(TEMPORAL)}. Got {self.temporal!r} instead.")
-        check_int(owner, "num_positions", self.num_positions, minimum=2)  # the target's row plus one behaviour row
-        check_int(owner, "time_buckets", self.time_buckets, minimum=3)
-        lo, hi = self.min_gap_seconds, self.max_gap_seconds
-        if isinstance(lo, bool) or not isinstance(lo, int | float) or not lo > 0:
-            raise ValueError(f"{owner}.min_gap_seconds must be a positive float. Got {lo!r} instead.")
-        if isinstance(hi, bool) or not isinstance(hi, int | float) or not hi > lo:
-            raise ValueError(f"{owner}.max_gap_seconds must be > min_gap_seconds = {lo}. Got {hi!r} instead.")
-
-
-def _table(rows: int, width: int, std: float) -> nn.Embedding:
-    table = nn.Embedding(rows, width)
-    nn.init.normal_(table.weight, std=std)
-    return table
+        check_goal_options(owner, self.num_goals, self.tdpe, self.goal_heads)
+        check_temporal_options(owner, self)
 
 
 class TIN(nn.Module):
@@ -122,32 +215,20 @@ class TIN(nn.Module):
             config.num_items, config.dim, config.num_categories, config.taxonomy_levels, config.init_std
         )
         E = self.embedding.out_dim
-        uses_gap = config.temporal in ("time_gap", "both")
-        self.position_embedding = (
-            _table(config.num_positions, E, config.init_std) if config.temporal in ("position", "both") else None
+        self.position_embedding, self.gap_embedding = temporal_tables(config, E)  # [P, E], [G, E] (per goal: TDPE)
+        T = config.num_goals
+        self.head = GoalHeads(2 * E, config.head_hidden, T) if config.goal_heads else mlp(2 * E, config.head_hidden)
+        reads_gap = self.gap_embedding is not None
+        reads_goal = config.goal_heads or config.tdpe != "shared"
+        self.reads: tuple[str, ...] = (
+            self.embedding.reads + (("history_time_delta",) if reads_gap else ()) + (("goal",) if reads_goal else ())
         )
-        self.gap_embedding = _table(config.time_buckets, E, config.init_std) if uses_gap else None
-        self.head = mlp(2 * E, config.head_hidden)
-        self.reads: tuple[str, ...] = self.embedding.reads + (("history_time_delta",) if uses_gap else ())
 
     def _encode(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
         """Temporally encoded behaviours ẽ [B, L, E], target ṽ_t [B, E], and the plain target v_t [B, E]."""
         h, v = self.embedding(batch)  # [B, L, E], [B, E]
-        e, t = h, v
-        if self.position_embedding is not None:
-            position = batch.history_position
-            if position is None:  # left padding: position = real behaviours from this column to the end
-                position = batch.history_mask.flip(1).cumsum(1).flip(1) * batch.history_mask  # [B, L]
-            position = position.clamp(0, self.config.num_positions - 1)  # [B, L]
-            e = e + self.position_embedding(position)  # [B, L, E]
-            t = t + self.position_embedding.weight[0]  # [B, E], the target is position 0
-        if self.gap_embedding is not None:
-            assert batch.history_time_delta is not None  # in self.reads: check_batch's job
-            c = self.config
-            bucket = time_gap_bucket(batch.history_time_delta, c.time_buckets, c.min_gap_seconds, c.max_gap_seconds)
-            e = e + self.gap_embedding(bucket)  # [B, L, E]
-            t = t + self.gap_embedding.weight[0]  # [B, E], the target's gap is 0
-        return e, t, v
+        e, t = add_temporal_encoding(batch, h, v, self.position_embedding, self.gap_embedding, self.config)
+        return e, t, v  # [B, L, E], [B, E], [B, E]
 
     def _attend(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Attention weights α [B, L] (0 on padding), ẽ [B, L, E], ṽ_t [B, E] and v_t [B, E]."""
@@ -172,4 +253,7 @@ class TIN(nn.Module):
         """Return one click logit per example, shape [B]."""
         alpha, e, t, v = self._attend(batch)  # [B, L], [B, L, E], [B, E], [B, E]
         u = torch.einsum("bl,ble->be", alpha, e) * t  # [B, E], Σ_i α_i (ẽ_i ⊙ ṽ_t)
-        return self.head(torch.cat([u, v], dim=-1)).squeeze(-1)  # [B]
+        x = torch.cat([u, v], dim=-1)  # [B, 2E]
+        if self.config.goal_heads:
+            return self.head(x, batch.goal)  # [B], the head of each example's goal
+        return self.head(x).squeeze(-1)  # [B]

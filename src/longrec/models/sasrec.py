@@ -1,0 +1,284 @@
+"""Target-Decoupled SASRec: a two-tower pre-ranker with one user vector per advertising goal (Tencent Advertising,
+arXiv 2510.21714, on SASRec: Kang & McAuley, ICDM 2018, https://arxiv.org/abs/1808.09781).
+
+User tower: the (recent or retrieved) history ẽ_i = e_i + p^{(τ)}_{f(x_i)} (item ⊕ category embedding plus the
+Target-Decoupled Positional Encoding of goal τ, `models/tdpe.py`) goes through pre-LN causal self-attention blocks,
+with one learnable query token q_τ per goal appended after it; its output is the user vector U_τ. Item tower: the
+candidate's own embedding v_c (the same tables as the history). A candidate with goal τ scores <U_τ, v_c> + b_τ
+(`scoring = "dot"`, the two-tower pre-ranker) or MLP([U_τ, v_c, U_τ ⊙ v_c]) + b_τ (`scoring = "mlp"`).
+
+Design choices (the paper leaves them open):
+- One stream per goal. TDPE makes the sequence's encoding depend on τ, so goal τ's stream is its history with
+  p^{(τ)} plus its own query token only: query tokens never attend to each other (each sits alone in its stream),
+  and U_τ sees the whole history under goal τ's temporal view in every block. The user side is computed once per
+  request, never per candidate: `forward` (training) runs the one stream of each row's goal, `score_candidates` and
+  `user_vectors` run the goals a request needs (at most T streams) and score C candidates by dot products.
+- Attention mask: sequence token i attends to real tokens j <= i (causal + key padding); the query token (last)
+  attends to every real token and itself. Every token may attend to itself, so a padding row, and the query token
+  of an empty history, never meet an all-masked softmax; no real token ever attends to padding, so padding and the
+  ids under it never leak, and `encode` zeroes padding rows.
+- f(x_i): relative position (`temporal = "position"`, from `history_position`, or recomputed from the mask when
+  absent, as in TIN), the log-bucketed time gap to the target (`"time_gap"`, `tin.time_gap_bucket`), or both
+  summed; the tables are TIN's (`tin.temporal_tables`). `tdpe = "separate"` (default: the point of the model) gives
+  each goal its own tables, `"shared_delta"` a shared table plus a per-goal delta, `"shared"` one table for all
+  goals (the ablation: goals then differ only by their query token and bias).
+- `batch.goal = None` (data without goals) means goal 0 for every row, so the model reads no optional field beyond
+  the categories; goal ids must lie in [0, num_goals) (prepared data: 0 = unknown, T = vocabulary + 1).
+- Training: BCE on `forward` works as is (Protocol A/T samples already hold sampled negatives).
+  `loss = "sampled_softmax"` opts into `train.losses.sampled_softmax_loss` through `loss(batch)`: each positive
+  row's U_τ against every target of the batch (in-batch and sampled negatives, accidental hits dropped);
+  `loss(batch)` returns None under the default "bce". The softmax leaves the per-goal bias b_τ untrained (it
+  cancels within a row), so logits trained that way rank well (AUC) but are not calibrated (logloss).
+
+Shapes: B batch, L history length, D embedding dim, M taxonomy levels, E = D·(1 + M) model width (D without
+categories), T goals, G goal streams (1 in `forward`, <= T in `score_candidates`), S = L + 1 tokens per stream,
+C candidates, H heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longrec.data.batch import Batch
+from longrec.models.layers import BehaviourEmbedding, check_behaviour_config, check_int, check_sizes, mlp
+from longrec.models.tdpe import check_goal_options
+from longrec.models.tin import check_temporal_options, temporal_tables, time_gap_bucket
+from longrec.train.losses import sampled_softmax_loss
+
+__all__ = ["LOSSES", "SCORING", "TDSASRec", "TDSASRecConfig"]
+
+SCORING = ("dot", "mlp")
+LOSSES = ("bce", "sampled_softmax")
+_YEAR = 365.0 * 86_400.0  # seconds
+
+
+@dataclass(frozen=True)
+class TDSASRecConfig:
+    num_items: int  # item vocabulary size, id 0 = padding
+    num_categories: int = 0  # category vocabulary shared by every taxonomy level, id 0 = missing; 0 = no categories
+    taxonomy_levels: int = 0  # M, depth of history_category [B, L, M]
+    num_goals: int = 1  # T: one query token, positional table and bias per goal; goal ids in [0, T)
+    dim: int = 16  # D, width of each embedding table; the model width is E = D·(1 + M) with categories
+    num_blocks: int = 2  # causal self-attention blocks
+    num_heads: int = 1  # H, must divide E
+    ffn_multiplier: int = 2  # the feed-forward hidden width is ffn_multiplier·E
+    dropout: float = 0.0  # on attention weights and residual branches (train mode only)
+    temporal: str = "position"  # f(x): position | time_gap | both (sum of the two encodings)
+    tdpe: str = "separate"  # temporal tables per goal: separate (TDPE) | shared_delta | shared (models/tdpe.py)
+    num_positions: int = 256  # position buckets (0 = the target); older behaviours share the last
+    time_buckets: int = 32  # log-spaced time-gap buckets (0 = the target), see tin.time_gap_bucket
+    min_gap_seconds: float = 60.0  # time_gap_bucket: gaps up to this share bucket 1
+    max_gap_seconds: float = _YEAR  # time_gap_bucket: gaps beyond this share the last bucket
+    scoring: str = "dot"  # dot (two-tower) | mlp on [U_τ, v, U_τ ⊙ v]
+    head_hidden: tuple[int, ...] = (64, 32)  # widths of the scoring MLP (scoring = "mlp")
+    loss: str = "bce"  # bce (the loop's default) | sampled_softmax (via loss(batch); needs scoring = "dot")
+    temperature: float = 1.0  # sampled softmax: logits are <U_τ, v> / temperature
+    init_std: float = 0.05  # embeddings, query tokens and positional tables start at N(0, init_std²)
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        check_behaviour_config(
+            owner, self.num_items, self.num_categories, self.taxonomy_levels, self.dim, self.init_std
+        )
+        object.__setattr__(self, "head_hidden", check_sizes(owner, "head_hidden", self.head_hidden))
+        check_goal_options(owner, self.num_goals, self.tdpe, goal_heads=False)  # no goal heads: b_τ and U_τ
+        check_temporal_options(owner, self)
+        for name in ("num_blocks", "num_heads", "ffn_multiplier"):
+            check_int(owner, name, getattr(self, name))
+        width = self.dim * (1 + self.taxonomy_levels) if self.num_categories > 0 else self.dim
+        if width % self.num_heads:
+            raise ValueError(
+                f"{owner}.num_heads must divide the model width E = dim·(1 + taxonomy_levels) = {width}. "
+                f"Got {self.num_heads} instead."
+            )
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
+            raise ValueError(f"{owner}.dropout must be a float in [0, 1). Got {self.dropout!r} instead.")
+        for name, allowed in (("scoring", SCORING), ("loss", LOSSES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{owner}.{name} must be one of {', '.join(allowed)}. Got {getattr(self, name)!r} instead."
+                )
+        if self.loss == "sampled_softmax" and self.scoring != "dot":
+            raise ValueError(
+                f"{owner}.loss = 'sampled_softmax' scores candidates by <U, v> and needs scoring = 'dot'. "
+                f"Got scoring = {self.scoring!r} instead; train the MLP scorer with loss = 'bce'."
+            )
+        temperature = self.temperature
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not temperature > 0:
+            raise ValueError(f"{owner}.temperature must be a positive float. Got {temperature!r} instead.")
+
+
+class _Block(nn.Module):
+    """Pre-LN Transformer block: x + MHA(LN(x)) under a boolean mask, then x + FFN(LN(x))."""
+
+    def __init__(self, width: int, heads: int, ffn_width: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.attention_norm = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+        self.ffn_norm = nn.LayerNorm(width)
+        self.ffn = nn.Sequential(nn.Linear(width, ffn_width), nn.ReLU(), nn.Linear(ffn_width, width))
+
+    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+        """x [N, S, E], allowed [N, 1, S, S] bool (True = query row may attend to key column) -> [N, S, E]."""
+        N, S, E = x.shape
+        p = self.dropout if self.training else 0.0
+        qkv = self.qkv(self.attention_norm(x)).view(N, S, 3, self.heads, E // self.heads)  # [N, S, 3, H, E/H]
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # [N, H, S, E/H] each
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)  # [N, H, S, E/H]
+        x = x + F.dropout(self.out(a.transpose(1, 2).reshape(N, S, E)), p, self.training)  # [N, S, E]
+        return x + F.dropout(self.ffn(self.ffn_norm(x)), p, self.training)  # [N, S, E]
+
+
+class TDSASRec(nn.Module):
+    """Causal self-attention user tower with per-goal query tokens and TDPE; dot-product or MLP scoring."""
+
+    def __init__(self, config: TDSASRecConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.embedding = BehaviourEmbedding(c.num_items, c.dim, c.num_categories, c.taxonomy_levels, c.init_std)
+        E = self.embedding.out_dim
+        # TDPE: p^{(τ)} position and/or time-gap tables [T·R, E] (one [R, E] under tdpe = "shared").
+        self.position_table, self.gap_table = temporal_tables(c, E)
+        self.query_tokens = nn.Embedding(c.num_goals, E)  # q_τ, one learnable token per goal
+        nn.init.normal_(self.query_tokens.weight, std=c.init_std)
+        self.blocks = nn.ModuleList(
+            _Block(E, c.num_heads, c.ffn_multiplier * E, c.dropout) for _ in range(c.num_blocks)
+        )
+        self.final_norm = nn.LayerNorm(E)
+        self.head = mlp(3 * E, c.head_hidden) if c.scoring == "mlp" else None
+        self.goal_bias = nn.Embedding(c.num_goals, 1)  # b_τ: goals have different base rates
+        nn.init.zeros_(self.goal_bias.weight)
+        self.reads: tuple[str, ...] = self.embedding.reads + (
+            ("history_time_delta",) if self.gap_table is not None else ()
+        )
+
+    def _goal(self, batch: Batch) -> Tensor:
+        """Goal of each row [B]; goal 0 for data without goals."""
+        return batch.goal if batch.goal is not None else torch.zeros_like(batch.target)  # [B]
+
+    def _temporal(self, batch: Batch, goals: Tensor) -> Tensor:
+        """p^{(τ)}_{f(x_i)} [B·G, L, E] for the B·G streams with goals [B·G] (stream b·G + g is row b)."""
+        G, mask = goals.shape[0] // len(batch), batch.history_mask
+        p = torch.zeros((), device=mask.device)
+        if self.position_table is not None:
+            position = batch.history_position
+            if position is None:  # left padding: position = real behaviours from this column to the end
+                position = mask.flip(1).cumsum(1).flip(1) * mask  # [B, L]
+            position = position.clamp(0, self.config.num_positions - 1)  # [B, L]
+            p = p + self.position_table(position.repeat_interleave(G, dim=0), goals)  # [B·G, L, E]
+        if self.gap_table is not None:
+            assert batch.history_time_delta is not None  # in self.reads: check_batch's job
+            c = self.config
+            bucket = time_gap_bucket(batch.history_time_delta, c.time_buckets, c.min_gap_seconds, c.max_gap_seconds)
+            p = p + self.gap_table(bucket.repeat_interleave(G, dim=0), goals)  # [B·G, L, E]
+        return p
+
+    def _streams(self, batch: Batch, h: Tensor, goals: Tensor) -> tuple[Tensor, Tensor]:
+        """Encode G goal streams per row: sequence outputs [B, G, L, E] (0 on padding) and user vectors [B, G, E].
+
+        Args:
+            batch: the batch (mask and temporal fields).
+            h: [B, L, E] behaviour embeddings.
+            goals: [B, G] the goal of each stream.
+        """
+        (B, L, E), G = h.shape, goals.shape[1]
+        mask = batch.history_mask  # [B, L]
+        flat_goals = goals.reshape(B * G)  # [B·G], row-major: stream (b, g) sits at b·G + g
+        x = h.repeat_interleave(G, dim=0) + self._temporal(batch, flat_goals)  # [B·G, L, E], ẽ_i under each goal
+        x = torch.cat([x, self.query_tokens(flat_goals).unsqueeze(1)], dim=1)  # [B·G, S, E], query token last
+        S = L + 1
+        real = F.pad(mask, (0, 1), value=True).repeat_interleave(G, dim=0)  # [B·G, S], the query token is real
+        causal = torch.ones(S, S, dtype=torch.bool, device=h.device).tril()  # [S, S]
+        itself = torch.eye(S, dtype=torch.bool, device=h.device)  # [S, S]
+        allowed = (causal & (real.unsqueeze(1) | itself)).unsqueeze(1)  # [B·G, 1, S, S]
+        for block in self.blocks:
+            x = block(x, allowed)  # [B·G, S, E]
+        x = self.final_norm(x).view(B, G, S, E)  # [B, G, S, E]
+        return x[:, :, :L] * mask[:, None, :, None], x[:, :, L]  # [B, G, L, E], [B, G, E]
+
+    def _item_vectors(self, items: Tensor, categories: Tensor | None) -> Tensor:
+        """Item tower v: items [B, C] (+ categories [B, C, M]) -> [B, C, E], the tables the history uses."""
+        v = self.embedding.item_embedding(items)  # [B, C, D]
+        if self.embedding.category_embedding is not None:
+            assert categories is not None  # checked by the caller
+            v = torch.cat([v, self.embedding.category_embedding(categories).flatten(2)], dim=-1)  # [B, C, E]
+        return v
+
+    def _score(self, u: Tensor, v: Tensor, goals: Tensor) -> Tensor:
+        """u [B, C, E] user vectors, v [B, C, E] candidates, goals [B, C] -> logits [B, C]."""
+        s = (u * v).sum(-1) if self.head is None else self.head(torch.cat([u, v, u * v], -1)).squeeze(-1)  # [B, C]
+        return s + self.goal_bias(goals).squeeze(-1)  # [B, C]
+
+    def encode(self, batch: Batch) -> Tensor:
+        """SASRec sequence outputs under each row's goal, [B, L, E]; output i depends on behaviours <= i only."""
+        h, _ = self.embedding(batch)  # [B, L, E]
+        return self._streams(batch, h, self._goal(batch).unsqueeze(1))[0][:, 0]  # [B, L, E]
+
+    def user_vectors(self, batch: Batch) -> Tensor:
+        """U [B, T, E]: one user vector per goal (row τ = goal τ)."""
+        h, _ = self.embedding(batch)  # [B, L, E]
+        goals = torch.arange(self.config.num_goals, device=h.device).expand(h.shape[0], -1)  # [B, T]
+        return self._streams(batch, h, goals)[1]  # [B, T, E]
+
+    def score_candidates(
+        self, batch: Batch, candidates: Tensor, goals: Tensor, candidate_category: Tensor | None = None
+    ) -> Tensor:
+        """Score C candidates per request, computing the user side once (one stream per goal the request needs).
+
+        Args:
+            batch: the requests' histories (its target fields are ignored).
+            candidates: [B, C] int64 item ids.
+            goals: [B, C] int64 goal of each candidate, in [0, num_goals).
+            candidate_category: [B, C, M] int64 taxonomy paths; required when the model uses categories.
+
+        Returns:
+            [B, C] logits, equal to `forward` with target = candidate, goal = goal, target_category = its path.
+        """
+        if self.embedding.category_embedding is not None and candidate_category is None:
+            raise ValueError(
+                "TDSASRec uses categories (num_categories > 0): score_candidates needs candidate_category "
+                f"[B, C, M] = {[*candidates.shape, self.config.taxonomy_levels]}. Got None instead."
+            )
+        h, _ = self.embedding(batch)  # [B, L, E]
+        used = goals.unique()  # [G], sorted
+        users = self._streams(batch, h, used.expand(h.shape[0], -1))[1]  # [B, G, E]
+        slot = torch.searchsorted(used, goals)  # [B, C], the stream of each candidate's goal
+        u = users.gather(1, slot.unsqueeze(-1).expand(-1, -1, users.shape[-1]))  # [B, C, E]
+        return self._score(u, self._item_vectors(candidates, candidate_category), goals)  # [B, C]
+
+    def loss(self, batch: Batch) -> Tensor | None:
+        """The training loss when `config.loss = "sampled_softmax"`, else None (the loop's BCE on `forward`).
+
+        Each positive row's U_τ scores every target of the batch: its own positive against the other rows' targets
+        (their positives and their sampled negatives); a candidate with the row's own item id is dropped.
+        """
+        if self.config.loss == "bce":
+            return None
+        assert batch.label is not None  # training batches always carry labels
+        h, t = self.embedding(batch)  # [B, L, E], [B, E]
+        users = self._streams(batch, h, self._goal(batch).unsqueeze(1))[1][:, 0]  # [B, E]
+        positive = batch.label > 0.5  # [B]
+        if not bool(positive.any()):
+            return (users.sum() + t.sum()) * 0.0  # no positive to rank: a zero loss that still backpropagates
+        return sampled_softmax_loss(
+            users[positive],  # [P, E]
+            t[positive],  # [P, E]
+            t,  # [B, E], every target of the batch is a candidate
+            temperature=self.config.temperature,
+            positive_ids=batch.target[positive],
+            negative_ids=batch.target,
+        )
+
+    def forward(self, batch: Batch) -> Tensor:
+        """Return one click logit per example, shape [B]: batch.target scored under batch.goal."""
+        h, t = self.embedding(batch)  # [B, L, E], [B, E]
+        goal = self._goal(batch).unsqueeze(1)  # [B, 1]
+        u = self._streams(batch, h, goal)[1]  # [B, 1, E]
+        return self._score(u, t.unsqueeze(1), goal).squeeze(1)  # [B]

@@ -1,0 +1,157 @@
+"""Stacked TIN: L_s layers of TIN target attention, each with a query updated by the layer before (Tencent
+Advertising, arXiv 2510.21714, "high-order behavioural correlations"; TIN: Zhou et al., WWW 2024).
+
+One TIN layer crosses each behaviour with the target once (a 2nd-order cross). Stacking feeds what the first layer
+found back into the query, so layer l attends to behaviours that relate to the target *and* to the evidence already
+pooled, an (l+1)-th order cross such as "A, then B, then this ad". With ẽ_i and ṽ_t TIN's temporally encoded
+behaviours and target (`tin.add_temporal_encoding`):
+
+    q^(0) = ṽ_t
+    α^(l)_i = softmax_i(<ẽ_i W_K^(l), q^(l-1) W_Q^(l)> / sqrt(E))
+    u^(l) = Σ_i α^(l)_i (ẽ_i W_V^(l) ⊙ q^(l-1) W_Q^(l))
+    q^(l) = LayerNorm(q^(l-1) + u^(l))
+    logit = head([u^(1), ..., u^(L_s), v_t])
+
+Design choices (the paper leaves them open):
+- W_K^(l) is its own bias-free E x E map, not tied to W_V^(l): the attention and representation optima disagree
+  (DARE), and a tied map would have to serve both. W_Q^(l) is shared by the score and the cross, as the formula says.
+- Every projection starts at the identity, so a fresh one-layer stack *is* TIN (the test of the spec: one layer
+  with identity projections equals TIN), and deeper layers start as TIN layers on an updated query.
+- W_K and W_V are applied on the cheap side: <ẽ_i W_K, q'> = <ẽ_i, q' W_K^T> projects the query (not L keys), and
+  Σ_i α_i (ẽ_i W_V) = (Σ_i α_i ẽ_i) W_V projects the pooled vector, so a layer costs O(L·E + E²) like TIN plus
+  two E x E products, independent of L.
+- The last layer's query is never read, so there are L_s - 1 LayerNorms (every parameter gets a gradient).
+- The head reads v_t (plain target) next to the u^(l), as TIN's head reads [u, v_t].
+- `search_embeddings` gives the first layer's attention logits (query q^(0) W_Q^(1) W_K^(1)ᵀ / sqrt(E), keys ẽ), so
+  soft search ranks behaviours by what the first layer attends to; layers after it attend within the kept K.
+- TDPE (`tdpe`) and per-goal heads (`goal_heads`) as in TIN (`models/tdpe.py`).
+
+Shapes: B batch, L history length (K after search), D embedding dim, M taxonomy levels, E = D·(1 + M) behaviour
+width (D without categories), L_s stacked layers, T goals.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from longrec.data.batch import Batch
+from longrec.models.layers import BehaviourEmbedding, check_behaviour_config, check_int, check_sizes, mlp
+from longrec.models.tdpe import GoalHeads, check_goal_options
+from longrec.models.tin import add_temporal_encoding, check_temporal_options, temporal_tables
+
+__all__ = ["StackedTIN", "StackedTINConfig"]
+
+
+@dataclass(frozen=True)
+class StackedTINConfig:
+    num_items: int  # item vocabulary size, id 0 = padding
+    num_categories: int = 0  # category vocabulary shared by every taxonomy level, id 0 = missing; 0 = no categories
+    taxonomy_levels: int = 0  # M, depth of history_category [B, L, M]
+    num_goals: int = 1  # T, goal vocabulary size incl. id 0 = unknown (from the data); read by tdpe and goal_heads
+    dim: int = 16  # D, width of each embedding table
+    num_layers: int = 2  # L_s stacked target-attention layers (1..4 typical; deep stacks overfit small data)
+    temporal: str = "position"  # f(x): position | time_gap | both, as in TIN
+    num_positions: int = 256  # P rows of the position table (row 0 = the target); older behaviours share row P-1
+    time_buckets: int = 32  # G log-spaced time-gap buckets (bucket 0 = the target), see tin.time_gap_bucket
+    min_gap_seconds: float = 60.0  # time_gap_bucket: gaps up to this share bucket 1
+    max_gap_seconds: float = 365.0 * 86_400.0  # time_gap_bucket: gaps beyond this (a year) share the last bucket
+    tdpe: str = "shared"  # temporal tables per goal: shared | separate | shared_delta (models/tdpe.py)
+    goal_heads: bool = False  # one final head layer per goal (GoalHeads) instead of one for all goals
+    head_hidden: tuple[int, ...] = (200, 80)  # widths of the output MLP
+    init_std: float = 0.05  # embeddings (and temporal tables) start at N(0, init_std²)
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        check_behaviour_config(
+            owner, self.num_items, self.num_categories, self.taxonomy_levels, self.dim, self.init_std
+        )
+        check_int(owner, "num_layers", self.num_layers)
+        check_temporal_options(owner, self)
+        check_goal_options(owner, self.num_goals, self.tdpe, self.goal_heads)
+        object.__setattr__(self, "head_hidden", check_sizes(owner, "head_hidden", self.head_hidden))
+
+
+def _identity(width: int) -> nn.Linear:
+    layer = nn.Linear(width, width, bias=False)
+    nn.init.eye_(layer.weight)
+    return layer
+
+
+class StackedTIN(nn.Module):
+    """L_s TIN target-attention layers whose query is updated, LayerNorm(q + u), from one layer to the next."""
+
+    def __init__(self, config: StackedTINConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = BehaviourEmbedding(
+            config.num_items, config.dim, config.num_categories, config.taxonomy_levels, config.init_std
+        )
+        E, S = self.embedding.out_dim, config.num_layers
+        self.position_embedding, self.gap_embedding = temporal_tables(config, E)  # [P, E], [G, E] (per goal: TDPE)
+        self.query_projections = nn.ModuleList([_identity(E) for _ in range(S)])  # W_Q^(l)
+        self.key_projections = nn.ModuleList([_identity(E) for _ in range(S)])  # W_K^(l)
+        self.value_projections = nn.ModuleList([_identity(E) for _ in range(S)])  # W_V^(l)
+        self.norms = nn.ModuleList([nn.LayerNorm(E) for _ in range(S - 1)])  # q^(l) for l < L_s
+        width = (S + 1) * E  # [u^(1), ..., u^(L_s), v_t]
+        T = config.num_goals
+        self.head = GoalHeads(width, config.head_hidden, T) if config.goal_heads else mlp(width, config.head_hidden)
+        reads_gap = self.gap_embedding is not None
+        reads_goal = config.goal_heads or config.tdpe != "shared"
+        self.reads: tuple[str, ...] = (
+            self.embedding.reads + (("history_time_delta",) if reads_gap else ()) + (("goal",) if reads_goal else ())
+        )
+
+    def _encode(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """Temporally encoded behaviours ẽ [B, L, E], target ṽ_t [B, E], and the plain target v_t [B, E]."""
+        h, v = self.embedding(batch)  # [B, L, E], [B, E]
+        e, t = add_temporal_encoding(batch, h, v, self.position_embedding, self.gap_embedding, self.config)
+        return e, t, v  # [B, L, E], [B, E], [B, E]
+
+    def _key_query(self, layer: int, q: Tensor) -> tuple[Tensor, Tensor]:
+        """q W_Q^(l) [B, E] and the key-side query (q W_Q^(l)) W_K^(l)ᵀ [B, E]: <ẽ_i, it> = <ẽ_i W_K, q W_Q>."""
+        q_proj = self.query_projections[layer](q)  # [B, E]
+        return q_proj, q_proj @ self.key_projections[layer].weight  # [B, E], [B, E]; Linear is x Wᵀ, so Wᵀ's dual
+
+    def _stack(self, batch: Batch) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """Per-layer outputs u^(l) [B, E] and attention α^(l) [B, L], and the plain target v_t [B, E]."""
+        e, q, v = self._encode(batch)  # [B, L, E], q^(0) = ṽ_t [B, E], [B, E]
+        mask, scale = batch.history_mask, math.sqrt(e.shape[-1])
+        outputs, weights = [], []
+        for layer in range(self.config.num_layers):
+            q_proj, q_key = self._key_query(layer, q)  # [B, E], [B, E]
+            scores = torch.einsum("ble,be->bl", e, q_key) / scale  # [B, L]
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)  # [B, L]
+            alpha = scores.softmax(dim=-1) * mask  # [B, L]; empty history: α = 0, no NaN (as TIN)
+            pooled = torch.einsum("bl,ble->be", alpha, e)  # [B, E], Σ_i α_i ẽ_i
+            u = self.value_projections[layer](pooled) * q_proj  # [B, E], Σ_i α_i (ẽ_i W_V ⊙ q W_Q)
+            outputs.append(u)
+            weights.append(alpha)
+            if layer < self.config.num_layers - 1:
+                q = self.norms[layer](q + u)  # [B, E], q^(l)
+        return outputs, weights, v
+
+    def attention_weights(self, batch: Batch) -> Tensor:
+        """α^(l)_i of every layer, [B, L_s, L]; each row sums to 1 over the real behaviours (0 when empty)."""
+        return torch.stack(self._stack(batch)[1], dim=1)  # [B, L_s, L]
+
+    def layer_outputs(self, batch: Batch) -> list[Tensor]:
+        """u^(1), ..., u^(L_s), each [B, E]."""
+        return self._stack(batch)[0]
+
+    def search_embeddings(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Soft-search query [B, E] and keys ẽ [B, L, E] whose dot product is the first layer's attention logit."""
+        e, t, _ = self._encode(batch)  # [B, L, E], [B, E]
+        _, q_key = self._key_query(0, t)  # [B, E]
+        return q_key / math.sqrt(e.shape[-1]), e
+
+    def forward(self, batch: Batch) -> Tensor:
+        """Return one click logit per example, shape [B]."""
+        outputs, _, v = self._stack(batch)  # L_s x [B, E], [B, E]
+        x = torch.cat([*outputs, v], dim=-1)  # [B, (L_s + 1)·E]
+        if self.config.goal_heads:
+            return self.head(x, batch.goal)  # [B], the head of each example's goal
+        return self.head(x).squeeze(-1)  # [B]
