@@ -26,7 +26,7 @@ from longrec.config import SearchConfig
 from longrec.data.batch import Batch, gather_history
 from longrec.search.category import category
 from longrec.search.combined import hard_and_soft
-from longrec.search.exact import exact_topk, topk_positions
+from longrec.search.exact import exact_topk, oldest_first, topk_positions
 from longrec.search.hierarchical import hierarchical
 from longrec.search.sdim import sdim
 from longrec.search.simhash import simhash
@@ -79,13 +79,6 @@ NEEDS_EMBEDDINGS = {"soft", "hard+soft", "simhash", "sdim"}
 BLOCK_SEARCHERS = {"hard+soft"}
 
 
-def _chronological(positions: Tensor, kept: Tensor) -> tuple[Tensor, Tensor]:
-    """Re-order each row oldest first with the empty slots in front (left padding), like a collated batch."""
-    key = torch.where(kept, positions, torch.full_like(positions, -1))  # [B, K]
-    order = key.argsort(dim=1, stable=True)  # [B, K]
-    return positions.gather(1, order), kept.gather(1, order)  # [B, K] each
-
-
 def search_stage(batch: Batch, model: nn.Module | None, config: SearchConfig) -> Batch:
     """Run the configured searcher and keep its K behaviours (every history field moves together).
 
@@ -118,4 +111,4 @@ def search_stage(batch: Batch, model: nn.Module | None, config: SearchConfig) ->
     positions, kept = searcher(batch, k, query, keys, config)
     if blocks:
         return gather_history(batch, positions, kept)
-    return gather_history(batch, *_chronological(positions, kept))
+    return gather_history(batch, *oldest_first(positions, kept))

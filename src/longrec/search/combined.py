@@ -27,28 +27,13 @@ from torch import Tensor
 from longrec.config import SearchConfig
 from longrec.data.batch import HISTORY_FIELDS, Batch
 from longrec.search.category import category
-from longrec.search.exact import exact_topk
+from longrec.search.exact import exact_topk, oldest_first
 from longrec.search.hierarchical import hierarchical
 
 __all__ = ["HARD_SEARCHERS", "hard_and_soft", "oldest_first", "split_blocks"]
 
 # The hard searchers `search.hard_method` can name (same signature as every searcher; no embeddings).
 HARD_SEARCHERS = {"category": category, "hierarchical": hierarchical}
-
-
-def oldest_first(positions: Tensor, kept: Tensor) -> tuple[Tensor, Tensor]:
-    """Re-order each row oldest first with the empty slots in front (left padding), like a collated batch.
-
-    Args:
-        positions: [B, K] int64 indices into L.
-        kept: [B, K] bool, False = empty slot.
-
-    Returns:
-        positions [B, K] and kept [B, K], permuted within each row.
-    """
-    key = torch.where(kept, positions, torch.full_like(positions, -1))  # [B, K] empty slots sort first
-    order = key.argsort(dim=1, stable=True)  # [B, K]
-    return positions.gather(1, order), kept.gather(1, order)  # [B, K] each
 
 
 def _block(positions: Tensor, kept: Tensor, width: int) -> tuple[Tensor, Tensor]:

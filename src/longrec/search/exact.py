@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["exact_topk", "topk_positions"]
+__all__ = ["exact_topk", "oldest_first", "topk_positions"]
 
 
 def topk_positions(scores: Tensor, mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -36,3 +36,18 @@ def exact_topk(query: Tensor, keys: Tensor, mask: Tensor, k: int) -> tuple[Tenso
     """query [B, D], keys [B, L, D], mask [B, L] -> positions [B, K] (best first) and kept [B, K]."""
     scores = torch.einsum("bd,bld->bl", query, keys)  # [B, L]
     return topk_positions(scores, mask, k)
+
+
+def oldest_first(positions: Tensor, kept: Tensor) -> tuple[Tensor, Tensor]:
+    """Re-order each row oldest first with the empty slots in front (left padding), like a collated batch.
+
+    Args:
+        positions: [B, K] int64 indices into L.
+        kept: [B, K] bool, False = empty slot.
+
+    Returns:
+        positions [B, K] and kept [B, K], permuted within each row.
+    """
+    key = torch.where(kept, positions, torch.full_like(positions, -1))  # [B, K] empty slots sort first
+    order = key.argsort(dim=1, stable=True)  # [B, K]
+    return positions.gather(1, order), kept.gather(1, order)  # [B, K] each
