@@ -99,3 +99,22 @@ def test_fused_adam_of_the_fast_path_makes_the_reference_update() -> None:
         params.append(dict(model.named_parameters()))
     for name, value in params[0].items():
         torch.testing.assert_close(value, params[1][name], msg=lambda m, n=name: f"{n} after 3 steps: {m}")
+
+
+def test_a_model_with_its_own_loss_trains_on_it_instead_of_bce() -> None:
+    torch.manual_seed(0)
+    B, L = 16, 6
+    mask = torch.ones(B, L, dtype=torch.bool)
+    batch = Batch(
+        history=torch.randint(1, 30, (B, L)),
+        history_mask=mask,
+        target=torch.randint(1, 30, (B,)),
+        label=(torch.arange(B) % 2).float(),
+        history_position=torch.arange(L, 0, -1).expand(B, L),
+    )
+    model = build_model("td_sasrec", num_items=30, dim=8, num_heads=1, loss="sampled_softmax")
+    expected = model.loss(batch)
+    assert expected is not None
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    got = train_step(model, batch, SearchConfig(), optimizer)
+    torch.testing.assert_close(got, expected.detach())

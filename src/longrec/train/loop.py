@@ -130,10 +130,21 @@ def train_step(
         goal_weight: [T] BCE weight per goal id (`goal_loss_weights`), or None.
 
     Returns:
-        The loss, detached: the (goal-weighted) BCE averaged over the batch, plus the auxiliary BCE and the L2 term.
+        The loss, detached: the (goal-weighted) BCE averaged over the batch, plus the auxiliary BCE and the L2 term;
+        or, for a model whose `loss(batch)` returns a tensor, that loss plus the L2 term.
     """
     model.train()
     assert batch.label is not None  # collate always sets labels
+    # A model with its own training loss (TD-SASRec's sampled softmax over in-batch candidates) uses it instead of
+    # BCE; it couples the rows of the batch, so it always sees the whole batch.
+    own = getattr(model, "loss", None)
+    own_loss = own(search_stage(batch, model, search)) if callable(own) else None
+    if own_loss is not None:
+        loss = own_loss + l2 * l2_penalty(model) if l2 else own_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
     # Fast path: a model that can serve search, the main head and the aux head from one lookup does (TWIN, DARE).
     fused = getattr(model, "forward_with_aux", None) if fast_paths() else None
     both = fused(batch, search) if fused is not None else None
