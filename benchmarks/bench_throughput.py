@@ -8,21 +8,23 @@ TWIN/DARE with soft search to K = 20 and the auxiliary loss, Adam lr 0.01, BCE +
 batches of 2048 and 192, `torch.set_num_threads(2)`. Data: the 927-user Taobao slice under Protocol A (user filter
 lowered to 50 behaviours, as in bench_dare_ablation.py), or a synthetic log when the slice is absent.
 
-Each (model, batch size, path) runs in a fresh subprocess, alternating reference and fast, `--rounds` times; the best
-round counts (timeit's rule: load from other processes only ever slows a round down). Per step it times
+Each (model, path) runs in a fresh subprocess (all batch sizes, each from a fresh model), alternating reference and
+fast, `--rounds` times; the best round counts (timeit's rule: load from other processes only ever slows a round down).
+Per step it times
 - collate: `collate` from the prepared store (what `make_loader` does with num_workers = 0);
 - step: `train_step` = search_stage + forward + aux + L2 + backward + Adam, on the collated batch ("model only");
 - full = collate + step, and, on the fast path, the same loop fed by `make_loader(num_workers=W)` (background
   collation, so the step no longer waits for it on a machine with a spare core).
-"reference" = `reference_paths()` (plain per-table lookups + concat, DIN's scorer on the [B, L, 4E] concat, the
-whole batch at once) with glibc's default allocator; "fast" = the default paths plus `reuse_freed_memory()`, as
-`longrec train` runs. The floor columns are computed from the shapes (`floor()`): FLOPs and compulsory DRAM bytes per
+"reference" = `reference_paths()`, the plain code every fast path is tested against (per-table `nn.Embedding`
+lookups + concat, einsum attention, `nn.PReLU`, DIN's scorer on the [B, L, 4E] concat, search + main + aux as three
+passes, Adam's per-tensor loop) with glibc's default allocator; "fast" = the default paths plus `reuse_freed_memory()`,
+as `longrec train` runs. The floor columns are computed from the shapes (`floor()`): FLOPs and compulsory DRAM bytes per
 sample, turned into samples/s with this machine's measured GEMM rate and copy bandwidth.
 
 "Same AUC": tests/models/test_fast_paths.py and tests/train/test_train_step.py check that both paths give the same
-logits and gradients; here `--auc-epochs` (default 2) trains each model with both paths from the same seed on the
-slice and prints both test AUCs (batch `--auc-batch-size`, 256 as in bench_dare_ablation.py: at 2048 the slice gives
-15 steps per epoch and TWIN does not learn).
+logits and gradients; here `--auc-epochs` (default 2) trains each model with the loop on both paths from seed 0, and on
+the reference path from seed 1 as the yardstick, and prints the test AUCs (batch `--auc-batch-size`, 256 as in
+bench_dare_ablation.py: at 2048 the slice gives 15 steps per epoch and TWIN does not learn).
 
 Run:   python benchmarks/bench_throughput.py --update-readme
 Quick: python benchmarks/bench_throughput.py --models DARE --batch-sizes 192 --rounds 1 --auc-epochs 0
@@ -53,7 +55,7 @@ from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import TrajectoryStore
 from longrec.data.synthetic import SyntheticConfig, generate
 from longrec.models.layers import reference_paths
-from longrec.train.loop import build_model_for_store, reuse_freed_memory, train, train_step
+from longrec.train.loop import build_model_for_store, make_optimizer, reuse_freed_memory, train, train_step
 
 # name -> (model table, search table) at Protocol A.
 MODELS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -150,42 +152,46 @@ def build(name: str, store: TrajectoryStore, seed: int = 0) -> tuple[torch.nn.Mo
 
 
 def measure(job: dict[str, Any]) -> dict[str, Any]:
-    """One (model, batch size, path) measurement, in this (fresh) process."""
+    """One model on one path at every batch size of `job`, in this (fresh) process: {batch size: timings}."""
     torch.set_num_threads(job["threads"])
     fast = job["path"] == "fast"
     if fast:
         reuse_freed_memory()
     store = TrajectoryStore.open(job["store"])
     samples = store.samples("train")
-    model, search = build(job["model"], store)
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
-    B, steps, warmup = job["batch_size"], job["steps"], job["warmup"]
-    plan = epoch_batches(len(samples), B, shuffle=True, seed=0, epoch=0)
-    plan = [index for index in plan if len(index) == B][: warmup + steps]
-    collate_s, step_s = [], []
+    results = {}
     with reference_paths() if not fast else contextlib.nullcontext():
-        for i, index in enumerate(plan):
-            t0 = time.perf_counter()
-            batch = collate(store, samples, index, L)
-            t1 = time.perf_counter()
-            train_step(model, batch, search, optimizer, L2)
-            t2 = time.perf_counter()
-            if i >= warmup:
-                collate_s.append(t1 - t0)
-                step_s.append(t2 - t1)
-        result: dict[str, Any] = {"collate_s": float(np.mean(collate_s)), "step_s": float(np.mean(step_s))}
-        if fast and job["workers"]:
-            loader = make_loader(store, "train", B, L, shuffle=True, num_workers=job["workers"], prefetch_factor=2)
-            seen, started = 0, 0.0
-            for i, batch in enumerate(loader):
-                if i == warmup:  # the workers have started and filled their queue by now
-                    seen, started = 0, time.perf_counter()
+        for B in job["batch_sizes"]:
+            model, search = build(job["model"], store)
+            optimizer = make_optimizer(model, LR)  # fused Adam on the fast path, as `longrec train`
+            steps, warmup = job["steps"] or (5 if B >= 1024 else 25), job["warmup"]
+            plan = epoch_batches(len(samples), B, shuffle=True, seed=0, epoch=0)
+            plan = [index for index in plan if len(index) == B][: warmup + steps]
+            collate_s, step_s = [], []
+            for i, index in enumerate(plan):
+                t0 = time.perf_counter()
+                batch = collate(store, samples, index, L)
+                t1 = time.perf_counter()
                 train_step(model, batch, search, optimizer, L2)
-                seen += len(batch)
-                if i + 1 == warmup + steps:
-                    break
-            result["workers_samples_per_s"] = seen / (time.perf_counter() - started)
-    return result
+                t2 = time.perf_counter()
+                if i >= warmup:
+                    collate_s.append(t1 - t0)
+                    step_s.append(t2 - t1)
+            result: dict[str, Any] = {"collate_s": float(np.mean(collate_s)), "step_s": float(np.mean(step_s))}
+            result["steps"] = len(step_s)
+            if fast and job["workers"]:
+                loader = make_loader(store, "train", B, L, shuffle=True, num_workers=job["workers"], prefetch_factor=2)
+                seen, started = 0, 0.0
+                for i, batch in enumerate(loader):
+                    if i == warmup:  # the workers have started and filled their queue by now
+                        seen, started = 0, time.perf_counter()
+                    train_step(model, batch, search, optimizer, L2)
+                    seen += len(batch)
+                    if i + 1 == warmup + steps:
+                        break
+                result["workers_samples_per_s"] = seen / (time.perf_counter() - started)
+            results[str(B)] = result
+    return results
 
 
 def auc_run(job: dict[str, Any]) -> dict[str, Any]:
@@ -199,7 +205,7 @@ def auc_run(job: dict[str, Any]) -> dict[str, Any]:
         f"train.l2={L2}",
         f"train.batch_size={job['batch_size']}",
         f"train.epochs={job['epochs']}",
-        "train.seed=0",
+        f"train.seed={job['seed']}",
         f"train.threads={job['threads']}",
         "train.progress=False",
     ]
@@ -224,49 +230,53 @@ def in_subprocess(kind: str, job: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------- report
-def measure_row(
-    name: str, B: int, store_path: Path, sizes: dict[str, int], peaks: dict[str, float], args: argparse.Namespace
-) -> dict[str, Any]:
-    """Both paths of one (model, batch size), alternating `args.rounds` times; the best round of each counts."""
-    steps = args.steps or (5 if B >= 1024 else 25)
-    job = {"store": str(store_path), "model": name, "batch_size": B, "threads": args.threads}
-    job |= {"steps": steps, "warmup": 2, "workers": args.workers}
-    best: dict[str, dict[str, float]] = {}
+def measure_model(
+    name: str, store_path: Path, sizes: dict[str, int], peaks: dict[str, float], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Both paths of one model at every batch size, alternating `args.rounds` times; the best round of each counts."""
+    job = {"store": str(store_path), "model": name, "batch_sizes": args.batch_sizes, "threads": args.threads}
+    job |= {"steps": args.steps, "warmup": 2, "workers": args.workers}
+    best: dict[int, dict[str, dict[str, float]]] = {B: {} for B in args.batch_sizes}
+    steps: dict[int, int] = {}
     for _ in range(args.rounds):
         for path in ("reference", "fast"):
-            m = in_subprocess("measure", job | {"path": path})
-            r = {"full": B / (m["collate_s"] + m["step_s"]), "model_only": B / m["step_s"]}
-            r["collate_ms"] = -1e3 * m["collate_s"]  # negated so that max() keeps the fastest, like the rates
-            if "workers_samples_per_s" in m:
-                r["workers"] = m["workers_samples_per_s"]
-            best[path] = {k: max(v, best.get(path, {}).get(k, v)) for k, v in r.items()}
-    for r in best.values():
-        r["collate_ms"] = -r["collate_ms"]
-    f = floor(name, sizes, B)
-    f["samples_per_s"] = min(peaks["gflops"] * 1e9 / f["flops"], peaks["gbytes_per_s"] * 1e9 / f["bytes"])
-    ref, fast = best["reference"], best["fast"]
-    print(
-        f"{name:5s} B={B:5d}: reference {ref['full']:7,.0f}/s  fast {fast['full']:7,.0f}/s "
-        f"({fast['full'] / ref['full']:.1f}x; model only {fast['model_only']:,.0f}/s, collate "
-        f"{fast['collate_ms']:.1f} ms, with {args.workers} worker(s) {fast.get('workers', float('nan')):,.0f}/s)  "
-        f"floor {f['samples_per_s']:,.0f}/s [{f['flops'] / 1e6:.2f} MFLOP, {f['bytes'] / 1e3:.0f} KB per sample]",
-        flush=True,
-    )
-    return {"model": name, "batch_size": B, "steps": steps, "floor": f, **best}
+            for B, m in ((int(b), m) for b, m in in_subprocess("measure", job | {"path": path}).items()):
+                r = {"full": B / (m["collate_s"] + m["step_s"]), "model_only": B / m["step_s"]}
+                r["collate_ms"] = -1e3 * m["collate_s"]  # negated so that max() keeps the fastest, like the rates
+                if "workers_samples_per_s" in m:
+                    r["workers"] = m["workers_samples_per_s"]
+                best[B][path] = {k: max(v, best[B].get(path, {}).get(k, v)) for k, v in r.items()}
+                steps[B] = m["steps"]
+    rows = []
+    for B, paths in best.items():
+        for r in paths.values():
+            r["collate_ms"] = -r["collate_ms"]
+        f = floor(name, sizes, B)
+        f["samples_per_s"] = min(peaks["gflops"] * 1e9 / f["flops"], peaks["gbytes_per_s"] * 1e9 / f["bytes"])
+        ref, fast = paths["reference"], paths["fast"]
+        print(
+            f"{name:5s} B={B:5d}: reference {ref['full']:7,.0f}/s  fast {fast['full']:7,.0f}/s "
+            f"({fast['full'] / ref['full']:.1f}x; model only {fast['model_only']:,.0f}/s, collate "
+            f"{fast['collate_ms']:.1f} ms, with {args.workers} worker(s) {fast.get('workers', float('nan')):,.0f}/s)  "
+            f"floor {f['samples_per_s']:,.0f}/s [{f['flops'] / 1e6:.2f} MFLOP, {f['bytes'] / 1e3:.0f} KB per sample]",
+            flush=True,
+        )
+        rows.append({"model": name, "batch_size": B, "steps": steps[B], "floor": f, **paths})
+    return rows
 
 
-# The AUC runs: both paths on `--threads`, plus the reference on one thread. Changing the thread count only changes
-# the float summation order, so the reference's own spread between its two runs is the noise floor that a fast path
-# which computes the same function must stay within.
-AUC_RUNS = {"reference": ("reference", None), "fast": ("fast", None), "reference, 1 thread": ("reference", 1)}
+# The AUC runs: both paths from seed 0, plus the reference from seed 1. Over hundreds of Adam steps the float rounding
+# differences between the paths grow into a different trajectory; the reference's own seed-to-seed spread is the
+# yardstick for "same AUC".
+AUC_RUNS = {"reference": ("reference", 0), "fast": ("fast", 0), "reference, seed 1": ("reference", 1)}
 
 
 def auc_check(name: str, store_path: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Train `name` with the loop for `args.auc_epochs` epochs from seed 0 on each of `AUC_RUNS`; test AUC of each."""
+    """Train `name` with the loop for `args.auc_epochs` epochs on each of `AUC_RUNS`; the test AUC of each."""
     out: dict[str, Any] = {}
-    for label, (path, threads) in AUC_RUNS.items():
+    for label, (path, seed) in AUC_RUNS.items():
         job = {"store": str(store_path), "model": name, "batch_size": args.auc_batch_size, "path": path}
-        job |= {"epochs": args.auc_epochs, "threads": threads or args.threads}
+        job |= {"epochs": args.auc_epochs, "threads": args.threads, "seed": seed}
         job["out"] = str(work / "runs" / f"{name}-{label}".replace(" ", "_").replace(",", ""))
         out[label] = in_subprocess("train-auc", job)
     print(f"{name}: test AUC " + ", ".join(f"{k} {v['test_auc']:.4f} ({v['seconds']:.0f} s)" for k, v in out.items()))
@@ -276,24 +286,24 @@ def auc_check(name: str, store_path: Path, work: Path, args: argparse.Namespace)
 def render_auc(aucs: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     rows = []
     for name, a in aucs.items():
-        ref, fast, control = a["reference"], a["fast"], a["reference, 1 thread"]
+        ref, fast, other = a["reference"], a["fast"], a["reference, seed 1"]
         rows.append(
             [
                 name,
                 f"{ref['test_auc']:.4f}",
                 f"{fast['test_auc']:.4f}",
                 f"{fast['test_auc'] - ref['test_auc']:+.4f}",
-                f"{control['test_auc']:.4f} ({control['test_auc'] - ref['test_auc']:+.4f})",
+                f"{other['test_auc']:.4f} ({other['test_auc'] - ref['test_auc']:+.4f})",
                 f"{ref['seconds']:.0f} / {fast['seconds']:.0f}",
             ]
         )
-    header = ["model", "test AUC reference", "test AUC fast", "fast - reference", "reference, 1 thread", "train s"]
+    header = ["model", "test AUC reference", "test AUC fast", "fast - reference", "reference, seed 1", "train s"]
     return (
-        f"\n\nSame AUC: each model trained by the loop ({args.auc_epochs} epochs, batch {args.auc_batch_size}, seed 0) "
-        "on each path. The parity tests check that both paths compute the same logits and gradients (fp32 tolerance); "
-        "over hundreds of Adam steps rounding differences grow, and the reference's own run on 1 thread (a different "
-        "float summation order, nothing else) shows how far that alone moves the AUC.\n\n"
-        + markdown_table(header, rows)
+        f"\n\nSame AUC: each model trained by the loop ({args.auc_epochs} epochs, batch {args.auc_batch_size}) on "
+        "each path from seed 0, and the reference from seed 1 as the yardstick. The parity tests check that both paths "
+        "compute the same logits and gradients (fp32 tolerance); over hundreds of Adam steps the rounding differences "
+        "grow into a different trajectory, so the AUCs differ by about what a different float summation order or "
+        "seed gives.\n\n" + markdown_table(header, rows)
     )
 
 
@@ -301,10 +311,10 @@ def render(rows: list[dict[str, Any]]) -> str:
     header = [
         "model",
         "batch",
-        "reference full (samples/s)",
-        "fast full (samples/s)",
+        "reference (samples/s)",
+        "fast (samples/s)",
         "speed-up",
-        "fast model only",
+        "fast, model only",
         "fast collate (ms/step)",
         "fast, collate in a worker",
         "floor (samples/s)",
@@ -313,19 +323,20 @@ def render(rows: list[dict[str, Any]]) -> str:
     ]
     out = []
     for r in rows:
+        ref, fast = r["reference"], r["fast"]
         out.append(
             [
                 r["model"],
                 str(r["batch_size"]),
-                f"{r['reference']['full']:,.0f}",
-                f"{r['fast']['full']:,.0f}",
-                f"{r['fast']['full'] / r['reference']['full']:.1f}x",
-                f"{r['fast']['model_only']:,.0f}",
-                f"{r['fast']['collate_ms']:.1f}",
-                f"{r['fast'].get('workers', float('nan')):,.0f}",
+                f"{ref['full']:,.0f}",
+                f"{fast['full']:,.0f}",
+                f"{fast['full'] / ref['full']:.1f}x",
+                f"{fast['model_only']:,.0f}",
+                f"{fast['collate_ms']:.1f}",
+                f"{fast.get('workers', float('nan')):,.0f}",
                 f"{r['floor']['samples_per_s']:,.0f}",
-                f"{r['fast']['full'] / r['floor']['samples_per_s']:.0%}",
-                f"{r['fast']['full'] / OFFICIAL[r['model']]:.1f}x",
+                f"{fast['full'] / r['floor']['samples_per_s']:.0%}",
+                f"{fast['full'] / OFFICIAL[r['model']]:.1f}x",
             ]
         )
     return markdown_table(header, out)
@@ -383,10 +394,7 @@ def main() -> None:
     print(f"{data_line}; {len(store.samples('train')):,} training samples.", file=sys.stderr)
     print(f"peaks on {args.threads} threads: {peaks['gflops']:.0f} GFLOP/s GEMM, {peaks['gbytes_per_s']:.1f} GB/s copy")
 
-    rows = []
-    for name in args.models:
-        for B in args.batch_sizes:
-            rows.append(measure_row(name, B, store_path, sizes, peaks, args))
+    rows = [row for name in args.models for row in measure_model(name, store_path, sizes, peaks, args)]
     aucs = {name: auc_check(name, store_path, work, args) for name in args.auc_models} if args.auc_epochs else {}
     load_after = os.getloadavg()
 

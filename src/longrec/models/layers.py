@@ -127,10 +127,11 @@ class _DotScores(torch.autograd.Function):
         return torch.einsum("be,ble->bl", query, keys)  # [B, L]
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
         query, keys = ctx.saved_tensors
-        grad_query = torch.einsum("bl,ble->be", grad, keys)  # [B, E]
-        return grad_query, grad.unsqueeze(-1) * query.unsqueeze(1)  # [B, E], [B, L, E]
+        grad_query = torch.einsum("bl,ble->be", grad, keys) if ctx.needs_input_grad[0] else None  # [B, E]
+        grad_keys = grad.unsqueeze(-1) * query.unsqueeze(1) if ctx.needs_input_grad[1] else None  # [B, L, E]
+        return grad_query, grad_keys
 
 
 class _WeightedSum(torch.autograd.Function):
@@ -142,10 +143,11 @@ class _WeightedSum(torch.autograd.Function):
         return torch.einsum("bl,ble->be", weights, values)  # [B, E]
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
         weights, values = ctx.saved_tensors
-        grad_weights = torch.einsum("be,ble->bl", grad, values)  # [B, L]
-        return grad_weights, weights.unsqueeze(-1) * grad.unsqueeze(1)  # [B, L], [B, L, E]
+        grad_weights = torch.einsum("be,ble->bl", grad, values) if ctx.needs_input_grad[0] else None  # [B, L]
+        grad_values = weights.unsqueeze(-1) * grad.unsqueeze(1) if ctx.needs_input_grad[1] else None  # [B, L, E]
+        return grad_weights, grad_values
 
 
 def dot_scores(query: Tensor, keys: Tensor) -> Tensor:
