@@ -1,12 +1,11 @@
 import pytest
 import torch
-import torch.nn.functional as F
 
 from longrec.config import SearchConfig
 from longrec.data.batch import HISTORY_FIELDS, Batch
-from longrec.eval.metrics import auc
 from longrec.models import DINConfig, build_model
 from longrec.search import search_stage
+from tests.models.conftest import fit_and_auc
 
 
 @pytest.fixture
@@ -111,17 +110,7 @@ def train_and_score(name: str, train: Batch, test: Batch, steps: int = 300, **pa
     model = build_model(
         name, num_items=200, num_categories=20, taxonomy_levels=1, dim=8, head_hidden=(32, 16), **params
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        rows = torch.randint(0, len(train), (128,), generator=g)
-        batch = Batch(**{name: value[rows] for name, value in train.fields().items()})
-        loss = F.binary_cross_entropy_with_logits(model(batch), batch.label)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        return auc(test.label.numpy(), model.eval()(test).numpy())
+    return fit_and_auc(model, train, test, steps, lr=1e-2)
 
 
 def test_din_learns_a_planted_target_match_that_mean_pooling_misses() -> None:

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from longrec.data.batch import Batch, check_batch
-from longrec.eval.metrics import auc
 from longrec.models import TINConfig, build_model
 from longrec.models.tdpe import GoalHeads, TargetDecoupledEncoding
+from tests.models.conftest import fit_and_auc
 
 R, D, T = 6, 4, 3  # buckets per goal, width, goals (incl. id 0)
 
@@ -219,18 +219,8 @@ def goal_flip_batch(n: int, seed: int, num_items: int = 40, L: int = 4) -> Batch
 def train_auc(goal_heads: bool, steps: int = 60) -> float:
     torch.manual_seed(0)
     model = build_model("tin", num_items=40, num_goals=3, dim=8, head_hidden=(16,), goal_heads=goal_heads)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-2)
     train, test = goal_flip_batch(2048, seed=1), goal_flip_batch(1024, seed=2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        rows = torch.randint(0, len(train), (128,), generator=g)
-        batch = Batch(**{k: v[rows] for k, v in train.fields().items()})
-        loss = F.binary_cross_entropy_with_logits(model(batch), batch.label)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        return auc(test.label.numpy(), model.eval()(test).numpy())
+    return fit_and_auc(model, train, test, steps, lr=2e-2)
 
 
 def test_goal_heads_learn_a_label_rule_that_differs_by_goal() -> None:

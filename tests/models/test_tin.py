@@ -6,14 +6,13 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from longrec.config import SearchConfig
 from longrec.data.batch import Batch
-from longrec.eval.metrics import auc
 from longrec.models import TINConfig, build_model
 from longrec.models.tin import time_gap_bucket
 from longrec.search import search_stage
+from tests.models.conftest import fit_and_auc
 
 
 @pytest.fixture
@@ -214,17 +213,7 @@ def train_tin(train: Batch, test: Batch, temporal: str, steps: int = 300) -> flo
     model = build_model(
         "tin", num_items=200, num_categories=10, taxonomy_levels=1, dim=8, head_hidden=(32, 16), temporal=temporal
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        rows = torch.randint(0, len(train), (128,), generator=g)
-        batch = Batch(**{name: value[rows] for name, value in train.fields().items()})
-        loss = F.binary_cross_entropy_with_logits(model(batch), batch.label)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        return auc(test.label.numpy(), model.eval()(test).numpy())
+    return fit_and_auc(model, train, test, steps, lr=1e-2)
 
 
 @pytest.mark.slow

@@ -136,7 +136,7 @@ def train_step(
     model.train()
     assert batch.label is not None  # collate always sets labels
     # A model with its own training loss (TD-SASRec's sampled softmax over in-batch candidates) uses it instead of
-    # BCE; it couples the rows of the batch, so it always sees the whole batch.
+    # BCE (its in-batch candidates couple the rows of the batch).
     own = getattr(model, "loss", None)
     own_loss = own(search_stage(batch, model, search)) if callable(own) else None
     if own_loss is not None:
