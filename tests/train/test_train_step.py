@@ -118,3 +118,27 @@ def test_a_model_with_its_own_loss_trains_on_it_instead_of_bce() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     got = train_step(model, batch, SearchConfig(), optimizer)
     torch.testing.assert_close(got, expected.detach())
+
+
+class WithExtraLoss(torch.nn.Module):
+    """DIN whose forward also returns a regulariser (the hook VISTA's reconstruction and VQL's codebook use)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.din = build_model("din", **data_params(MODELS["din"][0], SIZES), dim=8)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.din(batch)
+
+    def forward_with_extra_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.din(batch), 3.0 + 0.0 * self.din.embedding.item_embedding.weight.sum()
+
+
+def test_a_models_extra_loss_is_added_to_the_training_loss() -> None:
+    batch = make_batch()
+    torch.manual_seed(0)
+    model = WithExtraLoss()
+    with torch.no_grad():
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.label)
+    got = train_step(model, batch, SearchConfig(), KeepGradients(model))
+    torch.testing.assert_close(got, bce + 3.0)

@@ -130,8 +130,9 @@ def train_step(
         goal_weight: [T] BCE weight per goal id (`goal_loss_weights`), or None.
 
     Returns:
-        The loss, detached: the (goal-weighted) BCE averaged over the batch, plus the auxiliary BCE and the L2 term;
-        or, for a model whose `loss(batch)` returns a tensor, that loss plus the L2 term.
+        The loss, detached: the (goal-weighted) BCE averaged over the batch, plus the auxiliary BCE, the model's
+        extra loss (`forward_with_extra_loss`) and the L2 term; or, for a model whose `loss(batch)` returns a
+        tensor, that loss plus the L2 term.
     """
     model.train()
     assert batch.label is not None  # collate always sets labels
@@ -148,14 +149,24 @@ def train_step(
     # Fast path: a model that can serve search, the main head and the aux head from one lookup does (TWIN, DARE).
     fused = getattr(model, "forward_with_aux", None) if fast_paths() else None
     both = fused(batch, search) if fused is not None else None
+    extra_loss = None
     if both is not None:
         logits, aux_logits = both  # [B] each
     else:
-        logits = model(search_stage(batch, model, search))  # [B]
+        searched = search_stage(batch, model, search)
+        # A model with a regulariser computed in the same forward (VISTA's reconstruction, VQL's codebook and
+        # commitment losses) returns it beside the logits; it is added to the training loss, never to the logloss.
+        with_extra = getattr(model, "forward_with_extra_loss", None)
+        if with_extra is not None:
+            logits, extra_loss = with_extra(searched)  # [B], scalar
+        else:
+            logits = model(searched)  # [B]
         aux = getattr(model, "aux_logits", None)
         aux_logits = aux(batch) if aux is not None else None  # [B] full-history attention head, or None
     weight = goal_weight[batch.goal] if goal_weight is not None and batch.goal is not None else None  # [B]
     loss = F.binary_cross_entropy_with_logits(logits, batch.label, weight=weight)
+    if extra_loss is not None:
+        loss = loss + extra_loss
     if aux_logits is not None:
         loss = loss + F.binary_cross_entropy_with_logits(aux_logits, batch.label, weight=weight)
     if l2:
