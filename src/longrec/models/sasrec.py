@@ -24,6 +24,9 @@ Design choices (the paper leaves them open):
   goals (the ablation: goals then differ only by their query token and bias).
 - `batch.goal = None` (data without goals) means goal 0 for every row, so the model reads no optional field beyond
   the categories; goal ids must lie in [0, num_goals) (prepared data: 0 = unknown, T = vocabulary + 1).
+- `encoder = "mean"` is the ablation of the sequence encoder (the "mean-pooled user tower"): U_τ = LN(mean of the
+  real behaviours' embeddings + q_τ), blind to order and time (no blocks, no temporal tables); everything else
+  (item tower, goal bias, scoring, losses) is unchanged, so the two compare.
 - Training: BCE on `forward` works as is (Protocol A/T samples already hold sampled negatives).
   `loss = "sampled_softmax"` opts into `train.losses.sampled_softmax_loss` through `loss(batch)`: each positive
   row's U_τ against every target of the batch (in-batch and sampled negatives, accidental hits dropped);
@@ -49,10 +52,11 @@ from longrec.models.tdpe import check_goal_options
 from longrec.models.tin import check_temporal_options, temporal_tables, time_gap_bucket
 from longrec.train.losses import sampled_softmax_loss
 
-__all__ = ["LOSSES", "SCORING", "TDSASRec", "TDSASRecConfig"]
+__all__ = ["ENCODERS", "LOSSES", "SCORING", "TDSASRec", "TDSASRecConfig"]
 
 SCORING = ("dot", "mlp")
 LOSSES = ("bce", "sampled_softmax")
+ENCODERS = ("causal", "mean")
 _YEAR = 365.0 * 86_400.0  # seconds
 
 
@@ -74,6 +78,7 @@ class TDSASRecConfig:
     min_gap_seconds: float = 60.0  # time_gap_bucket: gaps up to this share bucket 1
     max_gap_seconds: float = _YEAR  # time_gap_bucket: gaps beyond this share the last bucket
     scoring: str = "dot"  # dot (two-tower) | mlp on [U_τ, v, U_τ ⊙ v]
+    encoder: str = "causal"  # causal (SASRec blocks + TDPE) | mean (the ablation: order- and time-blind mean pool)
     head_hidden: tuple[int, ...] = (64, 32)  # widths of the scoring MLP (scoring = "mlp")
     loss: str = "bce"  # bce (the loop's default) | sampled_softmax (via loss(batch); needs scoring = "dot")
     temperature: float = 1.0  # sampled softmax: logits are <U_τ, v> / temperature
@@ -97,7 +102,7 @@ class TDSASRecConfig:
             )
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
             raise ValueError(f"{owner}.dropout must be a float in [0, 1). Got {self.dropout!r} instead.")
-        for name, allowed in (("scoring", SCORING), ("loss", LOSSES)):
+        for name, allowed in (("scoring", SCORING), ("loss", LOSSES), ("encoder", ENCODERS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"{owner}.{name} must be one of {', '.join(allowed)}. Got {getattr(self, name)!r} instead."
@@ -144,12 +149,13 @@ class TDSASRec(nn.Module):
         c = config
         self.embedding = BehaviourEmbedding(c.num_items, c.dim, c.num_categories, c.taxonomy_levels, c.init_std)
         E = self.embedding.out_dim
+        causal = c.encoder == "causal"
         # TDPE: p^{(τ)} position and/or time-gap tables [T·R, E] (one [R, E] under tdpe = "shared").
-        self.position_table, self.gap_table = temporal_tables(c, E)
+        self.position_table, self.gap_table = temporal_tables(c, E) if causal else (None, None)
         self.query_tokens = nn.Embedding(c.num_goals, E)  # q_τ, one learnable token per goal
         nn.init.normal_(self.query_tokens.weight, std=c.init_std)
         self.blocks = nn.ModuleList(
-            _Block(E, c.num_heads, c.ffn_multiplier * E, c.dropout) for _ in range(c.num_blocks)
+            _Block(E, c.num_heads, c.ffn_multiplier * E, c.dropout) for _ in range(c.num_blocks if causal else 0)
         )
         self.final_norm = nn.LayerNorm(E)
         self.head = mlp(3 * E, c.head_hidden) if c.scoring == "mlp" else None
@@ -190,6 +196,11 @@ class TDSASRec(nn.Module):
         """
         (B, L, E), G = h.shape, goals.shape[1]
         mask = batch.history_mask  # [B, L]
+        if self.config.encoder == "mean":  # the ablation: U_τ = LN(mean of the real behaviours + q_τ)
+            count = mask.sum(1, keepdim=True).clamp(min=1)  # [B, 1]
+            pooled = (h * mask.unsqueeze(-1)).sum(1) / count  # [B, E]
+            users = self.final_norm(pooled.unsqueeze(1) + self.query_tokens(goals))  # [B, G, E]
+            return (h * mask.unsqueeze(-1)).unsqueeze(1).expand(B, G, L, E), users  # [B, G, L, E], [B, G, E]
         flat_goals = goals.reshape(B * G)  # [B·G], row-major: stream (b, g) sits at b·G + g
         x = h.repeat_interleave(G, dim=0) + self._temporal(batch, flat_goals)  # [B·G, L, E], ẽ_i under each goal
         x = torch.cat([x, self.query_tokens(flat_goals).unsqueeze(1)], dim=1)  # [B·G, S, E], query token last
