@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -84,3 +85,32 @@ def test_retrieval_example_marks_what_each_searcher_kept(run_dir: Path) -> None:
     n = int(batch.history_mask[row].sum())
     assert example["kept"]["latest"] == [False] * (n - min(3, n)) + [True] * min(3, n)
     assert all(d >= 1 for d, kept in zip(example["depth"], example["kept"]["hierarchical"], strict=True) if kept)
+
+
+class GoalDecay(torch.nn.Module):
+    """Attention exp(-Δt / τ_goal) normalised over the history: goal 0 decays fast, goal 1 slowly."""
+
+    def __init__(self, tau_days: tuple[float, ...]) -> None:
+        super().__init__()
+        self.tau = torch.tensor(tau_days) * 86_400
+
+    def attention_weights(self, batch):
+        scores = -batch.history_time_delta / self.tau[batch.goal][:, None]  # [B, L]
+        return scores.masked_fill(~batch.history_mask, float("-inf")).softmax(-1).nan_to_num(0.0)  # [B, L]
+
+
+def test_mean_gap_days_orders_goals_by_how_fast_their_attention_decays(tmp_path: Path) -> None:
+    prepare(make_log(num_users=8, events=30, seed=2), tmp_path / "d", ProtocolConfig.for_protocol("T"))
+    store = TrajectoryStore.open(tmp_path / "d")
+    samples = store.samples("train")
+    batch = collate(store, samples, np.arange(len(samples)), 30)
+    batches = [dataclasses.replace(batch, goal=torch.full_like(batch.target, goal)) for goal in (0, 1)]
+    profile = attention_profile(GoalDecay((0.5, 50.0)), batches, num_goals=2)
+    assert profile is not None
+    fast, slow = profile["mean_gap_days"]
+    assert 0 < fast < slow
+    mask = batch.history_mask
+    w = GoalDecay((50.0, 50.0)).attention_weights(dataclasses.replace(batch, goal=torch.zeros_like(batch.target)))
+    rows = mask.any(1)
+    expected = ((w * batch.history_time_delta).sum(1)[rows] / 86_400).mean()
+    assert slow == pytest.approx(float(expected), rel=1e-5)

@@ -77,7 +77,10 @@ def _weights(model: torch.nn.Module, batch: Batch) -> torch.Tensor | None:
 
 @torch.no_grad()
 def attention_profile(model: torch.nn.Module, batches: list[Batch], num_goals: int) -> dict[str, Any] | None:
-    """Mean attention weight per (goal, relative position) and per (goal, time-gap bucket) over real behaviours.
+    """Mean attention weight per (goal, relative position) and per (goal, time-gap bucket) over real behaviours, and
+    per goal the attention-weighted mean time gap in days, Σ_i α_i Δt_i / Σ_i α_i averaged over samples with a
+    history ("mean_gap_days": one number per goal that moves the way the learned decay does — smaller for a goal
+    whose attention decays faster).
 
     Returns None when the model exposes no `attention_weights`.
     """
@@ -85,6 +88,8 @@ def attention_profile(model: torch.nn.Module, batches: list[Batch], num_goals: i
     pos_n = np.zeros_like(pos_sum)
     gap_sum = np.zeros((num_goals, NUM_GAP_BUCKETS))
     gap_n = np.zeros_like(gap_sum)
+    weighted_gap = np.zeros(num_goals)  # Σ over samples of the sample's attention-weighted mean gap (days)
+    rows_with_history = np.zeros(num_goals)
     groups: list[np.ndarray] = []
     for batch in batches:
         w = _weights(model, batch)
@@ -101,6 +106,12 @@ def attention_profile(model: torch.nn.Module, batches: list[Batch], num_goals: i
         np.add.at(pos_n, (goal_l, pos), 1)
         np.add.at(gap_sum, (goal_l, gap), weights)
         np.add.at(gap_n, (goal_l, gap), 1)
+        w_real = w.numpy() * mask  # [B, L]
+        total = w_real.sum(1)  # [B]
+        has = total > 0
+        row_gap = (w_real * batch.history_time_delta.numpy()).sum(1)[has] / total[has] / 86_400  # [B'] days
+        np.add.at(weighted_gap, goal[has], row_gap)
+        np.add.at(rows_with_history, goal[has], 1)
         group_fn = getattr(model, "group_attention", None)
         if group_fn is not None:
             g = group_fn(batch).numpy()  # [B, G, L]
@@ -111,6 +122,7 @@ def attention_profile(model: torch.nn.Module, batches: list[Batch], num_goals: i
             "position_count": pos_n.tolist(),
             "gap_mean": (gap_sum / gap_n).tolist(),
             "gap_count": gap_n.tolist(),
+            "mean_gap_days": (weighted_gap / rows_with_history).tolist(),
         }
         if groups:
             total = np.sum(groups, axis=0)  # [G, P]

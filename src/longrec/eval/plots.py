@@ -53,6 +53,9 @@ def attention_curves(profile: dict[str, Any], goal_names: list[str], out: Path, 
             if not xs:
                 continue
             label = goal_names[goal] if goal < len(goal_names) else f"goal {goal}"
+            mean_gap = profile.get("mean_gap_days", [])
+            if key == "gap" and goal < len(mean_gap) and mean_gap[goal] == mean_gap[goal]:  # not NaN
+                label += f" (attention-weighted mean gap {mean_gap[goal]:.1f} d)"
             ax.plot(xs, [row[x] for x in xs], marker="." if key == "gap" else None, label=label)
         if key == "position":
             ax.set_xscale("log")
