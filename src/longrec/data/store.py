@@ -204,6 +204,20 @@ class TrajectoryStore:
     def taxonomy_levels(self) -> int:
         return int(self.manifest["sizes"]["taxonomy_levels"])
 
+    def batch_bytes_per_behaviour(self) -> int:
+        """Bytes of a collated `Batch` per sample and history column (docs/long_histories.md).
+
+        A batch of B samples padded to L columns holds B x L x this: int64 ids, a bool mask, float32 time gaps:
+        8 (item) + 1 (mask) + 8·M (taxonomy path) + 8 per stored action/domain/scene column + 8·E (extra ids)
+        + 4 (time gap) + 8 (relative position). Collate (`longrec.data.dataset.collate`) reads only the rows it
+        needs from the memory-mapped arrays, so this, not the store size, bounds a batch.
+        """
+        size = 8 + 1 + 8 * self.taxonomy_levels + 4 + 8  # item, mask, category [M], time gap, position
+        size += 8 * sum(name in self.arrays for name in ("action", "domain", "scene"))
+        if "extra" in self.arrays:
+            size += 8 * int(self.arrays["extra"].shape[1])
+        return size
+
     def samples(self, split: str) -> SampleSet:
         """The samples of one split ('train', 'valid' or 'test'), memory-mapped."""
         if split not in self._samples:

@@ -46,12 +46,24 @@ probability equals `target_positive_rate`.
 - (f) → DARE: relevance is decided by category (the ≤ `f_top_k` most recent same-SPU ad behaviours) but each relevant
   behaviour's effect is the hidden item quality: `w_f · mean q_item`. Attention must learn category match, the
   representation must learn quality, and the two optima disagree.
+- (g) → long histories + search (opt-in, off by default): long-range relevance that a recent window cannot see. The
+  `g_categories` least popular categories become *memory* categories: the interest/explore/popularity priors never
+  draw them; instead each user gets `g_memories` ad behaviours of random memory-category SPUs, planted as the user's
+  oldest behaviours (before the first session). With probability `g_target_prob` an impression shows an item of a
+  memory SPU (half the time one of the user's own memories, else a random one), and `+w_g` when a same-SPU behaviour
+  lies **more than `g_min_back` behaviours before the impression**. Only those far behaviours count, and memory SPUs
+  occur nowhere else, so the most recent `g_min_back` behaviours hold no evidence: a model that sees only the recent
+  window cannot tell a remembered target from a new one, while search over the whole history (category search on
+  `cat_3`, or soft search) can retrieve the memory. Users need histories longer than `g_min_back` (e.g. 10^4 events).
 
 **Ground truth.** `SyntheticLog.truth` has one row per labelled impression (`event_id`, `user_id`, logit, prob, label,
 per-mechanism terms, the effective τ of (a)) and list columns of contributing behaviour `event_id`s: `relevant_a` /
 `relevant_b` (matches whose decay weight ≥ `relevance_min_weight`), `relevant_d` (the witnessing pair: the latest B_t
 and the latest A_t before it), `relevant_f` (the ≤ `f_top_k` behaviours averaged), `relevant` (their union: what a
-perfect search retrieves). A switched-off mechanism has a zero term and empty lists. τ per category, goal factors,
+perfect search retrieves). A switched-off mechanism has a zero term and empty lists. With (g) on, the truth also has
+`term_g` and `relevant_g` (the far same-SPU behaviours of a memory target) and `memory_target` (whether the shown item
+is of a memory SPU); the memory SPUs are in `planted["memory_spus"]`. Configs without (g) give the frames they gave
+before (g) existed. τ per category, goal factors,
 the planted pairs, item qualities and the bias are in `SyntheticLog.planted` (and `synthetic.json`).
 
 Generation is vectorised numpy over chunks of users (≤ ~1M events per chunk bounds the memory), so it scales to
@@ -93,6 +105,7 @@ MECHANISMS: dict[str, str] = {
     "d": "Stacked TIN: +w_d when a behaviour of category A_t precedes one of B_t (planted pair per target cat_2)",
     "e": "TDPE/TD-SASRec: the decay time constant of (a) is multiplied by a per-goal factor",
     "f": "DARE: relevance by category (recent same-SPU behaviours), effect by hidden item quality, w_f*mean(q)",
+    "g": "long-range search: +w_g when a memory-SPU target has a same-SPU behaviour over g_min_back behaviours back",
 }
 SCENES = ("feed", "search", "article", "video")
 ACTIONS = ("view", "click", "cart", "buy", "like", "share", "impression")
@@ -162,6 +175,11 @@ class SyntheticConfig:
     content_tau_days: float = 14.0  # (b): decay of content behaviours
     pair_pool: int = 6  # (d): A_t, B_t are drawn among this many most popular categories (>= 3)
     f_top_k: int = 20  # (f): how many recent same-SPU behaviours are averaged
+    weight_g: float = 2.0
+    g_categories: int = 2  # (g): the least popular categories become memory categories (only planted memories)
+    g_memories: int = 3  # (g): memory behaviours per user, planted as the user's oldest behaviours
+    g_min_back: int = 1000  # (g): only same-SPU behaviours more than this many behaviours before the impression count
+    g_target_prob: float = 0.5  # (g): share of impressions that show an item of a memory SPU
     relevance_min_weight: float = 0.05  # (a), (b): a decayed match is "relevant" when its weight is at least this
     # Randomness and time.
     seed: int = 0
@@ -185,12 +203,14 @@ class SyntheticConfig:
             "num_interests",
             "f_top_k",
             "pair_pool",
+            "g_categories",
+            "g_memories",
         )
         for name in positive_ints:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 problems.append(f"SyntheticConfig.{name} must be a positive int. Got {value!r} instead.")
-        for name in ("seed", "start_time"):
+        for name in ("seed", "start_time", "g_min_back"):
             value = getattr(self, name)
             if not _is_int(value) or value < 0:
                 problems.append(f"SyntheticConfig.{name} must be a non-negative int. Got {value!r} instead.")
@@ -208,6 +228,11 @@ class SyntheticConfig:
                     f"category needs a content tag, every tag an item). Got {self.num_categories}, "
                     f"{self.num_content_tags}, {self.num_content_items} instead."
                 )
+            if "g" in self.mechanisms and self.g_categories >= self.num_categories:
+                problems.append(
+                    f"SyntheticConfig.g_categories ({self.g_categories}) must be < num_categories "
+                    f"({self.num_categories}) when mechanism 'g' is on: other categories must remain for the interests."
+                )
             if "d" in self.mechanisms and not 3 <= self.pair_pool <= self.num_categories:
                 problems.append(
                     f"SyntheticConfig.pair_pool must be in [3, num_categories = {self.num_categories}] when mechanism "
@@ -219,6 +244,7 @@ class SyntheticConfig:
             "drift_prob",
             "ad_fraction",
             "target_from_history_prob",
+            "g_target_prob",
         )
         for name in probabilities:
             value = getattr(self, name)
@@ -264,7 +290,7 @@ class SyntheticConfig:
             problems.append(
                 f"SyntheticConfig.tau_max_days ({self.tau_max_days}) must be >= tau_min_days ({self.tau_min_days})."
             )
-        for name in ("weight_a", "weight_b", "weight_d", "weight_f"):
+        for name in ("weight_a", "weight_b", "weight_d", "weight_f", "weight_g"):
             value = getattr(self, name)
             if not _is_number(value) or not math.isfinite(value):
                 problems.append(f"SyntheticConfig.{name} must be a finite number. Got {value!r} instead.")
@@ -295,8 +321,12 @@ class SyntheticConfig:
             raise ValueError(f"{len(problems)} problem(s) in SyntheticConfig:\n  - " + "\n  - ".join(problems))
 
     def on(self, mechanism: str) -> bool:
-        """Whether a planted mechanism ('a'..'f') is switched on."""
+        """Whether a planted mechanism ('a'..'g') is switched on."""
         return mechanism in self.mechanisms
+
+    def terms(self) -> str:
+        """The mechanisms with a label term and a ground-truth column: a, b, d, f always (zero when off), g when on."""
+        return "abdfg" if self.on("g") else "abdf"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -360,6 +390,7 @@ class _World:
     pair_second: IntArray  # [C + 1] (d): B_t
     quality: FloatArray  # [I + 1] (f): hidden item quality
     goal_factor: FloatArray  # [T] (e): τ multiplier per goal (ones when (e) is off)
+    memory_spus: IntArray  # [S_g] (g): SPUs of the memory categories, sorted (empty when (g) is off)
 
     def sample_categories(self, size: int, rng: np.random.Generator) -> IntArray:
         """Categories drawn from the popularity prior. -> [size] in 1..C."""
@@ -382,6 +413,11 @@ def _build_world(cfg: SyntheticConfig, rng: np.random.Generator) -> _World:
     tag_of_content = np.r_[0, _assign_parents(cfg.num_content_items, cfg.num_content_tags, rng)]  # [J + 1]
     rank = rng.permutation(C)  # [C] popularity rank of category c + 1
     prior = (rank + 1.0) ** -cfg.category_zipf_exponent  # [C]
+    memory_spus = np.zeros(0, np.int64)  # [S_g]
+    if cfg.on("g"):  # the least popular categories: no prior mass, so only the planted memories ever show them
+        memory = np.argsort(rank)[C - cfg.g_categories :] + 1  # [g_categories] category ids
+        prior[memory - 1] = 0.0
+        memory_spus = np.flatnonzero(np.isin(category_of_spu, memory)).astype(np.int64)  # [S_g]
     category_cdf = np.cumsum(prior / prior.sum())  # [C]
     s = cfg.zipf_exponent
     items_by_category = _segments(category_of_spu[spu_of_item[1:]], s, rng, first_id=1)
@@ -420,6 +456,7 @@ def _build_world(cfg: SyntheticConfig, rng: np.random.Generator) -> _World:
         pair_second=pair_second,
         quality=quality,
         goal_factor=goal_factor,
+        memory_spus=memory_spus,
     )
 
 
@@ -550,6 +587,27 @@ def _generate_chunk(
     beh_action = np.where(is_ad, ad_action, content_action)  # [N]
     beh_scene = np.where(is_ad, _choice(_AD_SCENES, N, rng), _choice(_CONTENT_SCENES, N, rng))  # [N]
 
+    # (g) memories: G ad behaviours of memory SPUs per user, strictly before the user's first session.
+    G = cfg.g_memories if cfg.on("g") else 0
+    memory_spu = np.zeros((U, 0), np.int64)  # [U, G]
+    if G:
+        memory_spu = world.memory_spus[rng.integers(0, world.memory_spus.shape[0], (U, G))]  # [U, G]
+        first_start = np.floor(session_start[session_first]).astype(np.int64)  # [U] seconds since start_time
+        back = 1 + np.floor(rng.exponential(_DAY, (U, G))).astype(np.int64)  # [U, G] >= 1 s before it
+        mem_spu = memory_spu.reshape(-1)  # [U·G]
+        mem_item = world.items_by_spu.sample(mem_spu, rng)  # [U·G]
+        beh_user = np.r_[beh_user, np.repeat(users, G)]
+        beh_time = np.r_[beh_time, cfg.start_time + (first_start[:, None] - back).reshape(-1)]
+        beh_cat2 = np.r_[beh_cat2, world.category_of_spu[mem_spu]]
+        beh_cat3 = np.r_[beh_cat3, mem_spu]
+        beh_item = np.r_[beh_item, mem_item]
+        beh_source = np.r_[beh_source, mem_spu]
+        beh_brand = np.r_[beh_brand, world.brand_of_spu[mem_spu]]
+        is_ad = np.r_[is_ad, np.ones(U * G, bool)]
+        beh_action = np.r_[beh_action, np.full(U * G, ACTIONS.index("buy"), np.int64)]
+        beh_scene = np.r_[beh_scene, _choice(_AD_SCENES, U * G, rng)]
+        N += U * G
+
     # Time-sort each user's behaviours (sessions may overlap).
     order = np.lexsort((beh_time, beh_user))  # [N]
     beh_user, beh_time, beh_cat2, beh_cat3 = beh_user[order], beh_time[order], beh_cat2[order], beh_cat3[order]
@@ -561,7 +619,8 @@ def _generate_chunk(
     imp_user = np.repeat(users, P_u)  # [P]
     P = imp_user.shape[0]
     warm = counts // 10  # [U]
-    anchor = user_first[imp_user] + warm[imp_user]  # [P]
+    block_first = user_first + np.arange(U) * G  # [U] first row of each user after the sort (memories first)
+    anchor = block_first[imp_user] + G + warm[imp_user]  # [P]
     anchor += np.floor(rng.random(P) * (counts - warm)[imp_user]).astype(np.int64)
     imp_time = beh_time[anchor] + 1 + np.floor(rng.exponential(cfg.impression_gap_seconds, P)).astype(np.int64)
     imp_time = imp_time[np.lexsort((imp_time, imp_user))]  # [P] time-sorted per user (imp_user is already sorted)
@@ -586,7 +645,9 @@ def _generate_chunk(
     ad = np.flatnonzero(is_ad)  # [Na] in (user, time) order
     ad_index = _SortedIndex.build(beh_user[ad], beh_rel[ad], ad, radix)
     lo, hi = ad_index.before(imp_user, imp_rel)  # [P] the user's earlier ad behaviours
-    back = np.floor(rng.exponential(cfg.target_recency_mean, P)).astype(np.int64) if cfg.target_recency_mean else 0
+    back = np.zeros(P, np.int64)  # [P] how many same-user ad behaviours back the target's SPU comes from
+    if cfg.target_recency_mean:
+        back = np.floor(rng.exponential(cfg.target_recency_mean, P)).astype(np.int64)
     pick = np.maximum(hi - 1 - back, lo)  # [P]
     from_history = (rng.random(P) < cfg.target_from_history_prob) & (hi > lo)  # [P]
     popular = world.items_by_category.sample(world.sample_categories(P, rng), rng)  # [P]
@@ -595,13 +656,19 @@ def _generate_chunk(
         spu_hist = beh_cat3[ad_index.row[np.minimum(pick, ad.size - 1)]]
     hist_item = world.items_by_spu.sample(spu_hist, rng)  # [P]
     imp_item = np.where(from_history, hist_item, popular)  # [P]
+    if G:  # (g): some impressions show a memory SPU's item, half the time one of the user's own memories
+        own = memory_spu[imp_user, rng.integers(0, G, P)]  # [P]
+        other = world.memory_spus[rng.integers(0, world.memory_spus.shape[0], P)]  # [P]
+        spu_memory = np.where(rng.random(P) < 0.5, own, other)  # [P]
+        memory_item = world.items_by_spu.sample(spu_memory, rng)  # [P]
+        imp_item = np.where(rng.random(P) < cfg.g_target_prob, memory_item, imp_item)  # [P]
     imp_cat3 = world.spu_of_item[imp_item]  # [P]
     imp_cat2 = world.category_of_spu[imp_cat3]  # [P]
     imp_goal = rng.integers(0, len(cfg.goals), P)  # [P]
     imp_scene = _choice(_IMPRESSION_SCENES, P, rng)  # [P]
     tau_days = world.tau_days[imp_cat2] * world.goal_factor[imp_goal]  # [P] (a) decay, per goal under (e)
 
-    terms = {m: np.zeros(P) for m in "abdf"}  # each [P]
+    terms = {m: np.zeros(P) for m in cfg.terms()}  # each [P]
     pairs: dict[str, tuple[IntArray, IntArray]] = {}
     empty = np.zeros(0, np.int64)
     S1, C1 = cfg.num_spus + 1, cfg.num_categories + 1
@@ -645,7 +712,18 @@ def _generate_chunk(
         hit = np.flatnonzero(present)  # [h]
         rows_ab = np.stack([cat_index.row[last_a[hit]], cat_index.row[last_b[hit]]], axis=1).reshape(-1)  # [2h]
         pairs["d"] = (np.repeat(hit, 2), beh_event[rows_ab])
-    for m in "abdf":
+    if G:
+        # Far = more than g_min_back behaviours before the impression: rows are sorted by (user, time), so the user's
+        # behaviours before the impression end at row `end`, and the far ones lie below row end - g_min_back.
+        end = np.searchsorted(beh_user * radix + beh_rel, imp_user * radix + imp_rel, side="left")  # [P]
+        memory_target = np.isin(imp_cat3, world.memory_spus)  # [P]
+        index = _SortedIndex.build(beh_user[ad] * S1 + beh_cat3[ad], beh_rel[ad], ad, radix)
+        query, position = _expand(*index.before(imp_user * S1 + imp_cat3, imp_rel))  # [n] same-SPU earlier ad rows
+        row = index.row[position]  # [n]
+        far = (row < end[query] - cfg.g_min_back) & memory_target[query]  # [n]
+        terms["g"] = cfg.weight_g * (np.bincount(query[far], minlength=P) > 0).astype(np.float64)
+        pairs["g"] = (query[far], beh_event[row[far]])
+    for m in cfg.terms():
         pairs.setdefault(m, (empty, empty))
 
     imp_brand = world.brand_of_spu[imp_cat3]  # [P]
@@ -680,7 +758,8 @@ def _generate_chunk(
         "cat_2": imp_cat2,
         "cat_3": imp_cat3,
         "tau_days": tau_days,
-        **{f"term_{m}": terms[m] for m in "abdf"},
+        **{f"term_{m}": terms[m] for m in cfg.terms()},
+        **({"memory_target": np.isin(imp_cat3, world.memory_spus)} if G else {}),
     }
     return _Chunk(columns=columns, impression=impression, pairs=pairs)
 
@@ -859,7 +938,8 @@ def generate(config: SyntheticConfig, progress: bool = False) -> SyntheticLog:
     # Labels: bias calibrated on the summed terms, then Bernoulli draws.
     imp = {k: np.concatenate([p.impression[k] for p in parts]) for k in parts[0].impression}  # each [P]
     P = imp["event_id"].shape[0]
-    score = sum((imp[f"term_{m}"] for m in "abdf"), start=np.zeros(P))  # [P]
+    letters = config.terms()  # "abdf", plus "g" when on
+    score = sum((imp[f"term_{m}"] for m in letters), start=np.zeros(P))  # [P]
     bias = _calibrate_bias(score, config.target_positive_rate)
     logit = bias + score  # [P]
     prob = 1.0 / (1.0 + np.exp(-logit))  # [P]
@@ -894,7 +974,7 @@ def generate(config: SyntheticConfig, progress: bool = False) -> SyntheticLog:
     # Ground truth: per-mechanism (impression, event_id) pairs, re-based to global impression indices.
     joined: dict[str, tuple[IntArray, IntArray]] = {}
     first_impression = np.cumsum([0] + [p.impression["event_id"].shape[0] for p in parts])  # [chunks + 1]
-    for m in "abdf":
+    for m in letters:
         joined[m] = (
             np.concatenate([p.pairs[m][0] + first_impression[i] for i, p in enumerate(parts)]).astype(np.int64),
             np.concatenate([p.pairs[m][1] for p in parts]).astype(np.int64),
@@ -914,10 +994,11 @@ def generate(config: SyntheticConfig, progress: bool = False) -> SyntheticLog:
             "logit": logit,
             "prob": prob,
             "label": label,
-            **{f"term_{m}": imp[f"term_{m}"] for m in "abdf"},
+            **{f"term_{m}": imp[f"term_{m}"] for m in letters},
+            **({"memory_target": imp["memory_target"]} if "memory_target" in imp else {}),
         }
     ).with_columns(
-        *(_list_column(f"relevant_{m}", *joined[m], P) for m in "abdf"),
+        *(_list_column(f"relevant_{m}", *joined[m], P) for m in letters),
         _list_column("relevant", union_key // max(row_offset, 1), union_key % max(row_offset, 1), P),
     )
 
@@ -932,6 +1013,8 @@ def generate(config: SyntheticConfig, progress: bool = False) -> SyntheticLog:
         },
         "item_quality": world.quality[1:].tolist(),  # index i = ad item i + 1
     }
+    if config.on("g"):
+        planted["memory_spus"] = world.memory_spus.tolist()
     stats: dict[str, Any] = {
         "num_users": config.num_users,
         "num_rows": log.height,
@@ -945,9 +1028,9 @@ def generate(config: SyntheticConfig, progress: bool = False) -> SyntheticLog:
             g: float(label[imp["goal"] == i].mean()) if (imp["goal"] == i).any() else None
             for i, g in enumerate(config.goals)
         },
-        "term_std": {m: float(imp[f"term_{m}"].std()) for m in "abdf"},
+        "term_std": {m: float(imp[f"term_{m}"].std()) for m in letters},
         "relevant_mean_size": {
-            **{m: float(joined[m][0].shape[0] / max(P, 1)) for m in "abdf"},
+            **{m: float(joined[m][0].shape[0] / max(P, 1)) for m in letters},
             "union": float(union_key.shape[0] / max(P, 1)),
         },
         "pair_prevalence": float((imp["term_d"] != 0).mean()) if config.on("d") and P else None,

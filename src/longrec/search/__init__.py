@@ -12,31 +12,44 @@ collated one and a model cannot tell whether search ran (except `BLOCK_SEARCHERS
 [hard block | soft block] for two sequence modules, see `search_stage`). `exact_topk` is the oracle: with K = L
 soft search keeps every behaviour and the model reproduces full attention exactly.
 
-Shapes: B batch, L history length, K kept behaviours, D search embedding dim.
+**Long histories** (docs/long_histories.md): the embedding searchers in `CHUNKED_SEARCHERS` can walk L in chunks
+(`search.chunk`; by default automatically when the [B, L, D] keys would exceed `AUTO_CHUNK_BYTES`): `search_stage`
+embeds one chunk of columns at a time (`model.search_embeddings` on the batch cut to those columns), scores it and
+keeps a running top-K, so the peak is O(B·chunk·D + B·K) instead of O(B·L·D). The result is identical to the
+unchunked path (same positions, same tie rule: ties -> the more recent behaviour, `search/exact.py`), provided the
+model's keys are per-behaviour (a behaviour's key depends on its own fields only) - true of every model here.
+
+Shapes: B batch, L history length, K kept behaviours, D search embedding dim, c columns of one chunk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from longrec.config import SearchConfig
-from longrec.data.batch import Batch, gather_history
+from longrec.data.batch import HISTORY_FIELDS, Batch, gather_history
 from longrec.search.category import category
-from longrec.search.combined import hard_and_soft
-from longrec.search.exact import exact_topk, oldest_first, topk_positions
+from longrec.search.combined import hard_and_soft, hard_and_soft_chunked
+from longrec.search.exact import SCORE_BLOCK, chunked_topk, exact_topk, oldest_first, soft_scores, topk_positions
 from longrec.search.hierarchical import hierarchical
-from longrec.search.sdim import sdim
-from longrec.search.simhash import simhash
+from longrec.search.sdim import sdim, sdim_scores
+from longrec.search.simhash import simhash, simhash_scores
 
 __all__ = [
+    "AUTO_CHUNK_BYTES",
     "BLOCK_SEARCHERS",
+    "CHUNKED_SEARCHERS",
     "NEEDS_EMBEDDINGS",
     "SEARCHERS",
+    "ChunkedSearcher",
     "Searcher",
+    "chunk_size",
     "exact_topk",
+    "history_chunks",
+    "history_columns",
     "latest",
     "search_stage",
     "soft",
@@ -44,6 +57,9 @@ __all__ = [
 ]
 
 Searcher = Callable[[Batch, int, Tensor | None, Tensor | None, SearchConfig], tuple[Tensor, Tensor]]
+# (start column, query [B, D], keys [B, c, D]) for consecutive chunks of the history, as `history_chunks` yields.
+KeyChunks = Iterable[tuple[int, Tensor, Tensor]]
+ChunkedSearcher = Callable[[Batch, int, KeyChunks, SearchConfig], tuple[Tensor, Tensor]]
 
 
 def latest(
@@ -64,6 +80,15 @@ def soft(
     return exact_topk(query, keys, batch.history_mask, k)
 
 
+def _scored(scores: Callable[[Tensor, Tensor, SearchConfig], Tensor]) -> ChunkedSearcher:
+    """The chunked form of a searcher that is a top-K of per-behaviour scores: a running top-K over the chunks."""
+
+    def searcher(batch: Batch, k: int, chunks: KeyChunks, config: SearchConfig) -> tuple[Tensor, Tensor]:
+        return chunked_topk(((start, scores(q, h, config)) for start, q, h in chunks), batch.history_mask, k)
+
+    return searcher
+
+
 SEARCHERS: dict[str, Searcher] = {
     "latest": latest,
     "soft": soft,
@@ -77,6 +102,60 @@ NEEDS_EMBEDDINGS = {"soft", "hard+soft", "simhash", "sdim"}
 # Searchers whose K columns are fixed-width blocks ([hard | soft], each oldest first and left-padded within itself):
 # search_stage keeps their column order and passes k = search.k even when L < k (see search/combined.py).
 BLOCK_SEARCHERS = {"hard+soft"}
+# Embedding searchers that can walk the history in chunks (same output as their SEARCHERS entry, bounded memory).
+CHUNKED_SEARCHERS: dict[str, ChunkedSearcher] = {
+    "soft": _scored(lambda q, h, config: soft_scores(q, h)),
+    "simhash": _scored(simhash_scores),
+    "sdim": _scored(sdim_scores),
+    "hard+soft": hard_and_soft_chunked,
+}
+AUTO_CHUNK_BYTES = 16 * 2**20  # search.chunk = 0: chunk when the [B, L, D] keys would take more than this
+
+
+def history_columns(batch: Batch, start: int, stop: int) -> Batch:
+    """The batch cut to history columns [start, stop) (every L-axis field; target fields unchanged)."""
+    fields = [name for name in HISTORY_FIELDS if getattr(batch, name) is not None]
+    return batch.replace(**{name: getattr(batch, name)[:, start:stop] for name in fields})  # [B, c, ...]
+
+
+def history_chunks(
+    batch: Batch, embed: Callable[[Batch], tuple[Tensor, Tensor]], chunk: int
+) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """Search embeddings of `chunk` columns at a time: (start, query [B, D], keys [B, c, D]), lazily.
+
+    Args:
+        batch: histories [B, L]; must carry `history_position` (the relative position is a field of each behaviour,
+            so a chunk's keys equal the same columns of the whole history's keys).
+        embed: `model.search_embeddings`.
+        chunk: columns per chunk (the last chunk may be shorter).
+    """
+    L = batch.history.shape[1]
+    for start in range(0, L, chunk):
+        query, keys = embed(history_columns(batch, start, min(start + chunk, L)))  # [B, D], [B, c, D]
+        yield start, query, keys
+
+
+def chunk_size(batch: Batch, embed: Callable[[Batch], tuple[Tensor, Tensor]], config: SearchConfig) -> int:
+    """Columns per chunk for this batch, or 0 for the whole history at once.
+
+    `search.chunk` > 0 is used as given (0 when L fits in one chunk); -1 never chunks; 0 (auto) chunks when the keys
+    [B, L, D] would take more than `AUTO_CHUNK_BYTES`, with chunks of about that size (a multiple of `SCORE_BLOCK`);
+    D comes from embedding one column. A batch without `history_position` is never chunked: models would derive
+    each chunk's relative positions from the chunk's own mask.
+    """
+    L = batch.history.shape[1]
+    if config.method not in CHUNKED_SEARCHERS or config.chunk == -1 or batch.history_position is None:
+        return 0
+    if config.chunk > 0:
+        return config.chunk if config.chunk < L else 0
+    if L <= SCORE_BLOCK:
+        return 0
+    _, probe = embed(history_columns(batch, L - 1, L))  # [B, 1, D]
+    column_bytes = len(batch) * probe.shape[-1] * probe.element_size()  # keys bytes per history column
+    if column_bytes * L <= AUTO_CHUNK_BYTES:
+        return 0
+    chunk = max(1, AUTO_CHUNK_BYTES // column_bytes // SCORE_BLOCK) * SCORE_BLOCK
+    return chunk if chunk < L else 0
 
 
 def search_stage(batch: Batch, model: nn.Module | None, config: SearchConfig) -> Batch:
@@ -86,7 +165,8 @@ def search_stage(batch: Batch, model: nn.Module | None, config: SearchConfig) ->
         batch: a collated batch with histories of length L.
         model: the sequence model; searchers in `NEEDS_EMBEDDINGS` call `model.search_embeddings(batch)`
             (no gradient: selection is not differentiable, the model re-scores the K kept behaviours itself).
-        config: `method` ('none' keeps the whole history) and `k`.
+        config: `method` ('none' keeps the whole history), `k`, and `chunk` (embedding searchers in
+            `CHUNKED_SEARCHERS`: walk L in chunks, see `chunk_size`; the output does not depend on it).
 
     Returns:
         The batch with [B, min(K, L)] histories, oldest first and left-padded. Searchers in `BLOCK_SEARCHERS`
@@ -99,6 +179,7 @@ def search_stage(batch: Batch, model: nn.Module | None, config: SearchConfig) ->
     blocks = config.method in BLOCK_SEARCHERS
     k = config.k if blocks else min(config.k, batch.history.shape[1])
     query = keys = None
+    positions = kept = None
     if config.method in NEEDS_EMBEDDINGS:
         embed = getattr(model, "search_embeddings", None)
         if embed is None:
@@ -107,8 +188,14 @@ def search_stage(batch: Batch, model: nn.Module | None, config: SearchConfig) ->
                 f"{type(model).__name__} has none. Use a hard searcher (latest, category, ...) or 'none'."
             )
         with torch.no_grad():
-            query, keys = embed(batch)  # [B, D], [B, L, D]
-    positions, kept = searcher(batch, k, query, keys, config)
+            chunk = chunk_size(batch, embed, config)
+            if chunk:
+                chunks = history_chunks(batch, embed, chunk)
+                positions, kept = CHUNKED_SEARCHERS[config.method](batch, k, chunks, config)  # [B, K] each
+            else:
+                query, keys = embed(batch)  # [B, D], [B, L, D]
+    if positions is None or kept is None:
+        positions, kept = searcher(batch, k, query, keys, config)
     if blocks:
         return gather_history(batch, positions, kept)
     return gather_history(batch, *oldest_first(positions, kept))

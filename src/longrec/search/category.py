@@ -6,15 +6,14 @@ the default). A missing level (id 0) never matches: a target with no category at
 behaviour with none there is never kept. Fewer than K matches -> the remaining slots are not kept (never filled with
 non-matching behaviours or padding).
 
-Selection is one vectorised top-K: score = match * (L + 1) + column (later column = more recent), over the real,
-matching behaviours only.
+Selection is one vectorised top-K over the real, matching behaviours only; every one of them scores the same, so
+`topk_positions`' tie rule (ties -> the more recent behaviour) orders them most recent first.
 
 Shapes: B batch, L history length, K kept behaviours, M taxonomy levels.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from longrec.config import SearchConfig
@@ -75,8 +74,5 @@ def category(
         positions [B, K] int64 into L, most recent match first, and kept [B, K] bool (False = no match left).
     """
     history_category, target_category = require_categories(batch, "category")
-    L = batch.history.shape[1]
     match = category_match(history_category, target_category, config.level) & batch.history_mask  # [B, L]
-    column = torch.arange(L, device=match.device).expand_as(match)  # [B, L] later = more recent
-    score = (match.long() * (L + 1) + column).float()  # [B, L]; exact in float32 for L < 2**23
-    return topk_positions(score, match, k)
+    return topk_positions(match, match, k)  # equal scores: the most recent matches first

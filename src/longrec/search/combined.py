@@ -21,16 +21,18 @@ Shapes: B batch, L history length, K kept behaviours, D search embedding dim.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
 from torch import Tensor
 
 from longrec.config import SearchConfig
 from longrec.data.batch import HISTORY_FIELDS, Batch
 from longrec.search.category import category
-from longrec.search.exact import exact_topk, oldest_first
+from longrec.search.exact import chunked_topk, exact_topk, oldest_first, soft_scores
 from longrec.search.hierarchical import hierarchical
 
-__all__ = ["HARD_SEARCHERS", "hard_and_soft", "oldest_first", "split_blocks"]
+__all__ = ["HARD_SEARCHERS", "hard_and_soft", "hard_and_soft_chunked", "oldest_first", "split_blocks"]
 
 # The hard searchers `search.hard_method` can name (same signature as every searcher; no embeddings).
 HARD_SEARCHERS = {"category": category, "hierarchical": hierarchical}
@@ -66,6 +68,34 @@ def hard_and_soft(
     """
     if query is None or keys is None:
         raise ValueError("hard+soft search needs the model's search embeddings: the model has no search_embeddings().")
+    return _hard_then_soft(batch, k, config, lambda free, n: exact_topk(query, keys, free, n))
+
+
+def hard_and_soft_chunked(
+    batch: Batch, k: int, chunks: Iterable[tuple[int, Tensor, Tensor]], config: SearchConfig
+) -> tuple[Tensor, Tensor]:
+    """`hard_and_soft` with the soft part walking the history in chunks (same output; docs/long_histories.md).
+
+    Args:
+        batch: as in `hard_and_soft`.
+        k: as in `hard_and_soft`.
+        chunks: (start column, query [B, D], keys [B, c, D]) covering L once, as `search_stage` yields them.
+        config: as in `hard_and_soft`.
+
+    Returns:
+        positions [B, K] and kept [B, K], equal to `hard_and_soft` on the concatenated keys.
+    """
+
+    def soft(free: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        return chunked_topk(((start, soft_scores(q, h)) for start, q, h in chunks), free, n)
+
+    return _hard_then_soft(batch, k, config, soft)
+
+
+def _hard_then_soft(
+    batch: Batch, k: int, config: SearchConfig, soft: Callable[[Tensor, int], tuple[Tensor, Tensor]]
+) -> tuple[Tensor, Tensor]:
+    """The two blocks; `soft(free [B, L], n)` is the soft top-n over the behaviours hard search left free."""
     hard_k = config.hard_k
     if not 0 <= hard_k <= k:
         raise ValueError(f"search.hard_k must be in [0, search.k] = [0, {k}]. Got {hard_k} instead.")
@@ -80,7 +110,7 @@ def hard_and_soft(
         positions.append(p)
         kept.append(m)
     if k > hard_k:
-        p, m = exact_topk(query, keys, free, min(k - hard_k, L))  # [B, min(K - K_hard, L)]
+        p, m = soft(free, min(k - hard_k, L))  # [B, min(K - K_hard, L)]
         p, m = _block(p, m, k - hard_k)  # [B, K - K_hard]
         positions.append(p)
         kept.append(m)

@@ -1,23 +1,150 @@
 """Exact top-K: the reference every approximate searcher is measured against, and the selection every searcher uses.
 
-Shapes: B batch, L history length, K kept behaviours, D query/key dim.
+**One tie rule for every searcher: equal scores go to the more recent behaviour** (the larger column of L), and
+padding comes after every real behaviour (more recent padding first). `topk_positions` implements it exactly, without
+a sort, by ranking one int64 key per behaviour:
+
+    key = (rank(score) << 32) | column        rank: float32 -> order-preserving int32; padding -> INT32_MIN
+
+so every key is distinct, a top-K of keys is unique, and the keys of the K best behaviours seen so far merge with the
+keys of the next chunk of the history into the top-K of both (`chunked_topk`): a searcher can walk a history of
+10^5 behaviours in chunks, holding [B, chunk] scores and [B, K] keys, and return exactly what one top-K over the whole
+[B, L] returns (docs/long_histories.md).
+
+Soft-search scores are inner products computed in blocks of `SCORE_BLOCK` behaviours aligned at columns 0, 1024,
+2048, ... (`soft_scores`): the float rounding of a batched dot product depends on how many columns one call sees, so a
+chunk that starts on a block boundary gets the bit-identical scores the whole history gets.
+
+Shapes: B batch, L history length, K kept behaviours, D query/key dim, c columns of one chunk.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
 from torch import Tensor
 
-__all__ = ["exact_topk", "oldest_first", "topk_positions"]
+__all__ = [
+    "SCORE_BLOCK",
+    "blockwise",
+    "chunked_topk",
+    "exact_topk",
+    "oldest_first",
+    "rank_keys",
+    "soft_scores",
+    "topk_positions",
+]
+
+SCORE_BLOCK = 1024  # columns per scoring call: chunked search walks L in multiples of it (see module docstring)
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_LOW32 = 0xFFFFFFFF  # the column bits of a key
+
+
+def blockwise(fn: Callable[[Tensor], Tensor], keys: Tensor) -> Tensor:
+    """Apply a per-behaviour function to `keys` [B, L, ...] in blocks of `SCORE_BLOCK` columns and concatenate.
+
+    Every call sees a block that starts at a multiple of SCORE_BLOCK, so a chunk of the history that starts there
+    gets bit-identical outputs (batched matmuls pick their kernel, hence their float rounding, by size).
+
+    Args:
+        fn: maps keys [B, c, ...] to [B, c, ...], each column from its own behaviour only.
+        keys: [B, L, ...].
+
+    Returns:
+        fn(keys), concatenated along L.
+    """
+    L = keys.shape[1]
+    if L <= SCORE_BLOCK:
+        return fn(keys)
+    return torch.cat([fn(keys[:, s : s + SCORE_BLOCK]) for s in range(0, L, SCORE_BLOCK)], dim=1)  # [B, L, ...]
+
+
+def soft_scores(query: Tensor, keys: Tensor) -> Tensor:
+    """Inner products <query, key_i>, [B, D] x [B, L, D] -> [B, L], computed in `SCORE_BLOCK` column blocks."""
+    return blockwise(lambda h: torch.einsum("bd,bld->bl", query, h), keys)  # [B, L]
+
+
+def _packable(scores: Tensor) -> bool:
+    """Whether `rank_keys` can rank `scores` exactly: float32 or narrower, bool, or integers inside int32."""
+    if scores.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.bool):
+        return True
+    if scores.is_floating_point() or scores.is_complex():
+        return False
+    return scores.numel() == 0 or (int(scores.min()) > _INT32_MIN and int(scores.max()) <= _INT32_MAX)
+
+
+def rank_keys(scores: Tensor, mask: Tensor, start: int = 0) -> Tensor:
+    """One distinct int64 key per behaviour, ordered like (score, column) with padding below every real behaviour.
+
+    Args:
+        scores: [B, c] float32 (float16/bfloat16 are widened exactly), bool, or integers in (-2^31, 2^31); higher =
+            keep first. -0.0 ranks like 0.0.
+        mask: [B, c] bool, True = real behaviour.
+        start: the column of scores[:, 0] in the whole history (the chunk's offset).
+
+    Returns:
+        [B, c] int64: `(rank << 32) | column`, rank = an order-preserving int32 image of the score (INT32_MIN on
+        padding), column = start + index.
+
+    Raises:
+        TypeError: float64 scores, or integers outside int32 (they have no exact int32 rank).
+    """
+    if not _packable(scores):
+        raise TypeError(
+            f"rank_keys ranks float32, bool or int32-range scores exactly. Got {scores.dtype} scores instead "
+            "(pass float32, or integers in (-2^31, 2^31))."
+        )
+    if scores.is_floating_point():
+        bits = (scores.float() + 0.0).view(torch.int32)  # [B, c]; + 0.0 turns -0.0 into 0.0
+        rank = torch.where(bits < 0, bits ^ _INT32_MAX, bits)  # [B, c] negative floats: flip the magnitude bits
+    else:
+        rank = scores.to(torch.int32)  # [B, c]
+    key = rank.masked_fill(~mask, _INT32_MIN).long()  # [B, c]
+    column = torch.arange(start, start + scores.shape[1], device=scores.device)  # [c]
+    return key.bitwise_left_shift_(32).bitwise_or_(column)  # [B, c]
+
+
+def chunked_topk(chunks: Iterable[tuple[int, Tensor]], mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-K over scores that arrive in chunks, keeping only the K best keys between chunks.
+
+    Identical to `topk_positions` on the concatenated scores (same positions, same order), because every key is
+    distinct: the top-K of (top-K so far ∪ next chunk) is the top-K of everything seen.
+
+    Args:
+        chunks: (start, scores [B, c]) pairs covering the columns of `mask` (any order, any sizes); scores as in
+            `rank_keys`.
+        mask: [B, L] bool, True = real behaviour.
+        k: behaviours to keep, 1 <= k <= L.
+
+    Returns:
+        positions [B, K] int64 into L, best first (ties -> more recent), and kept [B, K] bool.
+    """
+    L = mask.shape[1]
+    if not 1 <= k <= L:
+        raise ValueError(f"k must be in [1, L] = [1, {L}]. Got k={k} instead.")
+    best: Tensor | None = None  # [B, K'] keys of the best behaviours so far, K' <= K
+    for start, scores in chunks:
+        keys = rank_keys(scores, mask[:, start : start + scores.shape[1]], start)  # [B, c]
+        if best is not None:
+            keys = torch.cat([best, keys], dim=1)  # [B, K' + c]
+        best = keys.topk(min(k, keys.shape[1]), dim=1).values  # [B, K'] best first
+    if best is None or best.shape[1] != k:
+        raise ValueError(f"chunked_topk: the chunks covered fewer than k = {k} of the L = {L} columns.")
+    positions = best & _LOW32  # [B, K]
+    return positions, mask.gather(1, positions)  # [B, K] each
 
 
 def topk_positions(scores: Tensor, mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Top-K positions of `scores` among real behaviours, best first; padding is never selected.
+    """Top-K positions of `scores` among real behaviours, best first; ties go to the more recent behaviour.
 
-    Searchers that need a tie-break (hard search: recency inside a match level) build it into `scores`.
+    Padding is never kept: with fewer than K real behaviours the remaining slots hold padding positions (the most
+    recent padding first) marked not kept. Searchers express their ranking in `scores` (hard search: the match
+    level, recency breaks ties by this rule).
 
     Args:
-        scores: [B, L] float, higher = keep first.
+        scores: [B, L] float or integer, higher = keep first; float32/bool/int32-range scores are ranked through
+            `rank_keys` (no sort), float64 or wider integers through a stable sort with the same tie rule.
         mask: [B, L] bool, True = real behaviour.
         k: behaviours to keep (at most L); with fewer than K real ones the rest is marked not kept.
 
@@ -27,15 +154,21 @@ def topk_positions(scores: Tensor, mask: Tensor, k: int) -> tuple[Tensor, Tensor
     L = scores.shape[1]
     if not 1 <= k <= L:
         raise ValueError(f"k must be in [1, L] = [1, {L}]. Got k={k} instead.")
-    ranked = scores.masked_fill(~mask, float("-inf"))  # [B, L]
-    positions = ranked.topk(k, dim=-1).indices  # [B, K]
+    if _packable(scores):
+        return chunked_topk([(0, scores)], mask, k)
+    # Exact for any dtype, same rule: real before padding, then score, then recency (stable sorts, most recent first).
+    low = float("-inf") if scores.is_floating_point() else torch.iinfo(scores.dtype).min
+    ranked = scores.masked_fill(~mask, low).flip(1)  # [B, L] column L - 1 first, padding level with each other
+    order = torch.sort(ranked, dim=1, descending=True, stable=True).indices  # [B, L] by score, then recency
+    padding = (~mask).flip(1).gather(1, order).to(torch.uint8)  # [B, L] in that order
+    order = order.gather(1, torch.sort(padding, dim=1, stable=True).indices)[:, :k]  # [B, K] real ones first
+    positions = L - 1 - order  # [B, K]
     return positions, mask.gather(1, positions)  # [B, K] each
 
 
 def exact_topk(query: Tensor, keys: Tensor, mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """query [B, D], keys [B, L, D], mask [B, L] -> positions [B, K] (best first) and kept [B, K]."""
-    scores = torch.einsum("bd,bld->bl", query, keys)  # [B, L]
-    return topk_positions(scores, mask, k)
+    """query [B, D], keys [B, L, D], mask [B, L] -> positions [B, K] (best first; ties -> more recent) and kept."""
+    return topk_positions(soft_scores(query, keys), mask, k)  # [B, K] each
 
 
 def oldest_first(positions: Tensor, kept: Tensor) -> tuple[Tensor, Tensor]:

@@ -9,8 +9,8 @@ K are kept; a behaviour with ℓ_i = 0 (not even the coarsest level matches) is 
 behaviours that only reach a coarse level of the unified taxonomy still feed the model when few ad behaviours share
 the target's fine category (the cross-domain setting of SPEC §1, planted mechanism (b)).
 
-Vectorised: ℓ = sum over M of the cumulative product of the level-wise equality; score = ℓ * (L + 1) + column, so
-one top-K orders by depth, then recency.
+Vectorised: ℓ = sum over M of the cumulative product of the level-wise equality; one top-K of ℓ orders by depth,
+and `topk_positions`' tie rule (ties -> the more recent behaviour) orders by recency within a depth.
 
 Shapes: B batch, L history length, K kept behaviours, M taxonomy levels.
 """
@@ -44,7 +44,7 @@ def match_depth(history_category: Tensor, target_category: Tensor) -> Tensor:
     """
     t = target_category.unsqueeze(1)  # [B, 1, M]
     equal = (history_category == t) & (t != 0)  # [B, L, M] level-wise match; a missing level never matches
-    return equal.long().cumprod(dim=-1).sum(dim=-1)  # [B, L] length of the matching prefix
+    return equal.cumprod(dim=-1, dtype=torch.uint8).sum(dim=-1)  # [B, L] int64 length of the matching prefix
 
 
 def hierarchical(
@@ -64,10 +64,5 @@ def hierarchical(
         behaviours with ℓ_i >= 1).
     """
     history_category, target_category = require_categories(batch, "hierarchical")
-    L, M = history_category.shape[1], history_category.shape[2]
     depth = match_depth(history_category, target_category)  # [B, L]
-    column = torch.arange(L, device=depth.device).expand_as(depth)  # [B, L] later = more recent
-    # float32 holds integers exactly below 2**24; beyond that (huge L * M) rank in float64.
-    dtype = torch.float32 if (M + 1) * (L + 1) < 2**24 else torch.float64
-    score = (depth * (L + 1) + column).to(dtype)  # [B, L] depth first, recency breaks ties
-    return topk_positions(score, batch.history_mask & (depth > 0), k)
+    return topk_positions(depth, batch.history_mask & (depth > 0), k)  # deepest first, ties -> more recent

@@ -8,23 +8,23 @@ statistic into a top-K, so SDIM-style sampling can feed any model with `search_e
 
 Design choices: score_i = number of rounds (of `hash_rounds`) in which behaviour i collides with the target, each
 round `round_bits` bits, hyperplanes from `simhash_planes(D, m·τ, SearchConfig.seed)`; ties (many, since the score
-takes m + 1 values) go to the more recent behaviour. Behaviours that never collide can still fill the K slots
-(in recency order) so every searcher keeps min(K, real) behaviours.
+takes m + 1 values) go to the more recent behaviour (`topk_positions`' rule). Behaviours that never collide can still
+fill the K slots (in recency order) so every searcher keeps min(K, real) behaviours. Scores are computed per block of
+`SCORE_BLOCK` behaviours (`sdim_scores`), so the temporaries stay bounded and chunked search returns the same top-K.
 
 Shapes: B batch, L history length, K kept behaviours, D embedding dim, R hash rounds (m), τ bits per round.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from longrec.config import SearchConfig
 from longrec.data.batch import Batch
-from longrec.search.exact import topk_positions
+from longrec.search.exact import blockwise, topk_positions
 from longrec.search.simhash import simhash_bits, simhash_planes
 
-__all__ = ["collisions", "sdim"]
+__all__ = ["collisions", "sdim", "sdim_scores"]
 
 
 def collisions(query_bits: Tensor, key_bits: Tensor, rounds: int) -> Tensor:
@@ -41,6 +41,23 @@ def collisions(query_bits: Tensor, key_bits: Tensor, rounds: int) -> Tensor:
     q = query_bits.unflatten(-1, (rounds, -1)).unsqueeze(1)  # [B, 1, R, τ]
     h = key_bits.unflatten(-1, (rounds, -1))  # [B, L, R, τ]
     return (q == h).all(-1)  # [B, L, R]
+
+
+def sdim_scores(query: Tensor, keys: Tensor, config: SearchConfig) -> Tensor:
+    """In how many of the `hash_rounds` rounds each behaviour's signature collides with the target's.
+
+    Args:
+        query: [B, D] the target's search embedding.
+        keys: [B, L, D] (or one chunk [B, c, D]) the behaviours' search embeddings.
+        config: `hash_rounds` (R), `round_bits` (τ) and `seed` for the hyperplanes.
+
+    Returns:
+        [B, L] int64 in [0, R], higher = more similar; computed per block of `SCORE_BLOCK` behaviours.
+    """
+    R = config.hash_rounds
+    planes = simhash_planes(query.shape[-1], R * config.round_bits, config.seed, query.device, query.dtype)  # [D, R·τ]
+    q = simhash_bits(query, planes)  # [B, R·τ]
+    return blockwise(lambda h: collisions(q, simhash_bits(h, planes), R).sum(-1), keys)  # [B, L]
 
 
 def sdim(
@@ -60,9 +77,4 @@ def sdim(
     """
     if query is None or keys is None:
         raise ValueError("sdim search needs the model's search embeddings: the model has no search_embeddings().")
-    L, R = keys.shape[1], config.hash_rounds
-    planes = simhash_planes(query.shape[-1], R * config.round_bits, config.seed, query.device, query.dtype)  # [D, R·τ]
-    hits = collisions(simhash_bits(query, planes), simhash_bits(keys, planes), R).sum(-1)  # [B, L]
-    index = torch.arange(L, device=keys.device, dtype=torch.float64)  # [L], larger = more recent
-    scores = hits.double() * L + index  # [B, L]
-    return topk_positions(scores, batch.history_mask, k)
+    return topk_positions(sdim_scores(query, keys, config), batch.history_mask, k)

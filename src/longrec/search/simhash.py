@@ -9,10 +9,13 @@ approximates top-K by *cosine*, which is the inner-product top-K when the keys h
 Design choices (the paper leaves them open):
 - The hyperplanes are drawn once from N(0, 1) by a CPU generator seeded with `SearchConfig.seed`, so the same seed
   gives the same planes on every device; they are not learned (ETA: "fixed random projection").
-- Signatures are packed 32 bits per int64 word and the distance is a SWAR popcount of the XOR: 16x less memory
-  than a bool tensor and no reliance on int64 overflow (every intermediate stays below 2^57).
-- Ties (equal distance, frequent with few bits) go to the more recent behaviour: the score is
-  `-distance · L + index` in float64, exact for any realistic L and bits.
+- The distance is the number of disagreeing signature bits, counted per block of `SCORE_BLOCK` behaviours
+  (`simhash_scores`): the [B, block, N] bool temporaries stay bounded whatever L, and a chunk of the history gets the
+  bit-identical signatures the whole history gets, so chunked search (docs/long_histories.md) returns the same top-K.
+  `pack_bits` / `hamming` give the same distance from signatures packed 32 bits per int64 word (16x less memory than
+  bool, every intermediate below 2^57), for storing signatures.
+- Ties (equal distance, frequent with few bits) go to the more recent behaviour: the score is `-distance`, and
+  `topk_positions` breaks ties by recency.
 
 `simhash_planes` and `simhash_bits` are the hashing every hash-based module shares (`search/sdim.py`,
 `models/sdim.py`).
@@ -27,9 +30,9 @@ from torch import Tensor
 
 from longrec.config import SearchConfig
 from longrec.data.batch import Batch
-from longrec.search.exact import topk_positions
+from longrec.search.exact import blockwise, topk_positions
 
-__all__ = ["hamming", "pack_bits", "popcount", "simhash", "simhash_bits", "simhash_planes"]
+__all__ = ["hamming", "pack_bits", "popcount", "simhash", "simhash_bits", "simhash_planes", "simhash_scores"]
 
 _WORD = 32  # signature bits per int64 word: popcount intermediates stay far from overflow
 
@@ -77,6 +80,22 @@ def hamming(a: Tensor, b: Tensor) -> Tensor:
     return popcount(a ^ b).sum(-1)  # [...]
 
 
+def simhash_scores(query: Tensor, keys: Tensor, config: SearchConfig) -> Tensor:
+    """Minus the Hamming distance between the SimHash signatures of each behaviour and of the target.
+
+    Args:
+        query: [B, D] the target's search embedding.
+        keys: [B, L, D] (or one chunk [B, c, D]) the behaviours' search embeddings.
+        config: `hash_bits` signature bits and `seed` for the hyperplanes.
+
+    Returns:
+        [B, L] int64 in [-N, 0], higher = closer; computed per block of `SCORE_BLOCK` behaviours.
+    """
+    planes = simhash_planes(query.shape[-1], config.hash_bits, config.seed, query.device, query.dtype)  # [D, N]
+    q = simhash_bits(query, planes).unsqueeze(1)  # [B, 1, N]
+    return blockwise(lambda h: -(simhash_bits(h, planes) != q).sum(-1), keys)  # [B, L]
+
+
 def simhash(
     batch: Batch, k: int, query: Tensor | None, keys: Tensor | None, config: SearchConfig
 ) -> tuple[Tensor, Tensor]:
@@ -94,11 +113,4 @@ def simhash(
     """
     if query is None or keys is None:
         raise ValueError("simhash search needs the model's search embeddings: the model has no search_embeddings().")
-    L = keys.shape[1]
-    planes = simhash_planes(query.shape[-1], config.hash_bits, config.seed, query.device, query.dtype)  # [D, N]
-    q = pack_bits(simhash_bits(query, planes))  # [B, W]
-    h = pack_bits(simhash_bits(keys, planes))  # [B, L, W]
-    distance = hamming(q.unsqueeze(1), h)  # [B, L]
-    index = torch.arange(L, device=keys.device, dtype=torch.float64)  # [L], larger = more recent
-    scores = -distance.double() * L + index  # [B, L]
-    return topk_positions(scores, batch.history_mask, k)
+    return topk_positions(simhash_scores(query, keys, config), batch.history_mask, k)
