@@ -15,6 +15,7 @@ import ast
 import dataclasses
 import difflib
 import json
+import re
 import tomllib
 import types
 import typing
@@ -50,6 +51,8 @@ DATA_SIZE_FIELDS = frozenset(
     }
 )
 METRICS = ("auc", "gauc", "gauc_category", "logloss")
+PRECISIONS = ("fp32", "bf16")
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|auto")
 
 T = TypeVar("T")
 
@@ -72,9 +75,13 @@ class DataConfig:
     num_workers: int = 0  # background processes building batches (0 = in the training process)
     prefetch_factor: int = 4  # batches each worker builds ahead
     check_batches: bool = False  # check_batch on every batch (shapes, id ranges); `longrec --debug train` sets it
+    bucket_by_length: bool = False  # batch samples of similar history length together (less padding), order shuffled
+    bucket_batches: int = 50  # bucket_by_length: batches per length-sorting pool; 0 = sort the whole epoch
 
     def __post_init__(self) -> None:
         problems = []
+        if self.bucket_batches < 0:
+            problems.append(f"data.bucket_batches must be >= 0. Got {self.bucket_batches} instead.")
         if self.max_history < 1:
             problems.append(f"data.max_history must be a positive int. Got {self.max_history} instead.")
         if self.num_workers < 0:
@@ -102,9 +109,17 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     progress: bool = True  # progress bar on stderr (off automatically when stderr is not a terminal)
     goal_weights: dict[str, float] = field(default_factory=dict)  # BCE weight per goal name ({buy = 2.0}); else 1
+    precision: str = "fp32"  # fp32 | bf16: autocast (bf16 MLPs; fp32 attention softmax/pooling, loss and weights)
+    key_collection: bool = False  # embedding lookups gather each distinct id once, then scatter back (SPEC §5)
+    compile: bool = False  # torch.compile the model's forward methods (needs a C compiler on the CPU)
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when available)
 
     def __post_init__(self) -> None:
         problems = []
+        if self.precision not in PRECISIONS:
+            problems.append(f"train.precision must be one of {', '.join(PRECISIONS)}. Got {self.precision!r} instead.")
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            problems.append(f"train.device must be cpu, cuda, cuda:N or auto. Got {self.device!r} instead.")
         for goal, weight in self.goal_weights.items():
             ok = isinstance(weight, int | float) and not isinstance(weight, bool) and 0 <= weight < float("inf")
             if not isinstance(goal, str) or not goal or not ok:
@@ -138,6 +153,7 @@ class SearchConfig:
     level: int = -1  # category search: taxonomy column matched (Python indexing into M: 0 coarsest, -1 finest)
     hard_method: str = "hierarchical"  # hard+soft: the hard searcher (category | hierarchical)
     hard_k: int = 10  # hard+soft: width of the hard block (the first hard_k columns); the soft block gets k - hard_k
+    chunk: int = 0  # embedding searchers: behaviours embedded+scored at a time; 0 = auto, -1 = all L (multiple of 1024)
 
     def __post_init__(self) -> None:
         from longrec.search import SEARCHERS  # the registry imports torch: keep it out of module import time
@@ -159,6 +175,11 @@ class SearchConfig:
             problems.append(f"search.hard_method must be one of {known}. Got {self.hard_method!r} instead.")
         if self.hard_k < 0:
             problems.append(f"search.hard_k must be >= 0. Got {self.hard_k} instead.")
+        if not (self.chunk in (0, -1) or (self.chunk > 0 and self.chunk % 1024 == 0)):
+            problems.append(
+                f"search.chunk must be 0 (auto), -1 (the whole history at once) or a positive multiple of 1024 "
+                f"(search scores blocks of 1024 behaviours). Got {self.chunk} instead."
+            )
         elif self.method == "hard+soft" and self.hard_k > self.k:
             problems.append(
                 f"search.hard_k ({self.hard_k}) must be <= search.k ({self.k}): the hard block is part of the K kept."

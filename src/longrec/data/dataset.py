@@ -50,14 +50,19 @@ def collate(store: TrajectoryStore, samples: SampleSet, index: np.ndarray, max_h
     arrays = store.arrays
     target_time = np.asarray(samples.target_time[index], dtype=np.int64)  # [B]
 
+    # Memory: the Batch holds L x (45 + 8M + 8E) bytes per sample (docs/long_histories.md); each field below is one
+    # gathered copy in the stored dtype, zeroed in place, then widened once, so the transient stays one field.
     def hist(name: str) -> torch.Tensor | None:
         if name not in arrays:
             return None
-        value = arrays[name][rows]  # [B, L] or [B, L, W]
-        m = mask if value.ndim == 2 else mask[:, :, None]
-        return _tensor(np.where(m, value, 0))
+        value = arrays[name][rows]  # [B, L] or [B, L, W], a fresh copy
+        value[~mask] = 0  # padding
+        return _tensor(value)
 
-    delta = np.where(mask, target_time[:, None] - arrays["timestamp"][rows], 0).astype(np.float32)  # [B, L]
+    delta = arrays["timestamp"][rows]  # [B, L] int64, a fresh copy
+    np.subtract(target_time[:, None], delta, out=delta)  # [B, L] seconds before the cutoff
+    delta[~mask] = 0
+    delta = delta.astype(np.float32)  # [B, L]
     position = np.where(mask, L - cols[None, :], 0)  # [B, L] most recent = 1
     M = store.taxonomy_levels
     E = samples.target_extra.shape[1]
@@ -82,10 +87,48 @@ def collate(store: TrajectoryStore, samples: SampleSet, index: np.ndarray, max_h
     )
 
 
-def epoch_batches(num_samples: int, batch_size: int, shuffle: bool, seed: int, epoch: int) -> list[np.ndarray]:
-    """The sample rows of every batch of one epoch: a pure function of (seed, epoch); the last batch may be short."""
+def epoch_batches(
+    num_samples: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    lengths: np.ndarray | None = None,
+    bucket_batches: int = 50,
+) -> list[np.ndarray]:
+    """The sample rows of every batch of one epoch: a pure function of (seed, epoch); every sample exactly once.
+
+    Args:
+        num_samples: N, the split's sample count.
+        batch_size: samples per batch; the last batch may be short.
+        shuffle: shuffle with a permutation derived from (seed, epoch); else rows in order.
+        seed: shuffle seed.
+        epoch: epoch number (changes the permutation).
+        lengths: [N] history length of each sample as collated (`min(end, max_history)`), or None. Given, the
+            samples are **bucketed by length** (the "memory pool" of SPEC §5): the epoch's order is cut into pools of
+            `bucket_batches` batches, each pool is sorted by length (stable: equal lengths keep the shuffled order)
+            and cut into batches, and the batches are shuffled (derived from (seed, epoch) too). Collate pads each
+            batch to its longest history, so similar lengths in a batch cut the padding; within a pool the sorted
+            cut never pads more than the unsorted one (with full batches).
+        bucket_batches: batches per sorting pool (larger: less padding, less random batch composition); 0 sorts the
+            whole epoch as one pool.
+
+    Returns:
+        One int64 array of sample rows per batch.
+    """
     order = np.random.default_rng([seed, epoch]).permutation(num_samples) if shuffle else np.arange(num_samples)
-    return [order[i : i + batch_size] for i in range(0, num_samples, batch_size)]
+    if lengths is None:
+        return [order[i : i + batch_size] for i in range(0, num_samples, batch_size)]
+    pool = bucket_batches * batch_size if bucket_batches > 0 else max(num_samples, 1)
+    batches = []
+    for start in range(0, num_samples, pool):
+        rows = order[start : start + pool]  # [P] one pool, in the shuffled order
+        rows = rows[np.argsort(lengths[rows], kind="stable")]  # [P] by length
+        batches += [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    if shuffle:
+        batch_order = np.random.default_rng([seed, epoch, 1]).permutation(len(batches))
+        batches = [batches[i] for i in batch_order]
+    return batches
 
 
 @dataclass
@@ -125,6 +168,8 @@ def make_loader(
     prefetch_factor: int = 4,
     pin_memory: bool = False,
     check: bool = False,
+    bucket_by_length: bool = False,
+    bucket_batches: int = 50,
 ) -> Iterator[Batch] | DataLoader[Batch]:
     """Batches of one split for one epoch, in a deterministic order, every sample included (no dropped tail).
 
@@ -141,15 +186,18 @@ def make_loader(
         prefetch_factor: batches each worker builds ahead.
         pin_memory: page-lock batches for fast host-to-GPU copies.
         check: validate every batch with `check_batch` (shapes, dtypes, id ranges, no negative time gaps).
+        bucket_by_length: batch samples of similar history length together (`epoch_batches`), to cut padding.
+        bucket_batches: batches per sorting pool when bucketing (0 = the whole epoch).
 
     Returns:
         An iterable of `Batch`.
     """
     samples = store.samples(split)
-    batches = epoch_batches(len(samples), batch_size, shuffle, seed, epoch)[start_batch:]
+    lengths = np.minimum(samples.end, max_history) if bucket_by_length else None  # [N] collated history lengths
+    batches = epoch_batches(len(samples), batch_size, shuffle, seed, epoch, lengths, bucket_batches)[start_batch:]
     plan = BatchPlan(store, samples, batches, max_history, check)
     if num_workers == 0:
-        return (plan[i] for i in range(len(plan)))
+        return (plan[i].pin_memory() if pin_memory else plan[i] for i in range(len(plan)))
     return DataLoader(
         plan,
         batch_size=None,

@@ -1,4 +1,9 @@
-"""Score every sample of a split and compute AUC, GAUC (by user and by target category), logloss, per goal."""
+"""Score every sample of a split and compute AUC, GAUC (by user and by target category), logloss, per goal.
+
+Evaluation runs where and how training ran (`train.device`, `train.precision`, `data.bucket_by_length`): the metrics
+do not depend on the order of the samples, so bucketing only changes which samples share a batch (and how much padding
+each batch carries); bf16 changes the logits within its rounding (tests/train/test_optimizations.py).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from longrec.data.dataset import make_loader
 from longrec.data.store import TrajectoryStore
 from longrec.eval.metrics import compute_metrics
 from longrec.search import search_stage
+from longrec.train.device import DevicePrefetcher, autocast
 
 __all__ = ["evaluate", "predict"]
 
@@ -27,24 +33,33 @@ def predict(
     search: SearchConfig | None = None,
     progress: bool = False,
     total: int | None = None,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> dict[str, np.ndarray]:
     """Run search + `model` in eval mode over `batches`; return logits, labels, users, target categories and goals
-    ([N] each)."""
+    ([N] each, on the CPU).
+
+    Batches are moved to `device` (`DevicePrefetcher`); the forward runs under `autocast(precision, device)` and the
+    logits come back as fp32."""
     model.eval()
+    device = torch.device(device)
     parts: dict[str, list[np.ndarray]] = {"logits": [], "labels": [], "users": [], "categories": [], "goals": []}
     batches = track(
         batches, "evaluating", total=total, console=Console(stderr=True), disable=not progress, transient=True
     )
-    for batch in batches:
-        searched = search_stage(batch, model, search) if search is not None else batch
-        parts["logits"].append(model(searched).float().numpy())
-        parts["labels"].append(batch.label.numpy() if batch.label is not None else np.zeros(len(batch), np.float32))
-        parts["users"].append(batch.user.numpy() if batch.user is not None else np.zeros(len(batch), np.int64))
+    for batch in DevicePrefetcher(batches, device):
+        with autocast(precision, device):
+            searched = search_stage(batch, model, search) if search is not None else batch
+            logits = model(searched)  # [B]
+        parts["logits"].append(logits.float().cpu().numpy())
+        n = len(batch)
+        parts["labels"].append(batch.label.cpu().numpy() if batch.label is not None else np.zeros(n, np.float32))
+        parts["users"].append(batch.user.cpu().numpy() if batch.user is not None else np.zeros(n, np.int64))
         cat = batch.target_category
         parts["categories"].append(
-            cat[:, -1].numpy() if cat is not None and cat.shape[1] else np.zeros(len(batch), np.int64)
+            cat[:, -1].cpu().numpy() if cat is not None and cat.shape[1] else np.zeros(n, np.int64)
         )
-        parts["goals"].append(batch.goal.numpy() if batch.goal is not None else np.zeros(len(batch), np.int64))
+        parts["goals"].append(batch.goal.cpu().numpy() if batch.goal is not None else np.zeros(n, np.int64))
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
 
 
@@ -57,17 +72,33 @@ def evaluate(
     num_workers: int = 0,
     progress: bool = False,
     search: SearchConfig | None = None,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    bucket_by_length: bool = False,
 ) -> dict[str, Any]:
     """Metrics of `model` on every sample of `split` (no dropped partial batch).
+
+    `device` and `precision` as in `predict`; `bucket_by_length` batches samples of similar history length together
+    (sorted over the whole split: less padding, same metrics up to float rounding).
 
     Returns:
         {"auc", "gauc", "gauc_category", "logloss", "count", "positive_rate"}, plus "per_goal" keyed by goal name
         when the data has more than one goal.
     """
     samples = store.samples(split)
-    batches = make_loader(store, split, batch_size, max_history, num_workers=num_workers)
+    pin = torch.device(device).type == "cuda"
+    batches = make_loader(
+        store,
+        split,
+        batch_size,
+        max_history,
+        num_workers=num_workers,
+        pin_memory=pin,
+        bucket_by_length=bucket_by_length,
+        bucket_batches=0,
+    )
     total = -(-len(samples) // batch_size)
-    out = predict(model, batches, search=search, progress=progress, total=total)
+    out = predict(model, batches, search=search, progress=progress, total=total, device=device, precision=precision)
     has_goals = store.sizes.get("num_goals", 1) > 1
     metrics = compute_metrics(
         out["labels"],

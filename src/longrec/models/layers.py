@@ -7,6 +7,16 @@ like the paper; the plain one is the test oracle (same outputs and gradients wit
 tests/models/test_fast_paths.py, tests/train/test_train_step.py). `reference_paths()` switches every fast path off for
 a block of code, which is how those tests and `benchmarks/bench_throughput.py` run the plain path.
 
+**Key collection** (`collect_keys()`, off by default; `train.key_collection`): `lookup` first collects the distinct ids
+of each table (`unique_ids`), gathers each distinct row once and scatters the rows back to every position; the
+backward sums each row's gradient over its positions in a small [U, D] buffer. Same outputs and gradients as the
+plain lookup (tests/train/test_optimizations.py).
+
+**Mixed precision.** Under `torch.autocast` (`train.precision = "bf16"`) the MLPs and DIN's scorer run in bf16; the fast
+attention kernels (`dot_scores`, `weighted_sum`) compute in fp32 with autocast off, so the softmax sees fp32 scores
+and the pooling accumulates in fp32 (on the CPU they are memory-bound mat-vecs over fp32 embeddings, where a cast to
+bf16 would only add a pass), and the PReLU slope gradient is summed in fp32.
+
 Shapes: B batch, L history length, M taxonomy levels, D embedding dim, E = D·(1 + M) behaviour width with categories
 (E = D without them), N rows looked up, J looked-up columns per row, V rows of all tables together.
 """
@@ -14,7 +24,7 @@ Shapes: B batch, L history length, M taxonomy levels, D embedding dim, E = D·(1
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -28,15 +38,19 @@ __all__ = [
     "check_behaviour_config",
     "check_int",
     "check_sizes",
+    "collect_keys",
     "dot_scores",
     "fast_paths",
+    "key_collection",
     "lookup",
     "mlp",
     "reference_paths",
+    "unique_ids",
     "weighted_sum",
 ]
 
 _FAST_PATHS = True
+_KEY_COLLECTION = False
 
 
 def fast_paths() -> bool:
@@ -53,6 +67,54 @@ def reference_paths() -> Iterator[None]:
         yield
     finally:
         _FAST_PATHS = saved
+
+
+def key_collection() -> bool:
+    """Whether `lookup` collects the distinct ids first (off by default); `collect_keys()` turns it on."""
+    return _KEY_COLLECTION
+
+
+@contextmanager
+def collect_keys(enabled: bool = True) -> Iterator[None]:
+    """Run the block with key collection on (or off, `enabled=False`) in `lookup`, then restore the setting."""
+    global _KEY_COLLECTION
+    saved, _KEY_COLLECTION = _KEY_COLLECTION, enabled
+    try:
+        yield
+    finally:
+        _KEY_COLLECTION = saved
+
+
+def _autocast_on(x: Tensor) -> bool:
+    return torch.is_autocast_enabled(x.device.type)
+
+
+def _without_autocast(x: Tensor) -> AbstractContextManager[Any]:
+    """Autocast off for the block if it is on for `x`'s device (a custom backward may run inside an autocast block)."""
+    return torch.autocast(x.device.type, enabled=False) if _autocast_on(x) else nullcontext()
+
+
+def unique_ids(ids: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
+    """The distinct ids of `ids` (ascending) and where each id sits among them: `unique[inverse] == ids`.
+
+    Equals `torch.unique(ids, return_inverse=True)`. When the table is not much larger than the lookup, a presence
+    mask over the table's `num_rows` ids and its running count replace the sort (O(N + V) instead of O(N log N)).
+
+    Args:
+        ids: [*S] int64 ids in [0, num_rows).
+        num_rows: V, the number of rows of the table the ids index.
+
+    Returns:
+        unique [U] int64 ascending, inverse [*S] int64 in [0, U).
+    """
+    if num_rows > 4 * ids.numel():
+        unique, inverse = torch.unique(ids, return_inverse=True)  # [U], [*S]
+        return unique, inverse
+    present = torch.zeros(num_rows, dtype=torch.bool, device=ids.device)  # [V]
+    present[ids.reshape(-1)] = True
+    unique = present.nonzero().squeeze(1)  # [U]
+    rank = present.cumsum(0) - 1  # [V] position of each present id among the distinct ones
+    return unique, rank[ids]  # [U], [*S]
 
 
 class _GatherRows(torch.autograd.Function):
@@ -101,6 +163,8 @@ def lookup(tables: Sequence[nn.Embedding], ids: Sequence[Tensor]) -> Tensor:
         parts = [table(i) if i.dim() == lead else table(i).flatten(-2) for table, i in zip(tables, ids, strict=True)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)  # [*S, J·D]
     columns = [i if i.dim() > lead else i.unsqueeze(-1) for i in ids]  # [*S, 1] or [*S, M] each
+    if _KEY_COLLECTION:
+        return _collected_lookup(tables, columns)
     if sum(c.numel() for c in columns) < sum(t.num_embeddings for t in tables):
         parts = [_GatherRows.apply(t.weight, c, _padding(t)) for t, c in zip(tables, columns, strict=True)]
         return torch.cat(parts, dim=-2).flatten(-2)  # [*S, J, D] -> [*S, J·D]
@@ -118,6 +182,24 @@ def _padding(table: nn.Embedding) -> list[int]:
     return [] if table.padding_idx is None else [table.padding_idx]
 
 
+def _collected_lookup(tables: Sequence[nn.Embedding], columns: list[Tensor]) -> Tensor:
+    """Key collection (SPEC §5): each table's distinct ids gathered once into [U, D], then scattered back to [*S, J·D].
+
+    Long histories repeat ids heavily (U << N), so the scatter-back reads a small, cache-resident [U, D] block, and
+    the backward sums the gradients of repeated ids there (one `index_add_` into [U, D]) before one write per distinct
+    row into each table's gradient; the tables are never concatenated.
+    """
+    rows, inverses, start = [], [], 0
+    for table, c in zip(tables, columns, strict=True):
+        unique, inverse = unique_ids(c, table.num_embeddings)  # [U_j], [*S, J_j]
+        rows.append(_GatherRows.apply(table.weight, unique, _padding(table)))  # [U_j, D]
+        inverses.append(inverse + start if start else inverse)
+        start += unique.numel()
+    compact = rows[0] if len(rows) == 1 else torch.cat(rows)  # [U, D]
+    index = inverses[0] if len(inverses) == 1 else torch.cat(inverses, dim=-1)  # [*S, J]
+    return _GatherRows.apply(compact, index, []).flatten(-2)  # [*S, J, D] -> [*S, J·D]
+
+
 class _DotScores(torch.autograd.Function):
     """<query, key_i>; backward writes the key gradient g_i·query as one broadcast product, in the keys' layout."""
 
@@ -129,8 +211,9 @@ class _DotScores(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
         query, keys = ctx.saved_tensors
-        grad_query = torch.einsum("bl,ble->be", grad, keys) if ctx.needs_input_grad[0] else None  # [B, E]
-        grad_keys = grad.unsqueeze(-1) * query.unsqueeze(1) if ctx.needs_input_grad[1] else None  # [B, L, E]
+        with _without_autocast(grad):
+            grad_query = torch.einsum("bl,ble->be", grad, keys) if ctx.needs_input_grad[0] else None  # [B, E]
+            grad_keys = grad.unsqueeze(-1) * query.unsqueeze(1) if ctx.needs_input_grad[1] else None  # [B, L, E]
         return grad_query, grad_keys
 
 
@@ -145,8 +228,9 @@ class _WeightedSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
         weights, values = ctx.saved_tensors
-        grad_weights = torch.einsum("be,ble->bl", grad, values) if ctx.needs_input_grad[0] else None  # [B, L]
-        grad_values = weights.unsqueeze(-1) * grad.unsqueeze(1) if ctx.needs_input_grad[1] else None  # [B, L, E]
+        with _without_autocast(grad):
+            grad_weights = torch.einsum("be,ble->bl", grad, values) if ctx.needs_input_grad[0] else None  # [B, L]
+            grad_values = weights.unsqueeze(-1) * grad.unsqueeze(1) if ctx.needs_input_grad[1] else None  # [B, L, E]
         return grad_weights, grad_values
 
 
@@ -160,6 +244,10 @@ def dot_scores(query: Tensor, keys: Tensor) -> Tensor:
     """
     if not fast_paths():
         return torch.einsum("be,ble->bl", query, keys)  # [B, L]
+    if _autocast_on(keys):
+        with _without_autocast(keys):
+            dtype = torch.promote_types(query.dtype, keys.dtype)
+            return _DotScores.apply(query.to(dtype), keys.to(dtype))  # [B, L] fp32 from fp32 embeddings
     return _DotScores.apply(query, keys)
 
 
@@ -167,6 +255,10 @@ def weighted_sum(weights: Tensor, values: Tensor) -> Tensor:
     """Σ_i w_i v_i: weights [B, L], values [B, L, E] -> [B, E] (fast path as in `dot_scores`)."""
     if not fast_paths():
         return torch.einsum("bl,ble->be", weights, values)  # [B, E]
+    if _autocast_on(values):
+        with _without_autocast(values):
+            dtype = torch.promote_types(weights.dtype, values.dtype)
+            return _WeightedSum.apply(weights.to(dtype), values.to(dtype))  # [B, E]
     return _WeightedSum.apply(weights, values)
 
 
@@ -223,15 +315,22 @@ class _LeakyReLUWithSlopeGrad(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
         (x,) = ctx.saved_tensors
         grad_x = torch.ops.aten.leaky_relu_backward(grad, x, ctx.slope, False)
-        grad_weight = torch.dot(grad.reshape(-1), x.clamp(max=0).reshape(-1)).reshape(1)  # [1]
+        if x.dtype == torch.float32:
+            grad_weight = torch.dot(grad.reshape(-1), x.clamp(max=0).reshape(-1)).reshape(1)  # [1]
+        else:  # bf16 activations under autocast: sum the slope gradient in fp32
+            grad_weight = torch.sum(grad * x.clamp(max=0), dtype=torch.float32).reshape(1)  # [1]
         return grad_x, grad_weight
 
 
 class PReLU(nn.PReLU):
-    """`nn.PReLU()` (one shared slope, same parameter and state dict) with a fast CPU path (`fast_paths()`)."""
+    """`nn.PReLU()` (one shared slope, same parameter and state dict) with a fast CPU path (`fast_paths()`).
+
+    Under `torch.compile` the plain PReLU runs: the fast path's host read of the slope would break the graph, and the
+    compiler fuses the plain one anyway.
+    """
 
     def forward(self, x: Tensor) -> Tensor:
-        if fast_paths() and x.is_cpu and self.weight.numel() == 1:
+        if fast_paths() and x.is_cpu and self.weight.numel() == 1 and not torch.compiler.is_compiling():
             return _LeakyReLUWithSlopeGrad.apply(x, self.weight)
         return super().forward(x)
 

@@ -8,6 +8,14 @@ ends with the same metrics as an uninterrupted run with the same seed: batch ord
 (seed, epoch), and every step after the last checkpoint is redone identically.
 
 One step is `train_step`; `benchmarks/bench_throughput.py` times exactly that function.
+
+System options (SPEC §5; each off by default, each with a parity test against the plain path in
+tests/train/test_optimizations.py and a measured effect in `benchmarks/bench_optimizations.py`):
+`train.precision = "bf16"` (autocast, `longrec.train.device.autocast`), `train.key_collection` (one lookup per distinct
+id, `longrec.models.layers.collect_keys`), `train.compile` (`compile_model`), `train.device` (CUDA with pinned,
+non-blocking copies on a side stream, `longrec.train.device.DevicePrefetcher`), `data.bucket_by_length` (batches of
+similar history lengths, `longrec.data.dataset.epoch_batches`) and `data.num_workers` (batches built in background
+processes).
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import difflib
 import json
 import logging
 import math
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,12 +44,14 @@ from longrec.data.dataset import make_loader
 from longrec.data.store import TrajectoryStore, atomic_write_text
 from longrec.eval.evaluate import evaluate
 from longrec.models import MODELS, build_model, data_params
-from longrec.models.layers import fast_paths
+from longrec.models.layers import collect_keys, fast_paths
 from longrec.search import search_stage
 from longrec.train.checkpoint import load_checkpoint, save_checkpoint
+from longrec.train.device import DevicePrefetcher, autocast, resolve_device
 
 __all__ = [
     "build_model_for_store",
+    "compile_model",
     "goal_loss_weights",
     "l2_penalty",
     "make_optimizer",
@@ -111,6 +123,36 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=lr, fused=fast_paths())
 
 
+# The model methods a training or evaluation step calls; `compile_model` compiles the ones a model has.
+COMPILED_METHODS = ("forward_with_aux", "forward_with_extra_loss", "aux_logits", "search_embeddings", "loss")
+
+
+def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+    """`torch.compile` the model in place: its `forward` and every method of `COMPILED_METHODS` it has.
+
+    In place (`nn.Module.compile` plus compiled bound methods set on the instance), so parameter names, the state dict
+    and checkpoints stay those of the eager model. The first steps pay the compilation (seconds to a minute on a CPU;
+    a new history length L may compile again, after which shapes are treated as dynamic).
+
+    Raises:
+        RuntimeError: torch.compile cannot run here (on the CPU, inductor needs a C++ compiler such as gcc).
+    """
+    if not torch._dynamo.is_dynamo_supported():  # e.g. a Python version dynamo does not support yet
+        raise RuntimeError(f"train.compile: torch.compile is not supported on this Python ({sys.version.split()[0]}).")
+    on_cpu = all(p.is_cpu for p in model.parameters())
+    if on_cpu and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+        raise RuntimeError(
+            "train.compile: torch.compile on the CPU needs a C++ compiler (inductor generates C++), and none of "
+            "$CXX, g++, c++, clang++ is on PATH. Install one (e.g. apt-get install g++) or set train.compile=false."
+        )
+    model.compile()
+    for name in COMPILED_METHODS:
+        method = getattr(model, name, None)
+        if callable(method):
+            setattr(model, name, torch.compile(method))
+    return model
+
+
 def train_step(
     model: torch.nn.Module,
     batch: Batch,
@@ -118,6 +160,7 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     l2: float = 0.0,
     goal_weight: torch.Tensor | None = None,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """One optimizer step on `batch`: search, forward, BCE (+ the auxiliary head's BCE), L2, backward, update.
 
@@ -128,6 +171,8 @@ def train_step(
         optimizer: stepped once.
         l2: weight of `l2_penalty` (0 = off).
         goal_weight: [T] BCE weight per goal id (`goal_loss_weights`), or None.
+        precision: "fp32", or "bf16": search and forward under bf16 autocast (`longrec.train.device.autocast`); the
+            losses are computed on fp32 logits, the backward and the update in fp32.
 
     Returns:
         The loss, detached: the (goal-weighted) BCE averaged over the batch, plus the auxiliary BCE, the model's
@@ -138,9 +183,12 @@ def train_step(
     assert batch.label is not None  # collate always sets labels
     # A model with its own training loss (TD-SASRec's sampled softmax over in-batch candidates) uses it instead of
     # BCE (its in-batch candidates couple the rows of the batch).
+    device = batch.history.device
     own = getattr(model, "loss", None)
-    own_loss = own(search_stage(batch, model, search)) if callable(own) else None
+    with autocast(precision, device):
+        own_loss = own(search_stage(batch, model, search)) if callable(own) else None
     if own_loss is not None:
+        own_loss = own_loss.float()
         loss = own_loss + l2 * l2_penalty(model) if l2 else own_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -148,21 +196,26 @@ def train_step(
         return loss.detach()
     # Fast path: a model that can serve search, the main head and the aux head from one lookup does (TWIN, DARE).
     fused = getattr(model, "forward_with_aux", None) if fast_paths() else None
-    both = fused(batch, search) if fused is not None else None
-    extra_loss = None
-    if both is not None:
-        logits, aux_logits = both  # [B] each
-    else:
-        searched = search_stage(batch, model, search)
-        # A model with a regulariser computed in the same forward (VISTA's reconstruction, VQL's codebook and
-        # commitment losses) returns it beside the logits; it is added to the training loss, never to the logloss.
-        with_extra = getattr(model, "forward_with_extra_loss", None)
-        if with_extra is not None:
-            logits, extra_loss = with_extra(searched)  # [B], scalar
+    with autocast(precision, device):
+        both = fused(batch, search) if fused is not None else None
+        extra_loss = None
+        if both is not None:
+            logits, aux_logits = both  # [B] each
         else:
-            logits = model(searched)  # [B]
-        aux = getattr(model, "aux_logits", None)
-        aux_logits = aux(batch) if aux is not None else None  # [B] full-history attention head, or None
+            searched = search_stage(batch, model, search)
+            # A model with a regulariser computed in the same forward (VISTA's reconstruction, VQL's codebook and
+            # commitment losses) returns it beside the logits; it is added to the training loss, never to the logloss.
+            with_extra = getattr(model, "forward_with_extra_loss", None)
+            if with_extra is not None:
+                logits, extra_loss = with_extra(searched)  # [B], scalar
+            else:
+                logits = model(searched)  # [B]
+            aux = getattr(model, "aux_logits", None)
+            aux_logits = aux(batch) if aux is not None else None  # [B] full-history attention head, or None
+    # The losses in fp32, whatever precision the forward ran in.
+    logits = logits.float()  # [B]
+    aux_logits = aux_logits.float() if aux_logits is not None else None  # [B]
+    extra_loss = extra_loss.float() if extra_loss is not None else None
     weight = goal_weight[batch.goal] if goal_weight is not None and batch.goal is not None else None  # [B]
     loss = F.binary_cross_entropy_with_logits(logits, batch.label, weight=weight)
     if extra_loss is not None:
@@ -226,7 +279,8 @@ def train(
     if package_logger.getEffectiveLevel() > logging.INFO:
         package_logger.setLevel(logging.INFO)
     try:
-        return _train(config, out, resume, on_step)
+        with collect_keys(config.train.key_collection):
+            return _train(config, out, resume, on_step)
     finally:
         package_logger.removeHandler(handler)
         package_logger.setLevel(previous)
@@ -239,12 +293,14 @@ def _train(config: Config, out: Path, resume: bool, on_step: Callable[[int], Non
         torch.set_num_threads(tc.threads)
     if fast_paths():
         reuse_freed_memory()
+    device = resolve_device(tc.device)
     store = TrajectoryStore.open(dc.path)
     torch.manual_seed(tc.seed)
-    model = build_model_for_store(config.model.name, config.model.params, store)
+    model = build_model_for_store(config.model.name, config.model.params, store).to(device)
     optimizer = make_optimizer(model, tc.lr)
     goal_names = [str(g) for g in store.vocab("goal").to_list()] if store.sizes.get("num_goals", 1) > 1 else []
     goal_weight = goal_loss_weights(tc.goal_weights, goal_names)  # [T] or None
+    goal_weight = goal_weight.to(device) if goal_weight is not None else None
     atomic_write_text(out / "config.json", config.to_json())
     num_train = len(store.samples("train"))
     steps_per_epoch = -(-num_train // tc.batch_size)
@@ -262,14 +318,23 @@ def _train(config: Config, out: Path, resume: bool, on_step: Callable[[int], Non
             state["epoch"],
             state["batch"],
         )
+    if tc.compile:
+        compile_model(model)
     logger.info("training %s on %s: %d samples, %d steps/epoch", config.model.name, dc.path, num_train, steps_per_epoch)
+    eval_options: dict[str, Any] = {
+        "batch_size": tc.eval_batch_size,
+        "max_history": dc.max_history,
+        "num_workers": dc.num_workers,
+        "search": config.search,
+        "device": device,
+        "precision": tc.precision,
+        "bucket_by_length": dc.bucket_by_length,
+    }
     vocab_sha = store.manifest["vocab_sha"]
 
     def validate() -> bool:
         """Validate, keep the best model, write last.pt; True when early stopping says stop."""
-        metrics = evaluate(
-            model, store, "valid", tc.eval_batch_size, dc.max_history, dc.num_workers, search=config.search
-        )
+        metrics = evaluate(model, store, "valid", **eval_options)
         value = float(metrics[tc.metric])
         line = {"step": state["step"], "epoch": state["epoch"], **{k: v for k, v in metrics.items() if k != "per_goal"}}
         state["history"].append(line)
@@ -325,10 +390,13 @@ def _train(config: Config, out: Path, resume: bool, on_step: Callable[[int], Non
                 start_batch=state["batch"],
                 num_workers=dc.num_workers,
                 prefetch_factor=dc.prefetch_factor,
+                pin_memory=device.type == "cuda",
                 check=dc.check_batches,
+                bucket_by_length=dc.bucket_by_length,
+                bucket_batches=dc.bucket_batches,
             )
-            for batch in loader:
-                loss = train_step(model, batch, config.search, optimizer, tc.l2, goal_weight)
+            for batch in DevicePrefetcher(loader, device):
+                loss = train_step(model, batch, config.search, optimizer, tc.l2, goal_weight, tc.precision)
                 state["step"] += 1
                 state["batch"] += 1
                 seen += len(batch)
@@ -365,9 +433,7 @@ def _train(config: Config, out: Path, resume: bool, on_step: Callable[[int], Non
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     for split in ("valid", "test"):
-        result[split] = evaluate(
-            model, store, split, tc.eval_batch_size, dc.max_history, dc.num_workers, search=config.search
-        )
+        result[split] = evaluate(model, store, split, **eval_options)
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
     logger.info("test %s", {k: v for k, v in result["test"].items() if k != "per_goal"})
     return result
