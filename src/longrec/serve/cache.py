@@ -1,0 +1,240 @@
+"""A per-user state cache for models whose user side is computed once per user (SPEC §4–§5: VISTA, VQL).
+
+Such a model splits its forward in two:
+- `model.user_state(batch) -> [B, ...]` reads only history fields (VISTA's S summaries [B, S, E]);
+- `model.score_with_state(state, batch) -> [B]` reads only target fields and the state, at a cost independent of L;
+and `forward(batch) == score_with_state(user_state(batch), batch)`. Serving caches the user side between requests:
+
+    cache = UserStateCache(capacity=100_000, max_age_s=3600.0, refresh_after_new=8)
+    state = cache.state_for(model, batch, version="vista-2024-06-01", now=time.time())  # [B, S, E]
+    logits = model.score_with_state(state, batch)  # [B]
+
+**Keys** are (user id, model version): a new model version never reads an old version's states, and two versions
+served side by side (an A/B test) keep their own entries; a retired version's entries age out by LRU, or
+`invalidate(version)` drops them at once. **Refresh policy**: a cached state is recomputed when it is older than
+`max_age_s` (wall time passed in by the caller, never read here, so tests control the clock), or when the user's
+history gained at least `refresh_after_new` behaviours since it was computed; None turns a rule off. New behaviours are
+counted by timestamp when the batch has `target_time` and `history_time_delta` (behaviour time = target_time - delta;
+behaviours more than 1 s, plus float32 rounding, after the newest one the state saw), else as the growth in the number
+of real behaviours, which stops at the padded length L. Without any rule a state is reused until evicted or
+invalidated. **Eviction**: least recently used, at `capacity` users × versions.
+
+A state is computed from one history, so every row of one user in a batch must carry the same history (a serving
+batch: one user, C candidates); `put` and `state_for` reject a batch whose rows of one user disagree. Counters count
+distinct users per lookup: `hits` (fresh entry), `misses` (no entry for this user and version), `refreshes` (an
+entry that was too old or behind the history) and `evictions`. States are stored detached, on the device they were
+computed on; the cache is in-process (a dict of tensors), for inference only (no gradient flows through it).
+
+Shapes: B batch, L history length, S summary tokens, E state width, U distinct users in a batch.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from longrec.data.batch import Batch
+
+__all__ = ["StatefulModel", "UserStateCache"]
+
+
+class StatefulModel(Protocol):
+    """A model with a cacheable user side (VISTA, VQL)."""
+
+    def user_state(self, batch: Batch) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class _Entry:
+    state: Tensor  # [...] one user's state, e.g. [S, E]
+    computed_at: float  # the caller's wall time when it was computed
+    length: int  # real behaviours in the history it was computed from
+    newest: float | None  # epoch seconds of that history's most recent behaviour; None without timestamps
+
+
+def _rows(batch: Batch, rows: Tensor) -> Batch:
+    return Batch(**{name: value[rows] for name, value in batch.fields().items()})
+
+
+class UserStateCache:
+    """LRU cache of per-user model states keyed by (user id, model version), with an age / new-behaviour refresh.
+
+    Args:
+        capacity: the most entries kept (users × versions); the least recently used goes first.
+        max_age_s: recompute a state older than this many seconds of the caller's clock; None = no age limit.
+        refresh_after_new: recompute a state once its user's history has this many behaviours more; None = never.
+    """
+
+    def __init__(self, capacity: int, max_age_s: float | None = None, refresh_after_new: int | None = None) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"UserStateCache.capacity must be a positive int. Got {capacity!r} instead.")
+        if max_age_s is not None and (
+            isinstance(max_age_s, bool) or not isinstance(max_age_s, int | float) or not max_age_s >= 0
+        ):
+            raise ValueError(f"UserStateCache.max_age_s must be a float >= 0 or None. Got {max_age_s!r} instead.")
+        if refresh_after_new is not None and (
+            isinstance(refresh_after_new, bool) or not isinstance(refresh_after_new, int) or refresh_after_new < 1
+        ):
+            raise ValueError(
+                f"UserStateCache.refresh_after_new must be a positive int or None. Got {refresh_after_new!r} instead."
+            )
+        self.capacity, self.max_age_s, self.refresh_after_new = capacity, max_age_s, refresh_after_new
+        self._entries: OrderedDict[tuple[int, str], _Entry] = OrderedDict()
+        self.hits = self.misses = self.refreshes = self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: tuple[int, str]) -> bool:
+        return key in self._entries
+
+    def invalidate(self, version: str | None = None) -> int:
+        """Drop every entry of `version` (every entry when None); return how many were dropped."""
+        keys = [k for k in self._entries if version is None or k[1] == version]
+        for key in keys:
+            del self._entries[key]
+        return len(keys)
+
+    def get(self, batch: Batch, version: str, now: float) -> tuple[Tensor | None, Tensor]:
+        """Look up the fresh cached states of the batch's users (updates the counters and the LRU order).
+
+        Args:
+            batch: reads `user` [B] and the history fields the refresh policy needs (mask, target_time, time delta).
+            version: the model version the states must come from.
+            now: the caller's wall time, in seconds.
+
+        Returns:
+            states [B, ...] (zeros in the rows that are not fresh; None when no row is) and fresh [B] bool.
+        """
+        users = self._users(batch)
+        first = self._first_rows(users)  # user -> first row
+        length = batch.history_mask.sum(dim=1)  # [B]
+        times = self._behaviour_times(batch)  # [B, L] float64, or None
+        found: dict[int, Tensor] = {}
+        for user, b in first.items():
+            entry = self._entries.get((user, version))
+            if entry is None:
+                self.misses += 1
+            elif self._is_stale(entry, batch, b, int(length[b]), times, now):
+                self.refreshes += 1
+            else:
+                self.hits += 1
+                self._entries.move_to_end((user, version))
+                found[user] = entry.state
+        fresh = torch.tensor([u in found for u in users], dtype=torch.bool)  # [B]
+        if not found:
+            return None, fresh
+        table = list(found.values())  # U fresh states
+        slot = {u: i for i, u in enumerate(found)}
+        stacked = torch.stack([*table, torch.zeros_like(table[0])])  # [U + 1, ...], the last row stands in for misses
+        index = torch.tensor([slot.get(u, len(table)) for u in users], device=stacked.device)  # [B]
+        return stacked[index], fresh.to(stacked.device)  # [B, ...], [B]
+
+    def put(self, batch: Batch, states: Tensor, version: str, now: float) -> None:
+        """Store states [B, ...] (one per row; the first row of each user is kept) computed at wall time `now`.
+
+        Raises:
+            ValueError: no `batch.user`, a states/batch size mismatch, or rows of one user with different histories.
+        """
+        users = self._users(batch)
+        if states.shape[0] != len(users):
+            raise ValueError(
+                f"UserStateCache.put: states must have one row per example, [B, ...] = [{len(users)}, ...]. "
+                f"Got {list(states.shape)} instead."
+            )
+        self._check_one_history_per_user(batch, users)
+        length = batch.history_mask.sum(dim=1)  # [B]
+        times = self._behaviour_times(batch)  # [B, L] float64, or None
+        for user, b in self._first_rows(users).items():
+            newest = float(times[b, -1]) if times is not None and int(length[b]) > 0 else None  # column L-1: newest
+            self._entries[(user, version)] = _Entry(states[b].detach().clone(), now, int(length[b]), newest)
+            self._entries.move_to_end((user, version))
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+            self.evictions += 1
+
+    def state_for(self, model: StatefulModel, batch: Batch, version: str, now: float) -> Tensor:
+        """The user states of the batch [B, ...]: cached where fresh, computed (once per user) and cached elsewhere.
+
+        Only the missing or stale users' histories go through `model.user_state`, as one sub-batch, without gradient.
+
+        Args:
+            model: has `user_state(batch) -> [B, ...]`.
+            batch: a serving batch: `user` [B] set, and one history per user.
+            version: the model version (part of the key).
+            now: the caller's wall time, in seconds.
+
+        Returns:
+            [B, ...] states in batch order, e.g. VISTA's summaries [B, S, E] for `model.score_with_state`.
+        """
+        users = self._users(batch)
+        self._check_one_history_per_user(batch, users)
+        cached, fresh = self.get(batch, version, now)  # [B, ...] or None, [B]
+        first = self._first_rows(users)
+        todo = [b for u, b in first.items() if not bool(fresh[b])]  # one row per user to compute
+        if not todo:
+            assert cached is not None  # every row is fresh
+            return cached
+        sub = _rows(batch, torch.tensor(todo, device=batch.history.device))
+        with torch.no_grad():
+            computed = model.user_state(sub)  # [R, ...]
+        self.put(sub, computed, version, now)
+        slot = {users[b]: i for i, b in enumerate(todo)}
+        rows = [b for b, u in enumerate(users) if u in slot]  # rows served from `computed`
+        index = torch.tensor([slot[users[b]] for b in rows], device=computed.device)  # [B - fresh]
+        out = computed.new_zeros((len(users), *computed.shape[1:])) if cached is None else cached.clone()  # [B, ...]
+        out[torch.tensor(rows, device=out.device)] = computed[index]  # [B, ...]
+        return out
+
+    def _is_stale(self, entry: _Entry, batch: Batch, b: int, length: int, times: Tensor | None, now: float) -> bool:
+        if self.max_age_s is not None and now - entry.computed_at > self.max_age_s:
+            return True
+        if self.refresh_after_new is None:
+            return False
+        if entry.newest is not None and times is not None and batch.history_time_delta is not None:
+            # float32 deltas of up to years round by a few seconds: 1 s plus 2^-22 of the gap as slack.
+            slack = 1.0 + batch.history_time_delta[b].double() * 2.0**-22  # [L]
+            new = int(((times[b] > entry.newest + slack) & batch.history_mask[b]).sum())
+        else:
+            new = length - entry.length
+        return new >= self.refresh_after_new
+
+    @staticmethod
+    def _users(batch: Batch) -> list[int]:
+        if batch.user is None:
+            raise ValueError(
+                "UserStateCache reads batch.user [B] (dense user ids) to key its entries, but it is None. "
+                "Build the serving batch with the requesting user's id."
+            )
+        return [int(u) for u in batch.user.tolist()]
+
+    @staticmethod
+    def _first_rows(users: list[int]) -> dict[int, int]:
+        first: dict[int, int] = {}
+        for b, user in enumerate(users):
+            first.setdefault(user, b)
+        return first
+
+    @staticmethod
+    def _behaviour_times(batch: Batch) -> Tensor | None:
+        """Epoch seconds of each behaviour [B, L] float64 (target_time - delta), or None without timestamps."""
+        if batch.target_time is None or batch.history_time_delta is None:
+            return None
+        return batch.target_time.double().unsqueeze(1) - batch.history_time_delta.double()  # [B, L]
+
+    def _check_one_history_per_user(self, batch: Batch, users: list[int]) -> None:
+        first = self._first_rows(users)
+        index = torch.tensor([first[u] for u in users], device=batch.history.device)  # [B], each row's first row
+        differs = (batch.history != batch.history[index]).any(1) | (
+            batch.history_mask != batch.history_mask[index]
+        ).any(1)  # [B]
+        if bool(differs.any()):
+            b = int(differs.nonzero()[0])
+            raise ValueError(
+                f"batch rows {int(index[b])} and {b} both belong to user {users[b]} but carry different histories; "
+                "a user-state cache serves one history per user (a serving batch: one user, C candidates)."
+            )

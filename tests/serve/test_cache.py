@@ -1,0 +1,191 @@
+import pytest
+import torch
+
+from longrec.data.batch import Batch
+from longrec.models import build_model
+from longrec.serve.cache import UserStateCache
+
+L, EVENTS, USERS = 12, 20, 4
+T0 = 1_700_000_000  # epoch seconds of the first event
+
+
+def event_log(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Each user's trajectory: EVENTS behaviours with items, a 2-level category path and increasing timestamps."""
+    g = torch.Generator().manual_seed(seed)
+    item = torch.randint(1, 50, (USERS, EVENTS), generator=g)  # [U, EVENTS]
+    category = torch.stack([item % 5 + 1, item % 13 + 6], dim=-1)  # [U, EVENTS, 2]
+    time = T0 + torch.randint(60, 4000, (USERS, EVENTS), generator=g).cumsum(1)  # [U, EVENTS] int64
+    return {"item": item, "category": category, "time": time}
+
+
+LOG = event_log()
+
+
+def serving_batch(counts: list[int], users: list[int] | None = None, timestamps: bool = True) -> Batch:
+    """One row per user (or per entry of `users`): the user's first counts[u] events, the last L of them, left-padded,
+    scored against a target at one second after the newest event plus an hour."""
+    users = list(range(len(counts))) if users is None else users
+    B = len(users)
+    history = torch.zeros(B, L, dtype=torch.long)
+    category = torch.zeros(B, L, 2, dtype=torch.long)
+    delta = torch.zeros(B, L)
+    target_time = torch.zeros(B, dtype=torch.long)
+    for b, u in enumerate(users):
+        n = counts[u]
+        keep = slice(max(n - L, 0), n)
+        k = keep.stop - keep.start
+        now = int(LOG["time"][u, n - 1]) + 3600 if n else T0
+        history[b, L - k :] = LOG["item"][u, keep]
+        category[b, L - k :] = LOG["category"][u, keep]
+        delta[b, L - k :] = (now - LOG["time"][u, keep]).float()
+        target_time[b] = now
+    mask = history != 0
+    return Batch(
+        history=history,
+        history_mask=mask,
+        target=torch.arange(1, B + 1) * 3 % 49 + 1,
+        history_category=category,
+        target_category=torch.stack([torch.arange(B) % 5 + 1, torch.arange(B) % 13 + 6], dim=-1),
+        history_time_delta=delta,
+        history_position=mask.flip(1).cumsum(1).flip(1) * mask,
+        target_time=target_time if timestamps else None,
+        user=torch.tensor(users),
+    )
+
+
+def vista(attention: str = "softmax", seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model("vista", num_items=50, num_categories=20, taxonomy_levels=2, dim=8, attention=attention).eval()
+
+
+class Counting:
+    """Wraps a model and records how many rows each `user_state` call computes."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.calls = model, []
+
+    def user_state(self, batch: Batch) -> torch.Tensor:
+        self.calls.append(len(batch))
+        return self.model.user_state(batch)
+
+
+@pytest.mark.parametrize("attention", ["softmax", "silu"])
+def test_scoring_from_the_cache_equals_recomputing(attention: str) -> None:
+    model, batch = vista(attention), serving_batch([20, 7, 0, 3])
+    cache = UserStateCache(capacity=10)
+    expected = model(batch)
+    with torch.no_grad():
+        first = model.score_with_state(cache.state_for(model, batch, "v1", now=0.0), batch)
+        second = model.score_with_state(cache.state_for(model, batch, "v1", now=1.0), batch)
+    torch.testing.assert_close(first, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+    assert (cache.misses, cache.hits, cache.refreshes, len(cache)) == (4, 4, 0, 4)
+
+
+def test_only_missing_users_are_computed_as_one_sub_batch() -> None:
+    model, batch = vista(), serving_batch([20, 7, 0, 3])
+    counting, cache = Counting(model), UserStateCache(capacity=10)
+    cache.state_for(counting, serving_batch([20, 7, 0, 3], users=[1, 3]), "v1", now=0.0)
+    state = cache.state_for(counting, batch, "v1", now=0.0)
+    assert counting.calls == [2, 2]
+    with torch.no_grad():
+        torch.testing.assert_close(model.score_with_state(state, batch), model(batch), rtol=1e-6, atol=1e-6)
+
+
+def test_get_returns_the_fresh_rows_and_none_when_nothing_is_cached() -> None:
+    model, batch = vista(), serving_batch([20, 7, 0, 3])
+    cache = UserStateCache(capacity=10)
+    states, fresh = cache.get(batch, "v1", now=0.0)
+    assert states is None and not fresh.any()
+    cache.put(batch, model.user_state(batch)[:, :2], "v1", now=0.0)  # any per-user tensor; here [B, 2, E]
+    states, fresh = cache.get(serving_batch([20, 7, 0, 3], users=[2, 0, 0]), "v1", now=0.0)
+    assert fresh.all() and states.shape == (3, 2, 24)
+    torch.testing.assert_close(states[1], model.user_state(batch)[0, :2], rtol=0, atol=0)
+
+
+def test_a_new_model_version_does_not_read_the_old_states() -> None:
+    old, new, batch = vista(seed=0), vista(seed=1), serving_batch([20, 7, 0, 3])
+    cache = UserStateCache(capacity=10)
+    cache.state_for(old, batch, "v1", now=0.0)
+    state = cache.state_for(new, batch, "v2", now=0.0)
+    assert cache.misses == 8 and cache.hits == 0 and len(cache) == 8  # v1 and v2 side by side (an A/B test)
+    with torch.no_grad():
+        torch.testing.assert_close(new.score_with_state(state, batch), new(batch), rtol=1e-6, atol=1e-6)
+    assert cache.invalidate("v1") == 4 and len(cache) == 4 and (0, "v2") in cache and (0, "v1") not in cache
+
+
+def test_states_older_than_max_age_are_recomputed() -> None:
+    counting, batch = Counting(vista()), serving_batch([20, 7, 0, 3])
+    cache = UserStateCache(capacity=10, max_age_s=60.0)
+    cache.state_for(counting, batch, "v1", now=1000.0)
+    cache.state_for(counting, batch, "v1", now=1060.0)  # exactly max_age_s old: still fresh
+    cache.state_for(counting, batch, "v1", now=1061.0)
+    assert counting.calls == [4, 4] and (cache.misses, cache.hits, cache.refreshes) == (4, 4, 4)
+    cache.state_for(counting, batch, "v1", now=1100.0)  # the refreshed states are new again
+    assert counting.calls == [4, 4]
+
+
+@pytest.mark.parametrize("timestamps", [True, False])
+def test_states_are_recomputed_after_enough_new_behaviours(timestamps: bool) -> None:
+    # Users 0 and 1 have 5 and 9 events; without timestamps the growth is counted as the history length, which
+    # grows until L = 12.
+    counting = Counting(vista())
+    cache = UserStateCache(capacity=10, refresh_after_new=2)
+    cache.state_for(counting, serving_batch([5, 9], timestamps=timestamps), "v1", now=0.0)
+    cache.state_for(counting, serving_batch([6, 10], timestamps=timestamps), "v1", now=0.0)  # 1 new each: fresh
+    assert counting.calls == [2] and cache.hits == 2
+    cache.state_for(counting, serving_batch([7, 10], timestamps=timestamps), "v1", now=0.0)  # user 0: 2 new
+    assert counting.calls == [2, 1] and cache.refreshes == 1
+
+
+def test_new_behaviours_are_counted_by_timestamp_past_the_padded_length() -> None:
+    # Histories of 15 and 18 events are cut to the last L = 12: their length no longer grows, their timestamps do.
+    counting = Counting(vista())
+    cache = UserStateCache(capacity=10, refresh_after_new=3)
+    cache.state_for(counting, serving_batch([15, 15]), "v1", now=0.0)
+    cache.state_for(counting, serving_batch([17, 18]), "v1", now=0.0)
+    assert counting.calls == [2, 1] and (cache.hits, cache.refreshes) == (1, 1)
+
+
+def test_least_recently_used_users_are_evicted_at_capacity() -> None:
+    model, batch = vista(), serving_batch([20, 7, 0, 3])
+    cache = UserStateCache(capacity=2)
+    cache.state_for(model, serving_batch([20, 7, 0, 3], users=[0, 1]), "v1", now=0.0)
+    cache.state_for(model, serving_batch([20, 7, 0, 3], users=[0]), "v1", now=0.0)  # user 0 is now the most recent
+    cache.state_for(model, serving_batch([20, 7, 0, 3], users=[2]), "v1", now=0.0)
+    assert (0, "v1") in cache and (2, "v1") in cache and (1, "v1") not in cache
+    assert len(cache) == 2 and cache.evictions == 1
+    with torch.no_grad():  # more distinct users than capacity in one call still returns every state
+        state = cache.state_for(model, batch, "v1", now=0.0)
+        torch.testing.assert_close(model.score_with_state(state, batch), model(batch), rtol=1e-6, atol=1e-6)
+    assert len(cache) == 2
+
+
+def test_a_batch_with_one_user_and_several_candidates_computes_the_user_once() -> None:
+    model = vista()
+    batch = serving_batch([20, 7, 0, 3], users=[1, 1, 1, 3, 1])  # user 1 scores 4 candidates, user 3 one
+    counting, cache = Counting(model), UserStateCache(capacity=10)
+    state = cache.state_for(counting, batch, "v1", now=0.0)
+    assert counting.calls == [2] and cache.misses == 2 and len(cache) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(model.score_with_state(state, batch), model(batch), rtol=1e-6, atol=1e-6)
+    cache.state_for(counting, batch, "v1", now=0.0)
+    assert counting.calls == [2] and cache.hits == 2  # counted once per distinct user
+
+
+def test_rows_of_one_user_with_different_histories_are_rejected() -> None:
+    batch = serving_batch([20, 7, 0, 3])
+    mixed = batch.replace(user=torch.tensor([0, 1, 0, 2]))
+    with pytest.raises(ValueError, match=r"batch rows 0 and 2 both belong to user 0 but carry different histories"):
+        UserStateCache(capacity=10).state_for(vista(), mixed, "v1", now=0.0)
+
+
+def test_bad_arguments_are_reported() -> None:
+    with pytest.raises(ValueError, match=r"UserStateCache\.capacity must be a positive int\. Got 0 instead\."):
+        UserStateCache(capacity=0)
+    with pytest.raises(ValueError, match=r"UserStateCache\.max_age_s must be a float >= 0 or None\. Got -1\.0"):
+        UserStateCache(capacity=1, max_age_s=-1.0)
+    with pytest.raises(ValueError, match=r"UserStateCache\.refresh_after_new must be a positive int or None\. Got 0"):
+        UserStateCache(capacity=1, refresh_after_new=0)
+    with pytest.raises(ValueError, match=r"UserStateCache reads batch\.user \[B\] .*but it is None"):
+        UserStateCache(capacity=1).state_for(vista(), serving_batch([3]).replace(user=None), "v1", now=0.0)
