@@ -27,6 +27,8 @@ from longrec.models.sdim import SDIM, SDIMConfig
 from longrec.models.stacked_tin import StackedTIN, StackedTINConfig
 from longrec.models.tin import TIN, TINConfig
 from longrec.models.twin import TWIN, TWINConfig
+from longrec.models.vista import VISTA, VISTAConfig
+from longrec.models.vql import VQL, VQLConfig
 
 __all__ = ["DIN", "MODELS", "DINConfig", "MeanPool", "MeanPoolConfig", "build_model", "data_params", "model_config"]
 
@@ -42,6 +44,8 @@ MODELS: dict[str, tuple[type[Any], type[nn.Module]]] = {
     "td_sasrec": (TDSASRecConfig, TDSASRec),
     "tin": (TINConfig, TIN),
     "twin": (TWINConfig, TWIN),
+    "vista": (VISTAConfig, VISTA),
+    "vql": (VQLConfig, VQL),
 }
 
 
