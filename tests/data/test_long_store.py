@@ -218,7 +218,7 @@ def test_collate_at_ten_to_the_five_is_bounded_by_the_batch(tmp_path: Path) -> N
     config = SyntheticConfig(num_users=4, events_per_user=110_000, events_spread=0.0, impressions_per_user=30)
     prepare(generate(config).log, tmp_path / "store", ProtocolConfig.for_protocol("T"))
     store = TrajectoryStore.open(tmp_path / "store")
-    samples = store.samples("train")
+    samples = store.samples("test")  # the latest impressions: the longest histories
     index = np.argsort(np.asarray(samples.end))[-8:]  # the 8 longest histories
     batch = collate(store, samples, index, max_history=100_000)
     B, L = batch.history.shape
