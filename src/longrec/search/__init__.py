@@ -19,6 +19,13 @@ keeps a running top-K, so the peak is O(B·chunk·D + B·K) instead of O(B·L·D
 unchunked path (same positions, same tie rule: ties -> the more recent behaviour, `search/exact.py`), provided the
 model's keys are per-behaviour (a behaviour's key depends on its own fields only) - true of every model here.
 
+**One user, many candidates** (serving): a request that scores C candidates for one user is a C-row batch whose
+history fields are `expand`ed views of one history (`one_user_request` builds it; no C·L copy). `search_stage`
+recognises it (stride 0 along B, `shares_one_history`) and, for soft search, embeds the history once and scores all C
+queries against it as one [C, D] x [D, L] matrix product walked in column chunks with a running top-K, so the cost is
+O(L·D) embedding + O(C·L·D) multiply-adds instead of C full embeddings of the history. Same positions as the
+per-row path (up to the float rounding of the scores, which can only reorder exact near-ties).
+
 Shapes: B batch, L history length, K kept behaviours, D search embedding dim, c columns of one chunk.
 """
 
@@ -30,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from longrec.config import SearchConfig
-from longrec.data.batch import HISTORY_FIELDS, Batch, gather_history
+from longrec.data.batch import HISTORY_FIELDS, TARGET_FIELDS, Batch, gather_history
 from longrec.search.category import category
 from longrec.search.combined import hard_and_soft, hard_and_soft_chunked
 from longrec.search.exact import SCORE_BLOCK, chunked_topk, exact_topk, oldest_first, soft_scores, topk_positions
@@ -51,7 +58,9 @@ __all__ = [
     "history_chunks",
     "history_columns",
     "latest",
+    "one_user_request",
     "search_stage",
+    "shares_one_history",
     "soft",
     "topk_positions",
 ]
@@ -158,6 +167,60 @@ def chunk_size(batch: Batch, embed: Callable[[Batch], tuple[Tensor, Tensor]], co
     return chunk if chunk < L else 0
 
 
+def shares_one_history(batch: Batch) -> bool:
+    """Whether every row of `batch` views one and the same history (stride 0 along B, as `one_user_request` builds)."""
+    fields = [getattr(batch, name) for name in HISTORY_FIELDS if getattr(batch, name) is not None]
+    return len(batch) > 1 and all(value.stride(0) == 0 for value in fields)
+
+
+def one_user_request(history: Batch, candidates: dict[str, Tensor]) -> Batch:
+    """A serving request: one user's history (a 1-row batch) against C candidates, without copying the history.
+
+    Args:
+        history: a batch of one row (its target fields are ignored where `candidates` replaces them).
+        candidates: target fields of the C candidates, each with a leading C axis: `target` [C] is required; others
+            (`target_category` [C, M], `target_extra` [C, E], `goal` [C], ...) replace the row's; target fields of the
+            history row that `candidates` does not name (user, target_time, scene) are repeated.
+
+    Returns:
+        A C-row batch whose history fields are `expand`ed views of the one history (`shares_one_history` is True).
+    """
+    if len(history) != 1:
+        raise ValueError(f"one_user_request: the history batch must have 1 row. Got {len(history)} rows instead.")
+    if "target" not in candidates:
+        raise ValueError(f"one_user_request: candidates must include 'target'. Got {sorted(candidates)} instead.")
+    C = int(candidates["target"].shape[0])
+    unknown = sorted(set(candidates) - set(TARGET_FIELDS))
+    if unknown:
+        raise ValueError(f"one_user_request: {unknown} are not target fields; expected some of {TARGET_FIELDS}.")
+    changes: dict[str, Tensor | None] = {}
+    for name, value in history.fields().items():
+        if name in candidates:
+            continue
+        changes[name] = value.expand(C, *value.shape[1:])  # [C, ...] views of row 0
+    for name, value in candidates.items():
+        if value.shape[0] != C:
+            raise ValueError(f"one_user_request: candidates[{name!r}] has {value.shape[0]} rows, 'target' has {C}.")
+        changes[name] = value
+    changes["label"] = candidates.get("label")
+    return history.replace(**changes)
+
+
+def _shared_soft_search(
+    batch: Batch, embed: Callable[[Batch], tuple[Tensor, Tensor]], k: int, chunk: int
+) -> tuple[Tensor, Tensor]:
+    """Soft search for a batch whose rows share one history: embed it once, one matrix product per chunk of columns.
+
+    Returns positions [B, K] and kept [B, K], as `soft` gives them row by row."""
+    L = batch.history.shape[1]
+    query, _ = embed(history_columns(batch, L - 1, L))  # [B, D] (the query reads target fields only)
+    one = batch.replace(**{name: value[:1] for name, value in batch.fields().items()})  # the history, once
+    _, keys = embed(one)  # [1, L, D]
+    step = chunk or max(SCORE_BLOCK, AUTO_CHUNK_BYTES // max(4 * len(batch), 1) // SCORE_BLOCK * SCORE_BLOCK)
+    scores = ((start, query @ keys[0, start : start + step].T) for start in range(0, L, step))  # [B, c] each
+    return chunked_topk(scores, batch.history_mask, k)
+
+
 def search_stage(batch: Batch, model: nn.Module | None, config: SearchConfig) -> Batch:
     """Run the configured searcher and keep its K behaviours (every history field moves together).
 
@@ -188,8 +251,9 @@ def search_stage(batch: Batch, model: nn.Module | None, config: SearchConfig) ->
                 f"{type(model).__name__} has none. Use a hard searcher (latest, category, ...) or 'none'."
             )
         with torch.no_grad():
-            chunk = chunk_size(batch, embed, config)
-            if chunk:
+            if config.method == "soft" and shares_one_history(batch):  # one user, C candidates
+                positions, kept = _shared_soft_search(batch, embed, k, max(config.chunk, 0))
+            elif chunk := chunk_size(batch, embed, config):
                 chunks = history_chunks(batch, embed, chunk)
                 positions, kept = CHUNKED_SEARCHERS[config.method](batch, k, chunks, config)  # [B, K] each
             else:
