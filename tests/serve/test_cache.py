@@ -3,6 +3,7 @@ import torch
 
 from longrec.data.batch import Batch
 from longrec.models import build_model
+from longrec.search import one_user_request
 from longrec.serve.cache import UserStateCache
 
 L, EVENTS, USERS = 12, 20, 4
@@ -189,3 +190,16 @@ def test_bad_arguments_are_reported() -> None:
         UserStateCache(capacity=1, refresh_after_new=0)
     with pytest.raises(ValueError, match=r"UserStateCache reads batch\.user \[B\] .*but it is None"):
         UserStateCache(capacity=1).state_for(vista(), serving_batch([3]).replace(user=None), "v1", now=0.0)
+
+
+def test_a_one_user_request_is_looked_up_once_and_scores_like_recomputing() -> None:
+    model = vista()
+    counting, cache = Counting(model), UserStateCache(capacity=10)
+    candidates = {"target": torch.arange(1, 31), "target_category": torch.stack([torch.arange(30) % 5 + 1] * 2, -1)}
+    request = one_user_request(serving_batch([20]), candidates)  # user 0 against 30 candidates, one history
+    state = cache.state_for(counting, request, "v1", now=0.0)
+    assert state.shape[0] == 30 and state.stride(0) == 0, "one state, viewed by the 30 candidates"
+    again = cache.state_for(counting, request, "v1", now=1.0)
+    assert counting.calls == [1] and (cache.misses, cache.hits, len(cache)) == (1, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model.score_with_state(again, request), model(request), rtol=1e-6, atol=1e-6)

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from longrec.data.batch import Batch
+from longrec.search import shares_one_history
 
 __all__ = ["StatefulModel", "UserStateCache"]
 
@@ -169,9 +170,15 @@ class UserStateCache:
             now: the caller's wall time, in seconds.
 
         Returns:
-            [B, ...] states in batch order, e.g. VISTA's summaries [B, S, E] for `model.score_with_state`.
+            [B, ...] states in batch order, e.g. VISTA's summaries [B, S, E] for `model.score_with_state`. For a
+            one-user request (`longrec.search.one_user_request`: the C rows view one history) the user is looked up
+            once and the state is returned as a view expanded over the C rows.
         """
         users = self._users(batch)
+        if shares_one_history(batch) and len(set(users)) == 1:  # one user, C candidates (`one_user_request`)
+            one = _rows(batch, torch.zeros(1, dtype=torch.long, device=batch.history.device))  # [1, L] history
+            state = self.state_for(model, one, version, now)  # [1, ...]: O(L) bookkeeping, not O(C·L)
+            return state.expand(len(users), *state.shape[1:])  # [B, ...] a view
         self._check_one_history_per_user(batch, users)
         cached, fresh = self.get(batch, version, now)  # [B, ...] or None, [B]
         first = self._first_rows(users)
