@@ -131,6 +131,28 @@ def test_chunked_topk_equals_one_topk_for_any_chunking(L: int, k: int, sizes: li
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    L=st.integers(1, 400),
+    k=st.integers(1, 60),
+    levels=st.sampled_from([2, 8, 64, 0]),
+    density=st.floats(0.05, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_float32_prefilter_ranks_like_the_sort_oracle(L: int, k: int, levels: int, density: float, seed: int) -> None:
+    # float32 scores take the float top-2K prefilter; float64 scores the stable sort: independent code, one rule.
+    g = torch.Generator().manual_seed(seed)
+    k = min(k, L)
+    scores = torch.randn(5, L, generator=g)  # levels = 0: distinct scores; else that many values (wide tie groups)
+    if levels:
+        scores = torch.randint(0, levels, (5, L), generator=g).float()
+    mask = torch.rand(5, L, generator=g) < density
+    expected = topk_positions(scores.double(), mask, k)
+    for chunk in (L, 64, 7):
+        got = chunked_topk(((a, scores[:, a : a + chunk]) for a in range(0, L, chunk)), mask, k)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]), f"chunk {chunk}"
+
+
 def test_chunked_topk_says_when_the_chunks_do_not_cover_k_columns() -> None:
     with pytest.raises(ValueError, match="covered fewer than k = 5"):
         chunked_topk([(0, torch.zeros(1, 3))], torch.ones(1, 10, dtype=torch.bool), 5)
