@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import longrec.search as search
+import longrec.search.exact as exact
 from longrec.config import ConfigError, SearchConfig
 from longrec.data.batch import Batch
 from longrec.models import MODELS, build_model, data_params
@@ -151,6 +152,55 @@ def test_float32_prefilter_ranks_like_the_sort_oracle(L: int, k: int, levels: in
     for chunk in (L, 64, 7):
         got = chunked_topk(((a, scores[:, a : a + chunk]) for a in range(0, L, chunk)), mask, k)
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]), f"chunk {chunk}"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    L=st.integers(2 * exact.BLOCKS_PER_K, 3000),
+    k=st.integers(1, 40),
+    levels=st.sampled_from([0, 3, 50]),
+    repeats=st.integers(0, 8),
+    density=st.floats(0.02, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_block_maximum_prefilter_ranks_like_the_sort_oracle(
+    L: int, k: int, levels: int, repeats: int, density: float, seed: int
+) -> None:
+    # Wide float32 chunks (c >= 2·BLOCKS_PER_K·K) take the block-maximum step; ties at the K-th value (an item twice
+    # in a history), tie groups wider than BLOCK_TIES, sparse rows and leftover columns must all rank like the sort.
+    g = torch.Generator().manual_seed(seed)
+    k = max(1, min(k, L // (2 * exact.BLOCKS_PER_K)))
+    scores = torch.randn(6, L, generator=g)  # levels = 0: distinct scores; else that many values
+    if levels:
+        scores = torch.randint(0, levels, (6, L), generator=g).float()
+    copies = torch.randint(0, L, (6, repeats), generator=g)  # the K-th best value repeated `repeats` more times
+    kth = scores.topk(k, dim=1).values[:, -1:]  # [6, 1]
+    scores.scatter_(1, copies, kth.expand(6, repeats))
+    scores[0] = 1.0  # one tie group over the whole row
+    mask = torch.rand(6, L, generator=g) < density
+    mask[1] = True
+    mask[2, : L - max(1, k // 2)] = False  # fewer real behaviours than K
+    calls: list[int] = []
+    blocks = exact._best_blocks
+    expected = topk_positions(scores.double(), mask, k)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(exact, "_best_blocks", lambda *a: calls.append(1) or blocks(*a))
+        got = chunked_topk([(0, scores)], mask, k)
+    assert calls, "a chunk this wide takes the block step"
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_block_maximum_prefilter_on_one_user_request_shape_keeps_the_exact_top_k() -> None:
+    # The serving shape: C rows against one history that repeats items (equal scores), mask shared by every row.
+    g = torch.Generator().manual_seed(0)
+    C, L, K = 50, 6000, 100
+    item_scores = torch.randn(C, 400, generator=g)  # 400 distinct items
+    items = torch.randint(0, 400, (L,), generator=g)
+    scores = item_scores[:, items]  # [C, L]: every item about 15 times
+    mask = torch.ones(1, L, dtype=torch.bool).expand(C, L)  # stride 0 along C
+    expected = topk_positions(scores.double(), mask, K)
+    got = chunked_topk([(0, scores)], mask, K)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
 def test_chunked_topk_says_when_the_chunks_do_not_cover_k_columns() -> None:

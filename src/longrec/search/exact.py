@@ -11,10 +11,17 @@ keys of the next chunk of the history into the top-K of both (`chunked_topk`): a
 10^5 behaviours in chunks, holding [B, chunk] scores and [B, K] keys, and return exactly what one top-K over the whole
 [B, L] returns (docs/long_histories.md).
 
-Ranking every key costs several passes over [B, c] int64 keys, so for float32 scores `chunked_topk` first takes a
-plain float top-2K of each chunk. Wherever at most 2K values reach the K-th one (ties included), those 2K hold every
-behaviour that can make the top-K, and only their keys are ranked; rows with padding among their top-K or a wider
-tie group rank the whole chunk. Same result; at B = 200, L = 10^4, K = 50 the top-K took 8 ms instead of ~100 ms.
+Ranking every key costs several passes over [B, c] int64 keys, so for float32 scores `chunked_topk` narrows each chunk
+down first, in steps that are exact wherever they can prove it and fall back to ranking every key where not:
+1. Block maxima (chunks at least 16K wide): deal the columns into 8K strided blocks and keep the K + 4 blocks with
+   the largest maxima. If the K-th largest maximum t is real and the (K+4)-th is below it, every behaviour outside
+   those blocks is below t while the K best blocks hold K behaviours >= t, so the top-K lies inside them (about 1/8
+   of the chunk); the 4 spare blocks absorb ties at t (an item twice in a history scores the same twice).
+2. A float top-(K + 4) of what step 1 kept, or a float top-2K of a narrower chunk: wherever every value left out is
+   below the K-th one (top-(K + 4)), or at most 2K values reach it (top-2K), the values taken hold every behaviour
+   that can make the top-K, ties included, and only their keys are ranked.
+Rows with padding among their top-K or a wider tie group rank all their keys. Same result as ranking every key; at
+B = 200, L = 10^4, K = 100 the top-K took 3.4 ms (2 threads), against 7.4 ms for the top-2K step alone.
 
 Soft-search scores are inner products computed in blocks of `SCORE_BLOCK` behaviours aligned at columns 0, 1024,
 2048, ... (`soft_scores`): the float rounding of a batched dot product depends on how many columns one call sees, so a
@@ -42,6 +49,8 @@ __all__ = [
 ]
 
 SCORE_BLOCK = 1024  # columns per scoring call: chunked search walks L in multiples of it (see module docstring)
+BLOCKS_PER_K = 8  # a wide chunk is cut into this many blocks per kept behaviour for the block-maximum prefilter
+BLOCK_TIES = 4  # spare blocks beyond K, so that ties at the K-th block maximum still prove the prefilter exact
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _LOW32 = 0xFFFFFFFF  # the column bits of a key
 
@@ -118,23 +127,96 @@ def _pack(scores: Tensor, mask: Tensor, column: Tensor) -> Tensor:
 def _chunk_best_keys(scores: Tensor, mask: Tensor, start: int, k: int) -> Tensor:
     """The keys of the min(k, c) best behaviours of one chunk (as a set, in any order), [B, min(k, c)] int64.
 
-    float32 scores: a float top-2K first. Where the K-th value is real and at most 2K values reach it, those 2K hold
-    every behaviour that can make the top-K (ties included), so only their keys are ranked; other rows (padding among
-    the K, or a tie group too wide) rank the whole chunk."""
+    float32 scores narrow the chunk down before ranking keys, in exact steps (module docstring): a wide chunk keeps
+    the behaviours of its best blocks (`_best_blocks`), then their float top-(K + T) (`_separated_keys`); a narrow one
+    its float top-2K (`_prefiltered_keys`). A row where a step cannot prove it kept every possible top-K behaviour
+    (padding among the K best, or a tie at the K-th value) ranks the keys of everything that step started from."""
     c = scores.shape[1]
     k = min(k, c)
-    wide = min(2 * k, c)
-    if scores.dtype != torch.float32 or wide == c:
-        return rank_keys(scores, mask, start).topk(k, dim=1).values  # [B, K]
-    masked = scores.masked_fill(~mask, float("-inf"))  # [B, c]
-    values, index = masked.topk(wide, dim=1)  # [B, 2K] best first
-    threshold = values[:, k - 1 : k]  # [B, 1] the K-th value
-    exact = (threshold[:, 0] > float("-inf")) & ((masked >= threshold).sum(dim=1) <= wide)  # [B]
-    keys = _pack(values, values > float("-inf"), index + start).topk(k, dim=1).values  # [B, K]
-    if not bool(exact.all()):
+    if scores.dtype != torch.float32 or 2 * k >= c:
+        return rank_keys(scores, mask, start).topk(k, dim=1, sorted=False).values  # [B, K]
+    scores = scores.detach()  # keys carry no gradient
+    real = mask[:1] if mask.stride(0) == 0 else mask  # one user's rows share one mask (`one_user_request`)
+    masked = scores if bool(real.all()) else scores.masked_fill(~mask, float("-inf"))  # [B, c]
+    if c >= 2 * BLOCKS_PER_K * k:  # blocks of at least 2 columns: rank the keys of the best blocks' behaviours
+        values, column, exact = _best_blocks(masked, k)  # [B, n] each, [B]
+        column += start
+        keys, separated = _separated_keys(values, column, k)  # [B, K], [B]
+        if not bool(separated.all()):  # a tie at the K-th value: rank every behaviour of the blocks
+            rows = (~separated).nonzero()[:, 0]  # [b]
+            keys[rows] = _all_keys(values[rows], column[rows], k)  # [b, K]
+    else:  # rank the keys of the float top-2K
+        column = torch.arange(start, start + c, device=scores.device).expand(masked.shape)  # [B, c]
+        keys, exact = _prefiltered_keys(masked, column, k)  # [B, K], [B]
+    if not bool(exact.all()):  # a step could not show it kept every possible top-K behaviour: rank the whole chunk
         rows = (~exact).nonzero()[:, 0]  # [b]
-        keys[rows] = rank_keys(scores[rows], mask[rows], start).topk(k, dim=1).values  # [b, K]
+        keys[rows] = rank_keys(scores[rows], mask[rows], start).topk(k, dim=1, sorted=False).values  # [b, K]
     return keys
+
+
+def _best_blocks(masked: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The behaviours of the S = K + `BLOCK_TIES` blocks with the largest maxima, and whether they hold the top-K.
+
+    The chunk's columns are dealt into n >= `BLOCKS_PER_K`·K blocks of r columns, column j to block j mod n (strided
+    blocks: the maxima are one elementwise max over r rows of n columns); the c - r·n < r columns left over are
+    always kept. If the K-th largest block maximum t is real and the S-th is below it, every behaviour outside the S
+    best blocks and the leftover is < t while the K best blocks hold K behaviours >= t, so the top-K lies inside
+    what is kept. The T spare blocks absorb ties at the K-th maximum (the same item twice in a history scores the
+    same twice). Cost: one max over [B, c] and two small selections instead of a top-K over [B, c].
+
+    Args:
+        masked: [B, c] float32 scores with -inf on padding.
+        k: behaviours to keep, with c >= 2·BLOCKS_PER_K·k.
+
+    Returns:
+        values [B, S·r + c - r·n] (-inf on padding), their columns [B, S·r + c - r·n] int64 into the chunk, and
+        exact [B] bool.
+    """
+    B, c = masked.shape
+    rows = c // (BLOCKS_PER_K * k)  # columns per block, >= 2
+    n = c // rows  # blocks
+    body = masked[:, : rows * n].view(B, rows, n)  # [B, r, n]: block j is column j of every row
+    top, block = body.amax(dim=1).topk(k + BLOCK_TIES, dim=1, sorted=False)  # [B, S] each, in any order
+    low = top.topk(BLOCK_TIES + 1, dim=1, largest=False).values  # [B, T + 1]: the S-th ... K-th largest maxima
+    exact = (low[:, -1] > float("-inf")) & (low[:, 0] < low[:, -1])  # [B] the S-th maximum is below the K-th
+    values = body.gather(2, block[:, None, :].expand(B, rows, block.shape[1])).view(B, -1)  # [B, r·S]
+    column = (block[:, None, :] + n * torch.arange(rows, device=masked.device)[:, None]).view(B, -1)  # [B, r·S]
+    if rows * n < c:  # the leftover columns
+        values = torch.cat([values, masked[:, rows * n :]], dim=1)  # [B, r·S + c - r·n]
+        leftover = torch.arange(rows * n, c, device=masked.device).expand(B, c - rows * n)  # [B, c - r·n]
+        column = torch.cat([column, leftover], dim=1)
+    return values, column, exact
+
+
+def _prefiltered_keys(values: Tensor, column: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Keys of the K best of `values` [B, n] (-inf = padding) at `column` [B, n], through a float top-2K.
+
+    Where the K-th value is real and at most 2K values reach it, the float top-2K holds every behaviour that can make
+    the top-K (ties included), so only those 2K are ranked; `exact` [B] is False on the other rows."""
+    best, index = values.topk(2 * k, dim=1)  # [B, 2K] best first
+    threshold = best[:, k - 1 : k]  # [B, 1] the K-th value
+    exact = (threshold[:, 0] > float("-inf")) & ((values >= threshold).sum(dim=1) <= 2 * k)  # [B]
+    return _all_keys(best, column.gather(1, index), k), exact  # [B, K], [B]
+
+
+def _separated_keys(values: Tensor, column: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Keys of the K best of `values` [B, n] (-inf = padding) at `column` [B, n], through a float top-(K + T).
+
+    Takes the K + T best values in any order (T = `BLOCK_TIES`). Where the K-th of them is real and every value left
+    out is below it, those K + T hold every behaviour that can make the top-K (a tie group at the K-th value of up
+    to T + 1 behaviours included), so only their keys are ranked; `separated` [B] is False on the other rows."""
+    wide = min(k + BLOCK_TIES, values.shape[1])
+    best, index = values.topk(wide, dim=1, sorted=False)  # [B, K + T] in any order
+    kth = best.topk(wide - k + 1, dim=1, largest=False).values[:, -1]  # [B] the K-th largest value
+    rest = values.scatter(1, index, float("-inf")).amax(dim=1)  # [B] the best value left out
+    separated = (kth > float("-inf")) & (rest < kth)  # [B]
+    keys = _pack(best, best > float("-inf"), column.gather(1, index))  # [B, K + T]
+    return keys.topk(k, dim=1, sorted=False).values, separated  # [B, K], [B]
+
+
+def _all_keys(values: Tensor, column: Tensor, k: int) -> Tensor:
+    """Keys of the K best of `values` [B, n] (-inf = padding) at `column` [B, n], ranking every one (any order)."""
+    return _pack(values, values > float("-inf"), column).topk(k, dim=1, sorted=False).values  # [B, K]
 
 
 def chunked_topk(chunks: Iterable[tuple[int, Tensor]], mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
