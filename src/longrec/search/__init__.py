@@ -211,14 +211,14 @@ def _shared_soft_search(
 ) -> tuple[Tensor, Tensor]:
     """Soft search for a batch whose rows share one history: embed it once, one matrix product per chunk of columns.
 
-    Returns positions [B, K] and kept [B, K], as `soft` gives them row by row."""
+    Returns positions [B, K] and kept [B, K] (the K that `soft` keeps row by row, in any order)."""
     L = batch.history.shape[1]
     query, _ = embed(history_columns(batch, L - 1, L))  # [B, D] (the query reads target fields only)
     one = batch.replace(**{name: value[:1] for name, value in batch.fields().items()})  # the history, once
     _, keys = embed(one)  # [1, L, D]
     step = chunk or max(SCORE_BLOCK, AUTO_CHUNK_BYTES // max(4 * len(batch), 1) // SCORE_BLOCK * SCORE_BLOCK)
     scores = ((start, query @ keys[0, start : start + step].T) for start in range(0, L, step))  # [B, c] each
-    return chunked_topk(scores, batch.history_mask, k)
+    return chunked_topk(scores, batch.history_mask, k, best_first=False)  # search_stage orders them oldest first
 
 
 def search_stage(batch: Batch, model: nn.Module | None, config: SearchConfig) -> Batch:

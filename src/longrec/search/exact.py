@@ -15,13 +15,13 @@ Ranking every key costs several passes over [B, c] int64 keys, so for float32 sc
 down first, in steps that are exact wherever they can prove it and fall back to ranking every key where not:
 1. Block maxima (chunks at least 16K wide): deal the columns into 8K strided blocks and keep the K + 4 blocks with
    the largest maxima. If the K-th largest maximum t is real and the (K+4)-th is below it, every behaviour outside
-   those blocks is below t while the K best blocks hold K behaviours >= t, so the top-K lies inside them (about 1/8
-   of the chunk); the 4 spare blocks absorb ties at t (an item twice in a history scores the same twice).
-2. A float top-(K + 4) of what step 1 kept, or a float top-2K of a narrower chunk: wherever every value left out is
-   below the K-th one (top-(K + 4)), or at most 2K values reach it (top-2K), the values taken hold every behaviour
-   that can make the top-K, ties included, and only their keys are ranked.
+   those blocks is below t while the K best blocks hold K behaviours >= t, so the top-K is among the behaviours >= t
+   inside them (about K of them; the 4 spare blocks absorb ties at t: an item twice in a history scores the same
+   twice), and only their keys are ranked.
+2. A float top-2K of a narrower chunk: wherever at most 2K values reach the K-th one (ties included), those 2K hold
+   every behaviour that can make the top-K, and only their keys are ranked.
 Rows with padding among their top-K or a wider tie group rank all their keys. Same result as ranking every key; at
-B = 200, L = 10^4, K = 100 the top-K took 3.4 ms (2 threads), against 7.4 ms for the top-2K step alone.
+B = 200, L = 10^4, K = 100 the top-K takes ~2.5 ms (2 threads) against 7.4 ms for the top-2K step alone.
 
 Soft-search scores are inner products computed in blocks of `SCORE_BLOCK` behaviours aligned at columns 0, 1024,
 2048, ... (`soft_scores`): the float rounding of a batched dot product depends on how many columns one call sees, so a
@@ -128,8 +128,8 @@ def _chunk_best_keys(scores: Tensor, mask: Tensor, start: int, k: int) -> Tensor
     """The keys of the min(k, c) best behaviours of one chunk (as a set, in any order), [B, min(k, c)] int64.
 
     float32 scores narrow the chunk down before ranking keys, in exact steps (module docstring): a wide chunk keeps
-    the behaviours of its best blocks (`_best_blocks`), then their float top-(K + T) (`_separated_keys`); a narrow one
-    its float top-2K (`_prefiltered_keys`). A row where a step cannot prove it kept every possible top-K behaviour
+    the behaviours of its best blocks that reach the K-th block maximum (`_best_blocks`, `_compact_keys`); a narrow
+    one its float top-2K (`_prefiltered_keys`). A row where a step cannot prove it kept every possible top-K behaviour
     (padding among the K best, or a tie at the K-th value) ranks the keys of everything that step started from."""
     c = scores.shape[1]
     k = min(k, c)
@@ -139,12 +139,9 @@ def _chunk_best_keys(scores: Tensor, mask: Tensor, start: int, k: int) -> Tensor
     real = mask[:1] if mask.stride(0) == 0 else mask  # one user's rows share one mask (`one_user_request`)
     masked = scores if bool(real.all()) else scores.masked_fill(~mask, float("-inf"))  # [B, c]
     if c >= 2 * BLOCKS_PER_K * k:  # blocks of at least 2 columns: rank the keys of the best blocks' behaviours
-        values, column, exact = _best_blocks(masked, k)  # [B, n] each, [B]
-        column += start
-        keys, separated = _separated_keys(values, column, k)  # [B, K], [B]
-        if not bool(separated.all()):  # a tie at the K-th value: rank every behaviour of the blocks
-            rows = (~separated).nonzero()[:, 0]  # [b]
-            keys[rows] = _all_keys(values[rows], column[rows], k)  # [b, K]
+        parts, kth, exact = _best_blocks(masked, k)  # [(values, columns)], [B], [B]
+        threshold = kth.masked_fill(~exact, float("inf"))[:, None]  # [B, 1]: rows that fall back keep nothing
+        keys = _compact_keys([(v, col + start if start else col, v >= threshold) for v, col in parts], k)  # [B, K]
     else:  # rank the keys of the float top-2K
         column = torch.arange(start, start + c, device=scores.device).expand(masked.shape)  # [B, c]
         keys, exact = _prefiltered_keys(masked, column, k)  # [B, K], [B]
@@ -154,23 +151,24 @@ def _chunk_best_keys(scores: Tensor, mask: Tensor, start: int, k: int) -> Tensor
     return keys
 
 
-def _best_blocks(masked: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+def _best_blocks(masked: Tensor, k: int) -> tuple[list[tuple[Tensor, Tensor]], Tensor, Tensor]:
     """The behaviours of the S = K + `BLOCK_TIES` blocks with the largest maxima, and whether they hold the top-K.
 
     The chunk's columns are dealt into n >= `BLOCKS_PER_K`·K blocks of r columns, column j to block j mod n (strided
     blocks: the maxima are one elementwise max over r rows of n columns); the c - r·n < r columns left over are
     always kept. If the K-th largest block maximum t is real and the S-th is below it, every behaviour outside the S
     best blocks and the leftover is < t while the K best blocks hold K behaviours >= t, so the top-K lies inside
-    what is kept. The T spare blocks absorb ties at the K-th maximum (the same item twice in a history scores the
-    same twice). Cost: one max over [B, c] and two small selections instead of a top-K over [B, c].
+    what is kept, and so does every behaviour >= t there (ties included). The T spare blocks absorb ties at the K-th
+    maximum (the same item twice in a history scores the same twice). Cost: one max over [B, c] and two small
+    selections instead of a top-K over [B, c].
 
     Args:
         masked: [B, c] float32 scores with -inf on padding.
         k: behaviours to keep, with c >= 2·BLOCKS_PER_K·k.
 
     Returns:
-        values [B, S·r + c - r·n] (-inf on padding), their columns [B, S·r + c - r·n] int64 into the chunk, and
-        exact [B] bool.
+        parts: (values, columns) pairs: the S blocks' behaviours [B, r·S] each, and the leftover [B, c - r·n]
+        (-inf on padding; columns int64 into the chunk); the K-th largest block maximum t [B]; exact [B] bool.
     """
     B, c = masked.shape
     rows = c // (BLOCKS_PER_K * k)  # columns per block, >= 2
@@ -181,11 +179,11 @@ def _best_blocks(masked: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     exact = (low[:, -1] > float("-inf")) & (low[:, 0] < low[:, -1])  # [B] the S-th maximum is below the K-th
     values = body.gather(2, block[:, None, :].expand(B, rows, block.shape[1])).view(B, -1)  # [B, r·S]
     column = (block[:, None, :] + n * torch.arange(rows, device=masked.device)[:, None]).view(B, -1)  # [B, r·S]
+    parts = [(values, column)]
     if rows * n < c:  # the leftover columns
-        values = torch.cat([values, masked[:, rows * n :]], dim=1)  # [B, r·S + c - r·n]
         leftover = torch.arange(rows * n, c, device=masked.device).expand(B, c - rows * n)  # [B, c - r·n]
-        column = torch.cat([column, leftover], dim=1)
-    return values, column, exact
+        parts.append((masked[:, rows * n :], leftover))
+    return parts, low[:, -1], exact
 
 
 def _prefiltered_keys(values: Tensor, column: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -199,19 +197,26 @@ def _prefiltered_keys(values: Tensor, column: Tensor, k: int) -> tuple[Tensor, T
     return _all_keys(best, column.gather(1, index), k), exact  # [B, K], [B]
 
 
-def _separated_keys(values: Tensor, column: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Keys of the K best of `values` [B, n] (-inf = padding) at `column` [B, n], through a float top-(K + T).
+def _compact_keys(parts: list[tuple[Tensor, Tensor, Tensor]], k: int) -> Tensor:
+    """Keys of the K best kept behaviours, [B, K] in any order, from (values, columns, keep) parts, each [B, n_i].
 
-    Takes the K + T best values in any order (T = `BLOCK_TIES`). Where the K-th of them is real and every value left
-    out is below it, those K + T hold every behaviour that can make the top-K (a tie group at the K-th value of up
-    to T + 1 behaviours included), so only their keys are ranked; `separated` [B] is False on the other rows."""
-    wide = min(k + BLOCK_TIES, values.shape[1])
-    best, index = values.topk(wide, dim=1, sorted=False)  # [B, K + T] in any order
-    kth = best.topk(wide - k + 1, dim=1, largest=False).values[:, -1]  # [B] the K-th largest value
-    rest = values.scatter(1, index, float("-inf")).amax(dim=1)  # [B] the best value left out
-    separated = (kth > float("-inf")) & (rest < kth)  # [B]
-    keys = _pack(best, best > float("-inf"), column.gather(1, index))  # [B, K + T]
-    return keys.topk(k, dim=1, sorted=False).values, separated  # [B, K], [B]
+    Each row keeps at least K behaviours or none. The kept behaviours of a row are packed to the left of a [B, W]
+    block (W = the most any row keeps: about K when the threshold was tight), so only W keys per row are ranked; a
+    row that keeps none gets padding keys."""
+    B = len(parts[0][0])
+    counts = [keep.count_nonzero(dim=1) for _, _, keep in parts]  # [B] each
+    width = max(k, int(sum(counts).max()))  # type: ignore[union-attr]
+    kept = parts[0][0].new_full((B, width), float("-inf"))  # [B, W]
+    where = parts[0][1].new_zeros((B, width))  # [B, W]
+    before = torch.zeros_like(counts[0])  # [B] slots of each row filled by the earlier parts
+    for (values, column, keep), count in zip(parts, counts, strict=True):
+        row, index = keep.nonzero(as_tuple=True)  # [N] each, row-major
+        first = count.cumsum(0) - count - before  # [B]: entry first[b] + j of this part goes to slot j of row b
+        slot = torch.arange(len(row), device=values.device) - first[row]  # [N]
+        kept[row, slot] = values[row, index]
+        where[row, slot] = column[row, index]
+        before = before + count
+    return _all_keys(kept, where, k)  # [B, K]
 
 
 def _all_keys(values: Tensor, column: Tensor, k: int) -> Tensor:
@@ -219,7 +224,9 @@ def _all_keys(values: Tensor, column: Tensor, k: int) -> Tensor:
     return _pack(values, values > float("-inf"), column).topk(k, dim=1, sorted=False).values  # [B, K]
 
 
-def chunked_topk(chunks: Iterable[tuple[int, Tensor]], mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def chunked_topk(
+    chunks: Iterable[tuple[int, Tensor]], mask: Tensor, k: int, best_first: bool = True
+) -> tuple[Tensor, Tensor]:
     """Top-K over scores that arrive in chunks, keeping only the K best keys between chunks.
 
     Identical to `topk_positions` on the concatenated scores (same positions, same order), because every key is
@@ -230,6 +237,8 @@ def chunked_topk(chunks: Iterable[tuple[int, Tensor]], mask: Tensor, k: int) -> 
             `rank_keys`.
         mask: [B, L] bool, True = real behaviour.
         k: behaviours to keep, 1 <= k <= L.
+        best_first: order the K best first; False returns the same K in any order (for a caller that re-orders
+            them anyway, e.g. `oldest_first`: it saves a sort of [B, K]).
 
     Returns:
         positions [B, K] int64 into L, best first (ties -> more recent), and kept [B, K] bool.
@@ -242,7 +251,9 @@ def chunked_topk(chunks: Iterable[tuple[int, Tensor]], mask: Tensor, k: int) -> 
         keys = _chunk_best_keys(scores, mask[:, start : start + scores.shape[1]], start, k)  # [B, min(K, c)]
         if best is not None:
             keys = torch.cat([best, keys], dim=1)  # [B, K' + c]
-        best = keys.topk(min(k, keys.shape[1]), dim=1).values  # [B, K'] best first
+        best = keys if keys.shape[1] <= k else keys.topk(k, dim=1, sorted=False).values  # [B, K'] any order
+    if best is not None and best_first:
+        best = best.sort(dim=1, descending=True).values  # [B, K] best first
     if best is None or best.shape[1] != k:
         raise ValueError(f"chunked_topk: the chunks covered fewer than k = {k} of the L = {L} columns.")
     positions = best & _LOW32  # [B, K]
