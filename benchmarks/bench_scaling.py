@@ -768,9 +768,7 @@ def plot(
         left.plot(x, y, marker="o", color=colours[method], label=method + (" cached (score)" if cached else ""))
         if cached:
             x, y = series(inference, method, "hit_per_candidate_us")
-            left.plot(
-                x, y, marker=".", linestyle=":", color=colours[method], label=f"{method} incl. cache hit (C rows)"
-            )
+            left.plot(x, y, marker=".", linestyle=":", color=colours[method], label=f"{method} incl. cache hit")
             x, y = series(inference, method, "miss_per_candidate_us")
             left.plot(
                 x, y, marker="x", linestyle="--", color=colours[method], label=f"{method} miss (user_state + score)"
