@@ -1,6 +1,6 @@
 """Target decoupling: TDPE tables (shared / separate / shared_delta), per-goal heads, and their use in the TIN
-family (TIN, Stacked TIN, DSI-TIN): goal isolation, the defaults equal plain TIN, and per-goal heads learn a label
-rule that differs by goal."""
+family (TIN, Stacked TIN, DSI-TIN): goal isolation, the defaults equal plain TIN, per-goal heads learn a label
+rule that differs by goal, and TDPE learns a planted per-goal decay in its attention."""
 
 from __future__ import annotations
 
@@ -228,3 +228,57 @@ def test_goal_heads_learn_a_label_rule_that_differs_by_goal() -> None:
     heads, single = train_auc(goal_heads=True), train_auc(goal_heads=False)
     assert heads > 0.95, f"goal heads test AUC {heads:.3f}"
     assert single < 0.6, f"single head test AUC {single:.3f}"
+
+
+# --- TDPE recovers a goal-specific decay ----------------------------------------------------------------------------
+
+DECAY_L, DECAY_ITEMS = 8, 60
+
+
+def goal_decay_batch(
+    n: int, seed: int, position: int | None = None, match: bool | None = None, goal: int | None = None
+) -> Batch:
+    """One behaviour may repeat the target (2/3 of rows) at a random position 1..L; the others never do. Goal 1
+    (click) converts on a match at position <= 2 only (fast decay), goal 2 (buy) on a match at any position (none).
+    `position`, `match` and `goal` pin those draws (probe batches)."""
+    g = torch.Generator().manual_seed(seed)
+    L = DECAY_L
+    target = torch.randint(1, DECAY_ITEMS, (n,), generator=g)  # [N]
+    history = torch.randint(1, DECAY_ITEMS - 1, (n, L), generator=g)  # [N, L]
+    history += (history >= target.unsqueeze(1)).long()  # every behaviour differs from the target
+    at = torch.randint(1, L + 1, (n,), generator=g) if position is None else torch.full((n,), position)  # [N]
+    has = torch.rand(n, generator=g) < 2 / 3 if match is None else torch.full((n,), match)  # [N]
+    goals = torch.randint(1, 3, (n,), generator=g) if goal is None else torch.full((n,), goal)  # [N]
+    history[has, L - at[has]] = target[has]
+    return Batch(
+        history=history,
+        history_mask=torch.ones(n, L, dtype=torch.bool),
+        target=target,
+        label=(has & ((goals == 2) | (at <= 2))).float(),
+        history_position=(L - torch.arange(L)).expand(n, L).contiguous(),  # most recent = 1
+        goal=goals,
+    )
+
+
+def test_tdpe_recovers_a_goal_specific_decay_in_its_attention() -> None:
+    # Measured: TDPE separate test AUC 0.99; click's attention on the match 0.69 at positions 1-2, 0.28-0.34 further
+    # back; buy's 0.44-0.46 at every position. One shared table cannot see the goal (AUC 0.81, one curve for both).
+    def trained(tdpe: str) -> tuple[nn.Module, float]:
+        torch.manual_seed(0)
+        model = build_model("tin", num_items=DECAY_ITEMS, num_goals=3, dim=8, head_hidden=(16,), tdpe=tdpe)
+        return model, fit_and_auc(model, goal_decay_batch(4096, 1), goal_decay_batch(2048, 2), 300, lr=2e-2)
+
+    tdpe, tdpe_auc = trained("separate")
+    _, shared_auc = trained("shared")
+    assert tdpe_auc > 0.95 and shared_auc < 0.9, f"TDPE {tdpe_auc:.3f}, shared {shared_auc:.3f}"
+    with torch.no_grad():  # the learned decay curve: attention on the matching behaviour by its position, per goal
+        curve = {
+            goal: [
+                float(tdpe.attention_weights(goal_decay_batch(512, 3, p, True, goal))[:, DECAY_L - p].mean())
+                for p in range(1, DECAY_L + 1)
+            ]
+            for goal in (1, 2)
+        }
+    click, buy = curve[1], curve[2]  # positions 1..L; "old" = 4..L, "recent" = 1..2
+    assert max(click[3:]) / min(click[:2]) < 0.7, f"click must attend less to an old match: {click}"
+    assert min(buy[3:]) / max(buy[:2]) > 0.85, f"buy must attend to a match at any position: {buy}"
