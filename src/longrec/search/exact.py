@@ -20,8 +20,8 @@ down first, in steps that are exact wherever they can prove it and fall back to 
    twice), and only their keys are ranked.
 2. A float top-2K of a narrower chunk: wherever at most 2K values reach the K-th one (ties included), those 2K hold
    every behaviour that can make the top-K, and only their keys are ranked.
-Rows with padding among their top-K or a wider tie group rank all their keys. Same result as ranking every key; at
-B = 200, L = 10^4, K = 100 the top-K takes ~2.5 ms (2 threads) against 7.4 ms for the top-2K step alone.
+Rows with padding among their top-K or a wider tie group rank all their keys. Same result as ranking every key; the
+top-K's share of a one-user request is in benchmarks/bench_scaling.py part B (DARE's time split).
 
 Soft-search scores are inner products computed in blocks of `SCORE_BLOCK` behaviours aligned at columns 0, 1024,
 2048, ... (`soft_scores`): the float rounding of a batched dot product depends on how many columns one call sees, so a
@@ -205,7 +205,7 @@ def _compact_keys(parts: list[tuple[Tensor, Tensor, Tensor]], k: int) -> Tensor:
     row that keeps none gets padding keys."""
     B = len(parts[0][0])
     counts = [keep.count_nonzero(dim=1) for _, _, keep in parts]  # [B] each
-    width = max(k, int(sum(counts).max()))  # type: ignore[union-attr]
+    width = max(k, int(torch.stack(counts).sum(dim=0).max()))  # W
     kept = parts[0][0].new_full((B, width), float("-inf"))  # [B, W]
     where = parts[0][1].new_zeros((B, width))  # [B, W]
     before = torch.zeros_like(counts[0])  # [B] slots of each row filled by the earlier parts
