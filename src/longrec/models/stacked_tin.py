@@ -25,6 +25,13 @@ Design choices (the paper leaves them open):
 - `search_embeddings` gives the first layer's attention logits (query q^(0) W_Q^(1) W_K^(1)ᵀ / sqrt(E), keys ẽ), so
   soft search ranks behaviours by what the first layer attends to; layers after it attend within the kept K.
 - TDPE (`tdpe`) and per-goal heads (`goal_heads`) as in TIN (`models/tdpe.py`).
+- `query_chain` says which part of layer l > 1 reads the updated query q^(l-1): "full" (the formula: the
+  attention score and the cross), "attention" or "cross" (the other part reads q^(0)), or "none" (every layer
+  reads q^(0): L_s independent TIN heads, the ablation of the chain). The cross is where the chain pays: on the
+  two-hop task of `longrec.data.probes` ("a partner of the bridge behaviour the first layer found"), "cross"
+  learns what "full" does and "attention" no more than "none" (`benchmarks/bench_stacked_chain.py`): layer 2
+  attends to the target's partner behaviours alike whether or not they match the bridge, and it is the product
+  of that partner with q^(1) (which holds the bridge) that checks the match, an order-3 cross.
 
 Shapes: B batch, L history length (K after search), D embedding dim, M taxonomy levels, E = D·(1 + M) behaviour
 width (D without categories), L_s stacked layers, T goals.
@@ -43,7 +50,9 @@ from longrec.models.layers import BehaviourEmbedding, check_behaviour_config, ch
 from longrec.models.tdpe import GoalHeads, check_goal_options
 from longrec.models.tin import add_temporal_encoding, check_temporal_options, temporal_tables
 
-__all__ = ["StackedTIN", "StackedTINConfig"]
+__all__ = ["QUERY_CHAIN", "StackedTIN", "StackedTINConfig"]
+
+QUERY_CHAIN = ("full", "attention", "cross", "none")  # which part of a layer reads the updated query
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,7 @@ class StackedTINConfig:
     max_gap_seconds: float = 365.0 * 86_400.0  # time_gap_bucket: gaps beyond this (a year) share the last bucket
     tdpe: str = "shared"  # temporal tables per goal: shared | separate | shared_delta (models/tdpe.py)
     goal_heads: bool = False  # one final head layer per goal (GoalHeads) instead of one for all goals
+    query_chain: str = "full"  # which part of layer l > 1 reads q^(l-1): full | attention | cross | none (ablation)
     head_hidden: tuple[int, ...] = (200, 80)  # widths of the output MLP
     init_std: float = 0.05  # embeddings (and temporal tables) start at N(0, init_std²)
 
@@ -70,6 +80,10 @@ class StackedTINConfig:
             owner, self.num_items, self.num_categories, self.taxonomy_levels, self.dim, self.init_std
         )
         check_int(owner, "num_layers", self.num_layers)
+        if self.query_chain not in QUERY_CHAIN:
+            raise ValueError(
+                f"{owner}.query_chain must be one of {', '.join(QUERY_CHAIN)}. Got {self.query_chain!r} instead."
+            )
         check_temporal_options(owner, self)
         check_goal_options(owner, self.num_goals, self.tdpe, self.goal_heads)
         object.__setattr__(self, "head_hidden", check_sizes(owner, "head_hidden", self.head_hidden))
@@ -95,7 +109,8 @@ class StackedTIN(nn.Module):
         self.query_projections = nn.ModuleList([_identity(E) for _ in range(S)])  # W_Q^(l)
         self.key_projections = nn.ModuleList([_identity(E) for _ in range(S)])  # W_K^(l)
         self.value_projections = nn.ModuleList([_identity(E) for _ in range(S)])  # W_V^(l)
-        self.norms = nn.ModuleList([nn.LayerNorm(E) for _ in range(S - 1)])  # q^(l) for l < L_s
+        chained = S - 1 if config.query_chain != "none" else 0  # the last layer's query is never read
+        self.norms = nn.ModuleList([nn.LayerNorm(E) for _ in range(chained)])  # q^(l) for l < L_s
         width = (S + 1) * E  # [u^(1), ..., u^(L_s), v_t]
         T = config.num_goals
         self.head = GoalHeads(width, config.head_hidden, T) if config.goal_heads else mlp(width, config.head_hidden)
@@ -111,18 +126,25 @@ class StackedTIN(nn.Module):
         e, t = add_temporal_encoding(batch, h, v, self.position_embedding, self.gap_embedding, self.config)
         return e, t, v  # [B, L, E], [B, E], [B, E]
 
-    def _key_query(self, layer: int, q: Tensor) -> tuple[Tensor, Tensor]:
-        """q W_Q^(l) [B, E] and the key-side query (q W_Q^(l)) W_K^(l)ᵀ [B, E]: <ẽ_i, it> = <ẽ_i W_K, q W_Q>."""
-        q_proj = self.query_projections[layer](q)  # [B, E]
-        return q_proj, q_proj @ self.key_projections[layer].weight  # [B, E], [B, E]; Linear is x Wᵀ, so Wᵀ's dual
+    def _key_query(self, layer: int, q: Tensor, q_attend: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """q W_Q^(l) [B, E] (the cross) and the key-side query (q' W_Q^(l)) W_K^(l)ᵀ [B, E], with q' = q_attend or
+        q: <ẽ_i, q' W_Q W_Kᵀ> = <ẽ_i W_K, q' W_Q>."""
+        project, key = self.query_projections[layer], self.key_projections[layer].weight
+        q_proj = project(q)  # [B, E]
+        same = q_attend is None or q_attend is q
+        q_key = (q_proj if same else project(q_attend)) @ key  # [B, E]; Linear is x Wᵀ, so Wᵀ's dual
+        return q_proj, q_key
 
     def _stack(self, batch: Batch) -> tuple[list[Tensor], list[Tensor], Tensor]:
         """Per-layer outputs u^(l) [B, E] and attention α^(l) [B, L], and the plain target v_t [B, E]."""
-        e, q, v = self._encode(batch)  # [B, L, E], q^(0) = ṽ_t [B, E], [B, E]
+        e, q0, v = self._encode(batch)  # [B, L, E], q^(0) = ṽ_t [B, E], [B, E]
         mask, scale = batch.history_mask, math.sqrt(e.shape[-1])
-        outputs, weights = [], []
+        chain = self.config.query_chain
+        outputs, weights, q = [], [], q0
         for layer in range(self.config.num_layers):
-            q_proj, q_key = self._key_query(layer, q)  # [B, E], [B, E]
+            q_cross = q if chain in ("full", "cross") else q0  # [B, E]
+            q_attend = q if chain in ("full", "attention") else q0  # [B, E]
+            q_proj, q_key = self._key_query(layer, q_cross, q_attend)  # [B, E], [B, E]
             scores = torch.einsum("ble,be->bl", e, q_key) / scale  # [B, L]
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)  # [B, L]
             alpha = scores.softmax(dim=-1) * mask  # [B, L]; empty history: α = 0, no NaN (as TIN)
@@ -130,7 +152,7 @@ class StackedTIN(nn.Module):
             u = self.value_projections[layer](pooled) * q_proj  # [B, E], Σ_i α_i (ẽ_i W_V ⊙ q W_Q)
             outputs.append(u)
             weights.append(alpha)
-            if layer < self.config.num_layers - 1:
+            if layer < len(self.norms):
                 q = self.norms[layer](q + u)  # [B, E], q^(l)
         return outputs, weights, v
 
