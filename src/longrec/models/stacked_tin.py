@@ -20,18 +20,21 @@ Design choices (the paper leaves them open):
 - W_K and W_V are applied on the cheap side: <ẽ_i W_K, q'> = <ẽ_i, q' W_K^T> projects the query (not L keys), and
   Σ_i α_i (ẽ_i W_V) = (Σ_i α_i ẽ_i) W_V projects the pooled vector, so a layer costs O(L·E + E²) like TIN plus
   two E x E products, independent of L.
-- The last layer's query is never read, so there are L_s - 1 LayerNorms (every parameter gets a gradient).
+- The last layer's query is never read, so there are L_s - 1 LayerNorms (none without the chain), and every
+  parameter gets a gradient.
 - The head reads v_t (plain target) next to the u^(l), as TIN's head reads [u, v_t].
 - `search_embeddings` gives the first layer's attention logits (query q^(0) W_Q^(1) W_K^(1)ᵀ / sqrt(E), keys ẽ), so
   soft search ranks behaviours by what the first layer attends to; layers after it attend within the kept K.
 - TDPE (`tdpe`) and per-goal heads (`goal_heads`) as in TIN (`models/tdpe.py`).
 - `query_chain` says which part of layer l > 1 reads the updated query q^(l-1): "full" (the formula: the
   attention score and the cross), "attention" or "cross" (the other part reads q^(0)), or "none" (every layer
-  reads q^(0): L_s independent TIN heads, the ablation of the chain). The cross is where the chain pays: on the
-  two-hop task of `longrec.data.probes` ("a partner of the bridge behaviour the first layer found"), "cross"
-  learns what "full" does and "attention" no more than "none" (`benchmarks/bench_stacked_chain.py`): layer 2
-  attends to the target's partner behaviours alike whether or not they match the bridge, and it is the product
-  of that partner with q^(1) (which holds the bridge) that checks the match, an order-3 cross.
+  reads q^(0): L_s independent TIN heads, the ablation of the chain). The cross is where the chain pays. On the
+  two-hop task of `longrec.data.probes` ("the partner of a bridge behaviour the first layer found") with a linear
+  read-out, `benchmarks/bench_stacked_chain.py` measured test AUC after 3,000 steps: full 0.95, cross 0.99,
+  attention 0.78, none 0.69. Layer 2 attends to the target's partner behaviours about as much whether or not they
+  match the bridge (full: 0.33 vs 0.26 of its mass); the match is checked by the product of that partner with
+  q^(1), which holds the bridge: an order-3 cross. An MLP head learns that product itself, only more slowly (AUC
+  0.84 vs 0.78 at 1,000 steps, equal at 3,000).
 
 Shapes: B batch, L history length (K after search), D embedding dim, M taxonomy levels, E = D·(1 + M) behaviour
 width (D without categories), L_s stacked layers, T goals.
