@@ -34,6 +34,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -77,11 +78,17 @@ class Study:
     rows: tuple[str, ...]  # row names; rows[0] is the ablation
 
 
+# Search rows: the hard searcher and its knobs. "depth >= 2" stops hierarchical's fallback at cat_2, the level (b)'s
+# content behaviours reach, so cat_1-only matches no longer fill K.
+SEARCH_ROWS: dict[str, dict[str, Any]] = {
+    "category": {"search.method": "category"},
+    "hierarchical": {"search.method": "hierarchical"},
+    "hierarchical, depth >= 2": {"search.method": "hierarchical", "search.min_depth": 2},
+}
+
 STUDIES = {
-    "search": Study("b", "TIN on hierarchical vs category hard search (K = 20 of 200)", ("category", "hierarchical")),
-    "search_din": Study(
-        "b", "DIN on hierarchical vs category hard search (K = 20 of 200)", ("category", "hierarchical")
-    ),
+    "search": Study("b", "TIN on hierarchical vs category hard search (K = 20 of 200)", tuple(SEARCH_ROWS)),
+    "search_din": Study("b", "DIN on hierarchical vs category hard search (K = 20 of 200)", tuple(SEARCH_ROWS)),
     "dsi": Study("c", "DSI-TIN vs one TIN over all fields", ("single TIN", "DSI-TIN")),
     "tdpe": Study("e", "TDPE (per-goal temporal tables) vs one shared table", ("shared", "TDPE separate")),
     "tdpe_search": Study(
@@ -99,7 +106,7 @@ def row_overrides(study: str, row: str, planted: bool) -> dict[str, Any]:
     data: dict[str, Any] = {"data.max_history": 100}
     if study in ("search", "search_din"):
         model = TIN if study == "search" else {"name": "din"}
-        return _model(model) | {"search.method": row, "search.k": 20, "data.max_history": 200}
+        return _model(model) | SEARCH_ROWS[row] | {"search.k": 20, "data.max_history": 200}
     if study == "dsi":
         extra = ["brand", "noise_tag"] if planted else ["brand"]
         fields = ["item", "category", "action", "scene", *extra]
@@ -302,20 +309,42 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "tencent_ablation.json")
     parser.add_argument("--update-readme", action="store_true", help="replace the section in benchmarks/README.md")
     parser.add_argument("--from-json", type=Path, default=None, help="skip training: report an earlier run's JSON")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="rerun only --studies and keep every other study's runs (and decay recovery) from the --json file, "
+        "each labelled with the commit that produced it",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("longrec").setLevel(logging.WARNING)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-tencent-"))
     started = time.perf_counter()
 
+    kept: dict[str, Any] | None = None
     if args.from_json is not None:  # re-render (and re-measure decay recovery) from an earlier run's results
         previous = json.loads(args.from_json.read_text())
         runs, seconds = previous["runs"], previous["seconds"]
         work = Path(previous["config"]["work"])
     else:
-        runs = run_all(args, work)
+        if args.merge:
+            kept = kept_runs(args.json, args.studies)
+        runs = [run | {"commit": machine()["commit"]} for run in run_all(args, work)]
         seconds = round(time.perf_counter() - started, 1)
-    report(args, runs, work, seconds)
+    report(args, runs, work, seconds, kept)
+
+
+def kept_runs(path: Path, rerun: list[str]) -> dict[str, Any]:
+    """--merge: the runs of an earlier JSON whose study is not rerun, each labelled with its commit and date, and
+    that JSON's decay recovery for those studies."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--merge keeps the other studies from {path}, which does not exist; run without it.")
+    previous = json.loads(path.read_text())
+    origin = {"commit": previous["machine"]["commit"], "date": previous["machine"]["date"]}
+    runs = [origin | run for run in previous["runs"] if run["study"] not in rerun]
+    recovery = {k: v for k, v in previous.get("decay_recovery", {}).items() if k.split("/")[0] not in rerun}
+    recall = None if any(s in rerun for s in SEARCH_STUDIES) else previous.get("search_recall")
+    return {"runs": runs, "decay_recovery": recovery, "search_recall": recall}
 
 
 def run_all(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
@@ -362,15 +391,26 @@ def run_all(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     return runs
 
 
-def report(args: argparse.Namespace, runs: list[dict[str, Any]], work: Path, seconds: float) -> None:
-    """Print the tables, write the JSON and (with --update-readme) the README section."""
+def report(
+    args: argparse.Namespace, runs: list[dict[str, Any]], work: Path, seconds: float, kept: dict[str, Any] | None
+) -> None:
+    """Print the tables, write the JSON and (with --update-readme) the README section. `kept`: --merge's runs of
+    the studies not rerun (see `kept_runs`)."""
+    rerun = [study for study in STUDIES if any(run["study"] == study for run in runs)]
+    recovery = decay_recovery(runs, work)
+    if kept is not None:
+        runs = kept["runs"] + runs
+        recovery |= kept["decay_recovery"]
     args.studies = [study for study in STUDIES if any(run["study"] == study for run in runs)]
     table = summarise(runs)
     datasets = ["planted", "absent"] + ([] if args.no_taobao else ["taobao"])
     sections = [render_study(study, table, datasets) for study in args.studies]
-    recovery = decay_recovery(runs, work)
-    if any(s in args.studies for s in SEARCH_STUDIES):
+    recall = None
+    if any(s in rerun for s in SEARCH_STUDIES):
         recall = search_recall(work)
+    elif kept is not None:
+        recall = kept.get("search_recall")
+    if recall is not None:
         last = max(args.studies.index(s) for s in SEARCH_STUDIES if s in args.studies)
         sections.insert(last + 1, render_search_recall(recall))
     if recovery:
@@ -398,14 +438,26 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], work: Path, sec
         "table": [{"study": s, "data": d, "row": r} | v for (s, d, r), v in table.items()],
         "runs": runs,
         "decay_recovery": recovery,
+        "search_recall": recall,
     }
     write_json(args.json, payload)
     if args.update_readme:
+        command = "python benchmarks/bench_tencent_ablation.py --update-readme"
+        provenance = f" {args.jobs} runs in parallel, one thread each; {len(runs)} runs in {seconds / 60:.0f} min. "
+        if kept is not None:
+            command += " --merge --studies " + " ".join(rerun)
+            origins = sorted({(run["commit"], run["date"]) for run in kept["runs"]})
+            provenance = (
+                f" Rerun here: {', '.join(rerun)} ({len(runs) - len(kept['runs'])} runs in {seconds / 60:.0f} min, "
+                f"{args.jobs} in parallel, one thread each); kept from earlier runs (--merge): "
+                f"{', '.join(s for s in args.studies if s not in rerun)}, at commit "
+                f"{', '.join(f'{c} ({d})' for c, d in origins)}. "
+            )
         body = (
-            "Command: `python benchmarks/bench_tencent_ablation.py --update-readme`. "
+            f"Command: `{command}`. "
             + machine_line(info)
-            + f" {args.jobs} runs in parallel, one thread each; {len(runs)} runs in {payload['seconds'] / 60:.0f} min. "
-            f"Synthetic: {args.users} users × 20 labelled impressions, 3 goals, Protocol T; 'planted' = (a) + the "
+            + provenance
+            + "Synthetic: {args.users} users × 20 labelled impressions, 3 goals, Protocol T; 'planted' = (a) + the "
             "study's mechanism, 'absent' = (a) only. Taobao: the 927-user slice under Protocol A (user filter "
             f"{args.min_behaviours}). Test metrics, mean ± std over seeds {args.seeds}; ΔAUC of the best module row "
             "(chosen on the planted data) over the ablation.\n\n" + summary + "\n\n" + "\n\n".join(sections)
@@ -486,15 +538,16 @@ def search_recall(work: Path, k: int = 20, max_history: int = 200, samples: int 
     }
     depth = match_depth(batch.history_category, batch.target_category).numpy()  # [N, L]
     out = []
-    for method in ("category", "hierarchical"):
-        positions, kept = SEARCHERS[method](batch, k, None, None, SearchConfig(method=method, k=k))
+    for row, overrides in SEARCH_ROWS.items():
+        config = SearchConfig(k=k, **{key.split(".")[1]: value for key, value in overrides.items()})
+        positions, kept = SEARCHERS[config.method](batch, k, None, None, config)
         positions, kept = positions.numpy(), kept.numpy()  # [N, K] each
         retrieved = np.where(kept, np.take_along_axis(events, positions, axis=1), -1)  # [N, K] event ids
         kept_depth = np.take_along_axis(depth, positions, axis=1)[kept]  # [R]
         share = np.bincount(kept_depth, minlength=depth.max() + 1)[1:] / max(len(kept_depth), 1)
         out.append(
             [
-                method,
+                row,
                 f"{recall_at_k(retrieved, relevant['a']):.3f}",
                 f"{recall_at_k(retrieved, relevant['b']):.3f}",
                 f"{kept.sum(1).mean():.1f}",
@@ -515,7 +568,7 @@ def render_search_recall(rows: list[list[str]]) -> str:
 
 
 def run_name(study: str, data: str, row: str, seed: int) -> str:
-    return f"{study}-{data}-{row}-{seed}".replace(" ", "").replace("=", "")
+    return re.sub(r"[^\w.-]+", "", f"{study}-{data}-{row}-{seed}")  # "L_s = 2" -> "L_s2"
 
 
 if __name__ == "__main__":

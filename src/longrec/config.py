@@ -151,6 +151,7 @@ class SearchConfig:
     hash_rounds: int = 48  # sdim: hash rounds m (score = rounds in which a behaviour collides with the target)
     round_bits: int = 3  # sdim: bits per round τ (a collision needs all τ bits equal)
     level: int = -1  # category search: taxonomy column matched (Python indexing into M: 0 coarsest, -1 finest)
+    min_depth: int = 1  # hierarchical search: shallowest match depth kept (1 = down to the coarsest level, M = finest)
     hard_method: str = "hierarchical"  # hard+soft: the hard searcher (category | hierarchical)
     hard_k: int = 10  # hard+soft: width of the hard block (the first hard_k columns); the soft block gets k - hard_k
     chunk: int = 0  # embedding searchers: behaviours embedded+scored at a time; 0 = auto, -1 = all L (multiple of 1024)
@@ -175,6 +176,10 @@ class SearchConfig:
             problems.append(f"search.hard_method must be one of {known}. Got {self.hard_method!r} instead.")
         if self.hard_k < 0:
             problems.append(f"search.hard_k must be >= 0. Got {self.hard_k} instead.")
+        if self.min_depth < 1:
+            problems.append(
+                f"search.min_depth must be >= 1 (1 = fall back to the coarsest taxonomy level). Got {self.min_depth}."
+            )
         if not (self.chunk in (0, -1) or (self.chunk > 0 and self.chunk % 1024 == 0)):
             problems.append(
                 f"search.chunk must be 0 (auto), -1 (the whole history at once) or a positive multiple of 1024 "

@@ -1,4 +1,4 @@
-"""Hierarchical hard search: deepest taxonomy-prefix match first, recency within a depth, never depth 0."""
+"""Hierarchical hard search: deepest taxonomy-prefix match first, recency within a depth, never below min_depth."""
 
 from __future__ import annotations
 
@@ -57,6 +57,20 @@ def test_k_equal_l_keeps_every_behaviour_with_depth_at_least_one_and_no_other() 
     assert kept.sum(1).tolist() == [5, 1, 0]
 
 
+def test_min_depth_stops_the_fallback_at_that_level() -> None:
+    positions, kept = hierarchical(_hand_batch(), 7, None, None, SearchConfig(min_depth=2))
+    assert _kept_lists(positions, kept) == [[4, 0, 1], [5], []]  # the depth-1 columns 6 and 2 are left out
+    positions, kept = hierarchical(_hand_batch(), 7, None, None, SearchConfig(min_depth=3))
+    assert _kept_lists(positions, kept) == [[4, 0], [], []]
+
+
+def test_min_depth_must_be_a_level_the_taxonomy_has() -> None:
+    with pytest.raises(ValueError, match=r"search\.min_depth = 4 is deeper than the taxonomy: .*M = 3 levels"):
+        hierarchical(_hand_batch(), 3, None, None, SearchConfig(min_depth=4))
+    with pytest.raises(ValueError, match=r"search\.min_depth must be >= 1"):
+        SearchConfig(min_depth=0)
+
+
 def test_missing_categories_are_explained() -> None:
     with pytest.raises(ValueError, match=r"hierarchical search reads batch\.history_category"):
         hierarchical(_hand_batch().replace(target_category=None), 3, None, None, SearchConfig())
@@ -87,7 +101,7 @@ def random_batch(data: st.DataObject, tree: bool = False) -> Batch:
     )
 
 
-def naive_hierarchical(batch: Batch, k: int) -> list[list[int]]:
+def naive_hierarchical(batch: Batch, k: int, min_depth: int = 1) -> list[list[int]]:
     """Python-loop reference: depth by walking the path coarse to fine, then sort by (depth, recency)."""
     assert batch.history_category is not None and batch.target_category is not None
     out = []
@@ -102,7 +116,7 @@ def naive_hierarchical(batch: Batch, k: int) -> list[list[int]]:
                 if value == 0 or value != target[level]:
                     break
                 depth += 1
-            if depth > 0:
+            if depth >= min_depth:
                 ranked.append((depth, i))
         out.append([i for _, i in sorted(ranked, reverse=True)][:k])
     return out
@@ -113,9 +127,11 @@ def naive_hierarchical(batch: Batch, k: int) -> list[list[int]]:
 def test_vectorised_hierarchical_equals_the_python_loop_and_never_selects_padding(data: st.DataObject) -> None:
     batch = random_batch(data)
     k = data.draw(st.integers(1, batch.history.shape[1]))
-    positions, kept = hierarchical(batch, k, None, None, SearchConfig())
+    assert batch.history_category is not None
+    min_depth = data.draw(st.integers(1, batch.history_category.shape[2]))
+    positions, kept = hierarchical(batch, k, None, None, SearchConfig(min_depth=min_depth))
     assert positions.shape == kept.shape == (len(batch), k)
-    assert _kept_lists(positions, kept) == naive_hierarchical(batch, k)
+    assert _kept_lists(positions, kept) == naive_hierarchical(batch, k, min_depth)
     assert batch.history_mask.gather(1, positions)[kept].all(), "padding selected"
 
 
@@ -132,6 +148,8 @@ def test_category_at_level_m_is_hierarchical_restricted_to_depth_at_least_m_on_a
         positions, kept = category(batch, L, None, None, SearchConfig(level=column))
         selected = torch.zeros_like(batch.history_mask).scatter(1, positions, kept)  # [B, L]
         assert torch.equal(selected, depth >= column + 1)
+        deep_positions, deep_kept = hierarchical(batch, L, None, None, SearchConfig(min_depth=column + 1))
+        assert torch.equal(torch.zeros_like(selected).scatter(1, deep_positions, deep_kept), selected)
         if column == M - 1:  # the finest level: same behaviours in the same (recency) order
             assert torch.equal(positions[kept], hierarchical(batch, L, None, None, SearchConfig())[0][kept])
 

@@ -5,9 +5,12 @@ A behaviour's match depth is the length of the path prefix it shares with the ta
     ℓ_i = max m such that path_i[1..m] == path_t[1..m]      (a level missing (0) on either side stops the match)
 
 Search takes the deepest matches first, the most recent first inside a depth, and falls back to coarser depths until
-K are kept; a behaviour with ℓ_i = 0 (not even the coarsest level matches) is never kept. This lets content-domain
-behaviours that only reach a coarse level of the unified taxonomy still feed the model when few ad behaviours share
-the target's fine category (the cross-domain setting of SPEC §1, planted mechanism (b)).
+K are kept, but never below `SearchConfig.min_depth` (default 1: a behaviour with ℓ_i = 0, not even the coarsest
+level matching, is never kept). This lets content-domain behaviours that only reach a coarse level of the unified
+taxonomy still feed the model when few ad behaviours share the target's fine category (the cross-domain setting of
+SPEC §1, planted mechanism (b)). `min_depth` bounds how far the fallback goes: softmax target attention averages
+over what it is given, so filling K with coarse matches dilutes the fine ones (benchmarks/README.md, the search
+study); min_depth = M is category search on the finest level.
 
 Vectorised: ℓ = sum over M of the cumulative product of the level-wise equality; one top-K of ℓ orders by depth,
 and `topk_positions`' tie rule (ties -> the more recent behaviour) orders by recency within a depth.
@@ -57,12 +60,20 @@ def hierarchical(
         k: behaviours to keep, 1 <= k <= L.
         query: unused (hard search needs no embeddings).
         keys: unused.
-        config: unused (no knobs: every level takes part).
+        config: `min_depth`, the shallowest match depth kept (1..M).
 
     Returns:
         positions [B, K] int64 into L (deepest, then most recent first) and kept [B, K] bool (False = fewer than K
-        behaviours with ℓ_i >= 1).
+        behaviours with ℓ_i >= min_depth).
     """
     history_category, target_category = require_categories(batch, "hierarchical")
+    levels = history_category.shape[-1]
+    if config.min_depth > levels:
+        raise ValueError(
+            f"search.min_depth = {config.min_depth} is deeper than the taxonomy: this batch's category paths have "
+            f"M = {levels} levels (history_category {tuple(history_category.shape)}). "
+            f"Expected 1 <= min_depth <= {levels}."
+        )
     depth = match_depth(history_category, target_category)  # [B, L]
-    return topk_positions(depth, batch.history_mask & (depth > 0), k)  # deepest first, ties -> more recent
+    keep = batch.history_mask & (depth >= config.min_depth)  # [B, L]
+    return topk_positions(depth, keep, k)  # deepest first, ties -> more recent
