@@ -58,7 +58,7 @@ from longrec.eval.analyze import attention_profile, load_run
 from longrec.eval.metrics import recall_at_k
 from longrec.search import SEARCHERS, search_stage
 from longrec.search.hierarchical import match_depth
-from longrec.train.loop import train
+from longrec.train.loop import build_model_for_store, train
 
 logger = logging.getLogger("bench_tencent_ablation")
 
@@ -334,6 +334,13 @@ def main() -> None:
     report(args, runs, work, seconds, kept)
 
 
+def _key_order(key: str) -> tuple[int, int, int]:
+    """Sort "study/data/row" keys as the studies, datasets and rows are listed."""
+    study, data, row = key.split("/")
+    rows = STUDIES[study].rows
+    return list(STUDIES).index(study), ["planted", "absent", "taobao"].index(data), rows.index(row)
+
+
 def kept_runs(path: Path, rerun: list[str]) -> dict[str, Any]:
     """--merge: the runs of an earlier JSON whose study is not rerun, each labelled with its commit and date, and
     that JSON's decay recovery for those studies."""
@@ -344,7 +351,8 @@ def kept_runs(path: Path, rerun: list[str]) -> dict[str, Any]:
     runs = [origin | run for run in previous["runs"] if run["study"] not in rerun]
     recovery = {k: v for k, v in previous.get("decay_recovery", {}).items() if k.split("/")[0] not in rerun}
     recall = None if any(s in rerun for s in SEARCH_STUDIES) else previous.get("search_recall")
-    return {"runs": runs, "decay_recovery": recovery, "search_recall": recall}
+    shares = None if "dsi" in rerun else previous.get("field_shares")
+    return {"runs": runs, "decay_recovery": recovery, "search_recall": recall, "field_shares": shares}
 
 
 def run_all(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
@@ -400,7 +408,7 @@ def report(
     recovery = decay_recovery(runs, work)
     if kept is not None:
         runs = kept["runs"] + runs
-        recovery |= kept["decay_recovery"]
+        recovery = dict(sorted((recovery | kept["decay_recovery"]).items(), key=lambda item: _key_order(item[0])))
     args.studies = [study for study in STUDIES if any(run["study"] == study for run in runs)]
     table = summarise(runs)
     datasets = ["planted", "absent"] + ([] if args.no_taobao else ["taobao"])
@@ -416,6 +424,11 @@ def report(
     if recovery:
         last = max(args.studies.index(s) for s in TDPE_STUDIES if s in args.studies)
         sections.insert(last + 1, render_recovery(recovery))
+    shares = field_shares(runs, work) if "dsi" in rerun else None
+    if shares is None and kept is not None:
+        shares = kept.get("field_shares")
+    if shares:
+        sections.insert(args.studies.index("dsi") + 1, render_field_shares(shares))
     summary = markdown_table(
         [
             "study",
@@ -439,6 +452,7 @@ def report(
         "runs": runs,
         "decay_recovery": recovery,
         "search_recall": recall,
+        "field_shares": shares,
     }
     write_json(args.json, payload)
     if args.update_readme:
@@ -457,7 +471,7 @@ def report(
             f"Command: `{command}`. "
             + machine_line(info)
             + provenance
-            + "Synthetic: {args.users} users × 20 labelled impressions, 3 goals, Protocol T; 'planted' = (a) + the "
+            + f"Synthetic: {args.users} users × 20 labelled impressions, 3 goals, Protocol T; 'planted' = (a) + the "
             "study's mechanism, 'absent' = (a) only. Taobao: the 927-user slice under Protocol A (user filter "
             f"{args.min_behaviours}). Test metrics, mean ± std over seeds {args.seeds}; ΔAUC of the best module row "
             "(chosen on the planted data) over the ablation.\n\n" + summary + "\n\n" + "\n\n".join(sections)
@@ -467,6 +481,70 @@ def report(
 
 
 TDPE_STUDIES = ("tdpe", "tdpe_search")
+
+
+def field_shares(runs: list[dict[str, Any]], work: Path, samples: int = 2048) -> dict[str, list[dict[str, Any]]]:
+    """dsi study: what drives each module's attention, field by field (`DSITIN.field_scores`), for the trained model
+    and for a freshly initialised one of the same config and seed. A field's share = the mean absolute deviation of
+    its logit term over a history's real behaviours (how much it moves attention between them), divided by the sum
+    of all fields' deviations, averaged over histories of the validation split. "study/data/row" -> one entry per
+    seed: {"init" | "trained": [one {field: share} per module]}."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        path = work / "runs" / run_name(run["study"], run["data"], run["row"], run["seed"])
+        if run["study"] != "dsi" or not (path / "checkpoint.pt").is_file():
+            continue
+        config, store, trained = load_run(path)
+        torch.manual_seed(run["seed"])
+        fresh = build_model_for_store(config.model.name, config.model.params, store).eval()
+        batches, taken = [], 0
+        for batch in make_loader(store, "valid", 512, config.data.max_history):
+            batches.append(batch)
+            taken += len(batch)
+            if taken >= samples:
+                break
+        entry = {}
+        for name, model in (("init", fresh), ("trained", trained)):
+            deviation: dict[str, torch.Tensor] = {}
+            for batch in batches:
+                mask = batch.history_mask.unsqueeze(1)  # [B, 1, L]
+                count = mask.sum(-1).clamp(min=1)  # [B, 1]
+                with torch.no_grad():
+                    for field, term in model.field_scores(batch).items():  # [B, G, L]
+                        centred = (term - term.sum(-1, keepdim=True) / count.unsqueeze(-1)) * mask
+                        mad = centred.abs().sum(-1) / count  # [B, G]
+                        deviation[field] = deviation.get(field, torch.zeros(mad.shape[1])) + mad.sum(0)
+            total = sum(deviation.values())  # [G]
+            groups = len(total)
+            entry[name] = [{f: float(d[g] / total[g]) for f, d in deviation.items() if d[g] > 0} for g in range(groups)]
+        out.setdefault(f"{run['study']}/{run['data']}/{run['row']}", []).append(entry)
+    return out
+
+
+def render_field_shares(shares: dict[str, list[dict[str, Any]]]) -> str:
+    fields = sorted({f for per_seed in shares.values() for e in per_seed for m in e["init"] for f in m})
+    known = ("item", "category", "action", "domain", "scene", "brand", "noise_tag", "temporal")
+    order = [f for f in known if f in fields]
+    order += [f for f in fields if f not in order]
+    rows = []
+    for key, per_seed in shares.items():
+        for g in range(len(per_seed[0]["trained"])):
+            group = [f for f in order if f in per_seed[0]["trained"][g] and f != "temporal"]
+            cells = [key, str(g), "+".join(group)]
+            for field in order:
+                init = [e["init"][g].get(field) for e in per_seed]
+                trained = [e["trained"][g].get(field) for e in per_seed]
+                if init[0] is None:
+                    cells.append("—")
+                else:
+                    cells.append(f"{np.mean(init):.2f} → {np.mean(trained):.2f}")
+            rows.append(cells)
+    return (
+        "What drives attention (dsi study): each field's share of how much a module's attention logit varies over a "
+        "history (mean absolute deviation of the field's term over the real behaviours, over the sum of all "
+        "fields' and the temporal encoding's), at initialisation → after training, mean over seeds, validation split "
+        "(`DSITIN.field_scores`).\n\n" + markdown_table(["study/data/row", "module", "fields", *order], rows)
+    )
 
 
 def decay_recovery(runs: list[dict[str, Any]], work: Path, samples: int = 4096) -> dict[str, list[dict[str, float]]]:

@@ -159,6 +159,21 @@ def test_a_modules_attention_ignores_fields_outside_its_group(make_model, side_b
     assert changed[:, [1, 2]].all() and not changed[:, [0, 3]].any()  # only the groups holding the action
 
 
+def test_field_scores_split_each_modules_attention_logit_by_field(make_model, side_batch) -> None:
+    model = model_with(make_model, PAPER_GROUPS, temporal="both")
+    terms = model.field_scores(side_batch)  # field -> [B, G, L]
+    assert set(terms) == {*model.value_fields, "temporal"}
+    logits = sum(terms.values())  # [B, G, L]
+    mask = side_batch.history_mask.unsqueeze(1).expand_as(logits)
+    expected = logits.masked_fill(~mask, -math.inf).softmax(-1).nan_to_num(0.0)
+    torch.testing.assert_close(model.attention_weights(side_batch), expected)
+    for g, group in enumerate(model.groups):
+        for field, term in terms.items():
+            if field not in (*group, "temporal"):
+                assert (term[:, g] == 0).all(), (field, g)  # a field outside the group adds nothing
+    assert (terms["noise_tag"][:, 3][side_batch.history_mask] != 0).all()
+
+
 def test_the_target_gets_a_learned_action_token_and_the_request_scene(make_model, side_batch) -> None:
     model = model_with(make_model, [["item", "action"], ["scene"]])
     _, v = model._embed(side_batch)

@@ -162,6 +162,7 @@ class DSITIN(nn.Module):
     """G TIN modules whose attention reads a group of side fields and whose value reads all of them."""
 
     group_masks: Tensor  # [G, E] buffer, 1.0 on the columns of each group's fields
+    column_fields: Tensor  # [E] buffer, index into value_fields of each column
 
     def __init__(self, config: DSITINConfig) -> None:
         super().__init__()
@@ -199,6 +200,7 @@ class DSITIN(nn.Module):
             ]
         )  # [G, E], 1 on the columns of the group's fields
         self.register_buffer("group_masks", masks, persistent=False)
+        self.register_buffer("column_fields", column_field, persistent=False)
         self.group_scales = [math.sqrt(float(m.sum())) for m in masks]  # sqrt(E_g), as Python floats
         self.width = E = sum(widths)
         tables = [temporal_tables(config, E) for _ in self.groups]  # one per module: [P, E], [G, E]
@@ -265,6 +267,23 @@ class DSITIN(nn.Module):
     def attention_weights(self, batch: Batch) -> Tensor:
         """α^g_i of every module, [B, G, L]; each row sums to 1 over the real behaviours (0 when empty)."""
         return torch.stack(self._pool(batch)[1], dim=1)  # [B, G, L]
+
+    def field_scores(self, batch: Batch) -> dict[str, Tensor]:
+        """Each field's term of every module's attention logit, name -> [B, G, L], plus "temporal": the
+        behaviour's temporal encoding against the query. With ẽ^g_i = e_i + p^g_i and q^g = ṽ^g_t ⊙ m_g / sqrt(E_g),
+        field f's term is <e_i[f's columns], q^g[f's columns]> and "temporal" is <p^g_i, q^g>; together they sum
+        to module g's logit. 0 on padding and for a field outside the module's group: what drives each module's
+        attention, field by field."""
+        h, v = self._embed(batch)  # [B, L, E], [B, E]
+        fields, temporal = [], []
+        for g in range(len(self.groups)):
+            query, e, _ = self._module_inputs(batch, h, v, g)  # [B, E], [B, L, E]
+            fields.append(h * query.unsqueeze(1))  # [B, L, E], column c's share of the logit
+            temporal.append(torch.einsum("ble,be->bl", e - h, query))  # [B, L]
+        mask = batch.history_mask.unsqueeze(1)  # [B, 1, L]
+        products = torch.stack(fields, dim=1) * mask.unsqueeze(-1)  # [B, G, L, E]
+        out = {f: products[..., self.column_fields == j].sum(-1) for j, f in enumerate(self.value_fields)}
+        return out | {"temporal": torch.stack(temporal, dim=1) * mask}  # each [B, G, L]
 
     def search_embeddings(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Soft-search query [B, E] and keys [B, L, E] whose dot product is module 0's attention logit."""
