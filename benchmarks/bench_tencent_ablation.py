@@ -412,23 +412,21 @@ def report(
     args.studies = [study for study in STUDIES if any(run["study"] == study for run in runs)]
     table = summarise(runs)
     datasets = ["planted", "absent"] + ([] if args.no_taobao else ["taobao"])
-    sections = [render_study(study, table, datasets) for study in args.studies]
+    sections = {study: [render_study(study, table, datasets)] for study in args.studies}  # + what follows each
     recall = None
     if any(s in rerun for s in SEARCH_STUDIES):
         recall = search_recall(work)
     elif kept is not None:
         recall = kept.get("search_recall")
     if recall is not None:
-        last = max(args.studies.index(s) for s in SEARCH_STUDIES if s in args.studies)
-        sections.insert(last + 1, render_search_recall(recall))
+        sections[[s for s in args.studies if s in SEARCH_STUDIES][-1]].append(render_search_recall(recall))
     if recovery:
-        last = max(args.studies.index(s) for s in TDPE_STUDIES if s in args.studies)
-        sections.insert(last + 1, render_recovery(recovery))
+        sections[[s for s in args.studies if s in TDPE_STUDIES][-1]].append(render_recovery(recovery))
     shares = field_shares(runs, work) if "dsi" in rerun else None
     if shares is None and kept is not None:
         shares = kept.get("field_shares")
     if shares:
-        sections.insert(args.studies.index("dsi") + 1, render_field_shares(shares))
+        sections["dsi"].append(render_field_shares(shares))
     summary = markdown_table(
         [
             "study",
@@ -442,7 +440,8 @@ def report(
         ],
         verdicts(table, args.studies),
     )
-    print(summary + "\n\n" + "\n\n".join(sections), flush=True)
+    text = "\n\n".join(part for study in args.studies for part in sections[study])
+    print(summary + "\n\n" + text, flush=True)
     info = machine() | {"torch_threads": 1, "jobs": args.jobs}
     payload = {
         "machine": info,
@@ -474,7 +473,7 @@ def report(
             + f"Synthetic: {args.users} users × 20 labelled impressions, 3 goals, Protocol T; 'planted' = (a) + the "
             "study's mechanism, 'absent' = (a) only. Taobao: the 927-user slice under Protocol A (user filter "
             f"{args.min_behaviours}). Test metrics, mean ± std over seeds {args.seeds}; ΔAUC of the best module row "
-            "(chosen on the planted data) over the ablation.\n\n" + summary + "\n\n" + "\n\n".join(sections)
+            "(chosen on the planted data) over the ablation.\n\n" + summary + "\n\n" + text
         )
         update_readme_section("tencent-ablation", body)
     logger.info("wrote %s", args.json)
