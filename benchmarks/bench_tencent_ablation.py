@@ -9,6 +9,7 @@ not on "absent" has found its mechanism; one that does not help where its mechan
 | study      | module                          | ablation                          | mechanism                       |
 |------------|---------------------------------|-----------------------------------|---------------------------------|
 | search     | TIN on hierarchical hard search | TIN on category (SPU) hard search | (b) cross-domain coarse matches |
+| (search)   | hierarchical, min_depth = 2     | (same)                            | (stops the fallback at cat_2)   |
 | search_din | DIN on hierarchical hard search | DIN on category (SPU) hard search | (b), unnormalised attention     |
 | dsi        | DSI-TIN, 4 field groups         | one TIN over all fields           | (c) a noise field on every row  |
 | tdpe       | TIN + TDPE (separate tables)    | TIN + one shared temporal table   | (e) goal-specific decay of (a)  |
@@ -25,6 +26,9 @@ goal, one category level and no side fields, so search/dsi/tdpe have nothing to 
 
 Run:   python benchmarks/bench_tencent_ablation.py --update-readme          (all studies, 3 seeds, + Taobao)
 Quick: python benchmarks/bench_tencent_ablation.py --studies stacked --seeds 0 --no-taobao --users 800
+One study again, keeping the others (each labelled with its commit, date and CPU in the README line):
+       python benchmarks/bench_tencent_ablation.py --studies dsi --merge --update-readme
+Re-render the README section from the JSON: --from-json benchmarks/results/tencent_ablation.json --update-readme
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-from _common import SHARED_DATA, machine, machine_line, markdown_table, update_readme_section, write_json
+from _common import SHARED_DATA, machine, markdown_table, update_readme_section, write_json
 
 from longrec.config import SearchConfig, load_config
 from longrec.data.dataset import collate, make_loader
@@ -322,14 +326,16 @@ def main() -> None:
     started = time.perf_counter()
 
     kept: dict[str, Any] | None = None
-    if args.from_json is not None:  # re-render (and re-measure decay recovery) from an earlier run's results
-        previous = json.loads(args.from_json.read_text())
-        runs, seconds = previous["runs"], previous["seconds"]
-        work = Path(previous["config"]["work"])
+    if args.from_json is not None:  # re-render an earlier run's results (every study kept, nothing rerun)
+        kept = kept_runs(args.from_json, rerun=[])
+        runs: list[dict[str, Any]] = []
+        seconds = json.loads(args.from_json.read_text())["seconds"]
     else:
         if args.merge:
             kept = kept_runs(args.json, args.studies)
-        runs = [run | {"commit": machine()["commit"]} for run in run_all(args, work)]
+        info = machine()
+        origin = {"commit": info["commit"], "date": info["date"], "cpu": info["cpu"]}
+        runs = [run | origin for run in run_all(args, work)]
         seconds = round(time.perf_counter() - started, 1)
     report(args, runs, work, seconds, kept)
 
@@ -342,12 +348,13 @@ def _key_order(key: str) -> tuple[int, int, int]:
 
 
 def kept_runs(path: Path, rerun: list[str]) -> dict[str, Any]:
-    """--merge: the runs of an earlier JSON whose study is not rerun, each labelled with its commit and date, and
-    that JSON's decay recovery for those studies."""
+    """--merge / --from-json: the runs of an earlier JSON whose study is not rerun, each labelled with the commit,
+    date and CPU that produced it (a run without labels gets that JSON's), and its extra tables for those studies."""
     if not path.is_file():
-        raise FileNotFoundError(f"--merge keeps the other studies from {path}, which does not exist; run without it.")
+        raise FileNotFoundError(f"{path} does not exist: --merge and --from-json read an earlier run's JSON.")
     previous = json.loads(path.read_text())
-    origin = {"commit": previous["machine"]["commit"], "date": previous["machine"]["date"]}
+    machine_info = previous["machine"]
+    origin = {"commit": machine_info["commit"], "date": machine_info["date"], "cpu": machine_info["cpu"]}
     runs = [origin | run for run in previous["runs"] if run["study"] not in rerun]
     recovery = {k: v for k, v in previous.get("decay_recovery", {}).items() if k.split("/")[0] not in rerun}
     recall = None if any(s in rerun for s in SEARCH_STUDIES) else previous.get("search_recall")
@@ -405,10 +412,11 @@ def report(
     """Print the tables, write the JSON and (with --update-readme) the README section. `kept`: --merge's runs of
     the studies not rerun (see `kept_runs`)."""
     rerun = [study for study in STUDIES if any(run["study"] == study for run in runs)]
+    fresh = len(runs)  # runs of this command
     recovery = decay_recovery(runs, work)
     if kept is not None:
         runs = kept["runs"] + runs
-        recovery = dict(sorted((recovery | kept["decay_recovery"]).items(), key=lambda item: _key_order(item[0])))
+        recovery |= kept["decay_recovery"]
     args.studies = [study for study in STUDIES if any(run["study"] == study for run in runs)]
     table = summarise(runs)
     datasets = ["planted", "absent"] + ([] if args.no_taobao else ["taobao"])
@@ -456,20 +464,19 @@ def report(
     write_json(args.json, payload)
     if args.update_readme:
         command = "python benchmarks/bench_tencent_ablation.py --update-readme"
-        provenance = f" {args.jobs} runs in parallel, one thread each; {len(runs)} runs in {seconds / 60:.0f} min. "
-        if kept is not None:
+        if args.from_json is not None:
+            command += f" --from-json {args.from_json}"
+        elif kept is not None:
             command += " --merge --studies " + " ".join(rerun)
-            origins = sorted({(run["commit"], run["date"]) for run in kept["runs"]})
-            provenance = (
-                f" Rerun here: {', '.join(rerun)} ({len(runs) - len(kept['runs'])} runs in {seconds / 60:.0f} min, "
-                f"{args.jobs} in parallel, one thread each); kept from earlier runs (--merge): "
-                f"{', '.join(s for s in args.studies if s not in rerun)}, at commit "
-                f"{', '.join(f'{c} ({d})' for c, d in origins)}. "
-            )
         body = (
             f"Command: `{command}`. "
-            + machine_line(info)
-            + provenance
+            + provenance(runs)
+            + f" Torch {torch.__version__}, one thread per run"
+            + (
+                f"; this command's {fresh} runs took {seconds / 60:.0f} min, {args.jobs} in parallel. "
+                if fresh
+                else ". "
+            )
             + f"Synthetic: {args.users} users × 20 labelled impressions, 3 goals, Protocol T; 'planted' = (a) + the "
             "study's mechanism, 'absent' = (a) only. Taobao: the 927-user slice under Protocol A (user filter "
             f"{args.min_behaviours}). Test metrics, mean ± std over seeds {args.seeds}; ΔAUC of the best module row "
@@ -480,6 +487,20 @@ def report(
 
 
 TDPE_STUDIES = ("tdpe", "tdpe_search")
+
+
+def provenance(runs: list[dict[str, Any]]) -> str:
+    """Which studies ran on which commit, date and CPU (runs of several invocations meet under --merge)."""
+    studies: dict[tuple[str, str, str], list[str]] = {}
+    for run in runs:
+        key = (run.get("commit", "unknown"), run.get("date", "unknown"), run.get("cpu", "unknown"))
+        if run["study"] not in studies.setdefault(key, []):
+            studies[key].append(run["study"])
+    parts = [
+        f"{', '.join(sorted(names, key=list(STUDIES).index))} at commit {c} ({d}, {cpu})"
+        for (c, d, cpu), names in sorted(studies.items())
+    ]
+    return f"Runs: {'; '.join(parts)}."
 
 
 def field_shares(runs: list[dict[str, Any]], work: Path, samples: int = 2048) -> dict[str, list[dict[str, Any]]]:
@@ -526,7 +547,7 @@ def render_field_shares(shares: dict[str, list[dict[str, Any]]]) -> str:
     order = [f for f in known if f in fields]
     order += [f for f in fields if f not in order]
     rows = []
-    for key, per_seed in shares.items():
+    for key, per_seed in sorted(shares.items(), key=lambda item: _key_order(item[0])):  # the JSON sorts keys
         for g in range(len(per_seed[0]["trained"])):
             group = [f for f in order if f in per_seed[0]["trained"][g] and f != "temporal"]
             cells = [key, str(g), "+".join(group)]
@@ -575,7 +596,7 @@ def decay_recovery(runs: list[dict[str, Any]], work: Path, samples: int = 4096) 
 def render_recovery(recovery: dict[str, list[dict[str, float]]]) -> str:
     header = ["study/data/row", *[f"mean gap {g} (days)" for g in GOALS], "seeds with click < cart < buy"]
     rows = []
-    for key, per_seed in recovery.items():
+    for key, per_seed in sorted(recovery.items(), key=lambda item: _key_order(item[0])):
         cells = [key]
         for goal in GOALS:
             cells.append(_fmt(_mean_std([gaps[goal] for gaps in per_seed])))
