@@ -226,6 +226,20 @@ def summarise(runs: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str
     return table
 
 
+LONGER = ", 3x epochs"  # a row trained three times as long; compared with the ablation trained as long
+
+
+def ablation_of(spec: Study, row: str) -> str:
+    """The row `row` is compared with: the ablation (rows[0]), or its 3x-epochs variant for a 3x-epochs row."""
+    longer = spec.rows[0] + LONGER
+    return longer if row.endswith(LONGER) and longer in spec.rows else spec.rows[0]
+
+
+def module_rows(spec: Study) -> list[str]:
+    """The rows that are the module (not the ablation, in either length)."""
+    return [r for r in spec.rows[1:] if r not in (spec.rows[0], spec.rows[0] + LONGER)]
+
+
 def _fmt(value: tuple[float, float]) -> str:
     return f"{value[0]:.4f} ± {value[1]:.4f}"
 
@@ -236,12 +250,12 @@ def render_study(study: str, table: dict[tuple[str, str, str], dict[str, Any]], 
     header = ["data", "row", "AUC", "GAUC (user)", "logloss", *[f"AUC {g}" for g in goals], "ΔAUC vs ablation", "s/run"]
     rows = []
     for data in datasets:
-        base = table.get((study, data, spec.rows[0]))
         for row in spec.rows:
             entry = table.get((study, data, row))
             if entry is None:
                 continue
-            delta = "—" if row == spec.rows[0] or base is None else f"{entry['auc'][0] - base['auc'][0]:+.4f}"
+            base = table.get((study, data, ablation_of(spec, row)))
+            delta = "—" if row not in module_rows(spec) or base is None else f"{entry['auc'][0] - base['auc'][0]:+.4f}"
             per_goal = [f"{entry['per_goal'][g]['auc'][0]:.4f}" if g in entry["per_goal"] else "—" for g in goals]
             rows.append(
                 [
@@ -265,20 +279,22 @@ def verdicts(table: dict[tuple[str, str, str], dict[str, Any]], studies: list[st
     out = []
     for study in studies:
         spec = STUDIES[study]
-        cells = [study, spec.rows[0]]
+        cells = [study, "?"]  # the ablation column is filled once the best row is known
         best_row = None
         gains: dict[str, bool] = {}
         per_goal, within = "—", float("nan")
         for data in ("planted", "absent", "taobao"):
-            base = table.get((study, data, spec.rows[0]))
-            candidates = [(table[(study, data, r)]["auc"][0], r) for r in spec.rows[1:] if (study, data, r) in table]
-            if base is None or not candidates:
+            candidates = [
+                (table[(study, data, r)]["auc"][0], r) for r in module_rows(spec) if (study, data, r) in table
+            ]
+            if not candidates:
                 cells.append("—")
                 continue
             if data == "planted" or best_row is None:
                 best_row = max(candidates)[1]
             entry = table.get((study, data, best_row))
-            if entry is None:
+            base = table.get((study, data, ablation_of(spec, best_row)))
+            if entry is None or base is None:
                 cells.append("—")
                 continue
             noise = max(base["auc"][1], entry["auc"][1])
@@ -290,6 +306,7 @@ def verdicts(table: dict[tuple[str, str, str], dict[str, Any]], studies: list[st
                 deltas = [entry["per_goal"][g]["auc"][0] - base["per_goal"][g]["auc"][0] for g in goals]
                 within = float(np.mean(deltas))
                 per_goal = f"{within:+.4f}"
+        cells[1] = ablation_of(spec, best_row) if best_row else spec.rows[0]
         cells.insert(1, best_row or "—")
         cells.insert(5, per_goal)
         if not gains.get("planted", False):
