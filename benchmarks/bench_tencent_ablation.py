@@ -59,7 +59,7 @@ from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import TrajectoryStore
 from longrec.data.synthetic import SyntheticConfig, generate
-from longrec.eval.analyze import attention_profile, load_run
+from longrec.eval.analyze import attention_profile, field_shares, load_run
 from longrec.eval.metrics import recall_at_k
 from longrec.search import SEARCHERS, search_stage
 from longrec.search.hierarchical import match_depth
@@ -452,7 +452,7 @@ def report(
         sections[[s for s in args.studies if s in SEARCH_STUDIES][-1]].append(render_search_recall(recall))
     if recovery:
         sections[[s for s in args.studies if s in TDPE_STUDIES][-1]].append(render_recovery(recovery))
-    shares = field_shares(runs, work) if "dsi" in rerun else None
+    shares = dsi_field_shares(runs, work) if "dsi" in rerun else None
     if shares is None and kept is not None:
         shares = kept.get("field_shares")
     if shares:
@@ -525,12 +525,11 @@ def provenance(runs: list[dict[str, Any]]) -> str:
     return f"Runs: {'; '.join(parts)}."
 
 
-def field_shares(runs: list[dict[str, Any]], work: Path, samples: int = 2048) -> dict[str, list[dict[str, Any]]]:
-    """dsi study: what drives each module's attention, field by field (`DSITIN.field_scores`), for the trained model
-    and for a freshly initialised one of the same config and seed. A field's share = the mean absolute deviation of
-    its logit term over a history's real behaviours (how much it moves attention between them), divided by the sum
-    of all fields' deviations, averaged over histories of the validation split. "study/data/row" -> one entry per
-    seed: {"init" | "trained": [one {field: share} per module]}."""
+def dsi_field_shares(runs: list[dict[str, Any]], work: Path, samples: int = 2048) -> dict[str, list[dict[str, Any]]]:
+    """dsi study: what drives each module's attention, field by field (`longrec.eval.analyze.field_shares`, the
+    numbers `longrec analyze` plots), for the trained model and for a freshly initialised one of the same config
+    and seed, on the validation split. "study/data/row" -> one entry per seed: {"init" | "trained": [one
+    {field: share} per module]}."""
     out: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         path = work / "runs" / run_name(run["study"], run["data"], run["row"], run["seed"])
@@ -545,20 +544,7 @@ def field_shares(runs: list[dict[str, Any]], work: Path, samples: int = 2048) ->
             taken += len(batch)
             if taken >= samples:
                 break
-        entry = {}
-        for name, model in (("init", fresh), ("trained", trained)):
-            deviation: dict[str, torch.Tensor] = {}
-            for batch in batches:
-                mask = batch.history_mask.unsqueeze(1)  # [B, 1, L]
-                count = mask.sum(-1).clamp(min=1)  # [B, 1]
-                with torch.no_grad():
-                    for field, term in model.field_scores(batch).items():  # [B, G, L]
-                        centred = (term - term.sum(-1, keepdim=True) / count.unsqueeze(-1)) * mask
-                        mad = centred.abs().sum(-1) / count  # [B, G]
-                        deviation[field] = deviation.get(field, torch.zeros(mad.shape[1])) + mad.sum(0)
-            total = sum(deviation.values())  # [G]
-            groups = len(total)
-            entry[name] = [{f: float(d[g] / total[g]) for f, d in deviation.items() if d[g] > 0} for g in range(groups)]
+        entry = {"init": field_shares(fresh, batches), "trained": field_shares(trained, batches)}
         out.setdefault(f"{run['study']}/{run['data']}/{run['row']}", []).append(entry)
     return out
 
@@ -583,9 +569,9 @@ def render_field_shares(shares: dict[str, list[dict[str, Any]]]) -> str:
             rows.append(cells)
     return (
         "What drives attention (dsi study): each field's share of how much a module's attention logit varies over a "
-        "history (mean absolute deviation of the field's term over the real behaviours, over the sum of all "
-        "fields' and the temporal encoding's), at initialisation → after training, mean over seeds, validation split "
-        "(`DSITIN.field_scores`).\n\n" + markdown_table(["study/data/row", "module", "fields", *order], rows)
+        "history (mean absolute deviation of the field's term over the real behaviours, summed over histories, over "
+        "the same sum for all fields' and the temporal encoding's), at initialisation → after training, mean over "
+        "seeds, validation split (`longrec.eval.analyze.field_shares`; `longrec analyze` plots it).\n\n" + markdown_table(["study/data/row", "module", "fields", *order], rows)
     )
 
 

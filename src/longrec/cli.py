@@ -352,7 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="a prepared store with the same vocabulary (default: the run's)")
     p.set_defaults(func=_cmd_eval)
 
-    p = add("analyze", "Draw where a trained model attends (per goal, per field group) and what search kept, as PNGs.")
+    p = add(
+        "analyze",
+        "Draw where a trained model attends (per goal, per field group), which fields drive its attention (DSI-TIN) "
+        "and what search kept, as PNGs.",
+    )
     p.add_argument("run", help="run directory written by 'longrec train'")
     p.add_argument("--split", default="valid", choices=("train", "valid", "test"))
     p.add_argument("--samples", type=int, default=4096, help="samples to analyse (default: 4096)")

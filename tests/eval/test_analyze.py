@@ -114,3 +114,31 @@ def test_mean_gap_days_orders_goals_by_how_fast_their_attention_decays(tmp_path:
     rows = mask.any(1)
     expected = ((w * batch.history_time_delta).sum(1)[rows] / 86_400).mean()
     assert slow == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_analyze_draws_dsi_tins_field_groups_and_what_drives_each(tmp_path: Path) -> None:
+    log = make_log(num_users=20, events=20, seed=5, impressions=6)
+    prepare(log, tmp_path / "data", ProtocolConfig.for_protocol("T", min_history=0))
+    overrides = [
+        "model.name='dsi_tin'",
+        "model.dim=4",
+        "model.head_hidden=(8,)",
+        "model.temporal='both'",
+        f"data.path={str(tmp_path / 'data')!r}",
+        "data.max_history=12",
+        "train.epochs=1",
+        "train.batch_size=32",
+        "train.progress=False",
+    ]
+    train(load_config(None, overrides), tmp_path / "run")
+    assert main(["--quiet", "analyze", str(tmp_path / "run"), "--samples", "64"]) == 0
+    plots = tmp_path / "run" / "plots"
+    for name in ("attention_by_field_group.png", "attention_by_field.png"):
+        assert (plots / name).stat().st_size > 5_000, name
+    numbers = json.loads((plots / "analysis.json").read_text())
+    assert numbers["attention"]["group_names"] == ["item", "category"]
+    shares = numbers["field_shares"]
+    assert shares["modules"] == ["item", "category"]
+    assert [set(module) for module in shares["shares"]] == [{"item", "temporal"}, {"category", "temporal"}]
+    for module in shares["shares"]:
+        assert sum(module.values()) == pytest.approx(1.0)

@@ -5,7 +5,9 @@
 
 - attention weight by relative position and by time gap to the target, one curve per goal (for TDPE models these
   are the learned per-goal decay curves);
-- attention by field group for models that expose `group_attention(batch) -> [B, G, L]` (DSI-TIN);
+- attention by field group, for models that name their attention modules (`group_names`, one per row of
+  `attention_weights(batch) -> [B, G, L]`: DSI-TIN), and what drives each module's attention field by field, for
+  models with `field_scores(batch)` (DSI-TIN; see `field_shares`);
 - which behaviours each searcher retrieved for one sample, against the hierarchical match depth to its target;
 - the validation curve from `metrics.jsonl`.
 
@@ -32,7 +34,7 @@ from longrec.search import NEEDS_EMBEDDINGS, SEARCHERS
 from longrec.search.hierarchical import match_depth
 from longrec.train.checkpoint import load_checkpoint
 
-__all__ = ["analyze_run", "attention_profile", "load_run", "retrieval_example"]
+__all__ = ["analyze_run", "attention_profile", "field_shares", "load_run", "retrieval_example"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +70,9 @@ def load_run(run: Path, data: str | None = None) -> tuple[Config, TrajectoryStor
 
 
 def _weights(model: torch.nn.Module, batch: Batch) -> torch.Tensor | None:
+    """The model's attention weights, [B, L] or [B, G, L] (G modules, heads or layers); None when it has none."""
     fn = getattr(model, "attention_weights", None)
-    if fn is None:
-        return None
-    w = fn(batch)  # [B, L] or [B, H, L]
-    return w.mean(1) if w.dim() == 3 else w  # [B, L]
+    return None if fn is None else fn(batch)
 
 
 @torch.no_grad()
@@ -92,9 +92,10 @@ def attention_profile(model: torch.nn.Module, batches: list[Batch], num_goals: i
     rows_with_history = np.zeros(num_goals)
     groups: list[np.ndarray] = []
     for batch in batches:
-        w = _weights(model, batch)
-        if w is None:
+        w_all = _weights(model, batch)  # [B, L] or [B, G, L]
+        if w_all is None:
             return None
+        w = w_all.mean(1) if w_all.dim() == 3 else w_all  # [B, L]
         mask = batch.history_mask.numpy()  # [B, L]
         goal = (batch.goal if batch.goal is not None else torch.zeros(len(batch), dtype=torch.long)).numpy()
         goal_l = np.broadcast_to(goal[:, None], mask.shape)[mask]  # [R]
@@ -112,9 +113,8 @@ def attention_profile(model: torch.nn.Module, batches: list[Batch], num_goals: i
         row_gap = (w_real * batch.history_time_delta.numpy()).sum(1)[has] / total[has] / 86_400  # [B'] days
         np.add.at(weighted_gap, goal[has], row_gap)
         np.add.at(rows_with_history, goal[has], 1)
-        group_fn = getattr(model, "group_attention", None)
-        if group_fn is not None:
-            g = group_fn(batch).numpy()  # [B, G, L]
+        if hasattr(model, "group_names"):
+            g = w_all.numpy()  # [B, G, L], one row per named module
             groups.append(np.stack([np.bincount(pos, g[:, j][mask], MAX_POSITION + 1) for j in range(g.shape[1])]))
     with np.errstate(invalid="ignore", divide="ignore"):
         out: dict[str, Any] = {
@@ -129,6 +129,34 @@ def attention_profile(model: torch.nn.Module, batches: list[Batch], num_goals: i
             out["group_position_mean"] = (total / pos_n.sum(0)[None, :]).tolist()
             out["group_names"] = list(getattr(model, "group_names", [f"group {j}" for j in range(total.shape[0])]))
     return out
+
+
+@torch.no_grad()
+def field_shares(model: torch.nn.Module, batches: list[Batch]) -> list[dict[str, float]] | None:
+    """What moves each attention module's weights, field by field: per module, each field's (and the temporal
+    encoding's) share of the logit's spread over a history, from `model.field_scores(batch)` (field -> [B, G, L]).
+    A term's spread is its mean absolute deviation over a history's real behaviours (a term equal on every
+    behaviour moves no weight: softmax ignores it); shares are that spread summed over histories, over the sum of all
+    terms'. Returns one {field: share} per module (fields outside a module's group left out), or None when the model
+    has no `field_scores`."""
+    scores = getattr(model, "field_scores", None)
+    if scores is None:
+        return None
+    spread: dict[str, torch.Tensor] = {}
+    for batch in batches:
+        mask = batch.history_mask.unsqueeze(1)  # [B, 1, L]
+        count = mask.sum(-1).clamp(min=1)  # [B, 1] real behaviours (1 for an empty history: its terms are all 0)
+        for field, term in scores(batch).items():  # [B, G, L]
+            centred = (term - term.sum(-1, keepdim=True) / count.unsqueeze(-1)) * mask  # [B, G, L]
+            deviation = (centred.abs().sum(-1) / count).sum(0)  # [G]
+            spread[field] = spread[field] + deviation if field in spread else deviation
+    if not spread:
+        return None
+    total = torch.stack(list(spread.values())).sum(0)  # [G]
+    return [
+        {field: float(d[g] / total[g]) for field, d in spread.items() if d[g] > 0 and total[g] > 0}
+        for g in range(len(total))
+    ]
 
 
 @torch.no_grad()
@@ -195,6 +223,11 @@ def analyze_run(
         files += plots.attention_curves(profile, goal_names, out, title=f"{run.name} ({config.model.name})")
         if "group_position_mean" in profile:
             files.append(plots.group_attention(profile, out, title=f"{run.name} ({config.model.name})"))
+        shares = field_shares(model, batches)
+        if shares is not None:
+            names = list(getattr(model, "group_names", [f"module {g}" for g in range(len(shares))]))
+            result["field_shares"] = {"modules": names, "shares": shares}
+            files.append(plots.field_shares(names, shares, out, title=f"{run.name} ({config.model.name})"))
     else:
         logger.info("%s has no attention_weights(): skipping attention plots", config.model.name)
     first = batches[0] if batches else None

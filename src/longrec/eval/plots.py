@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["attention_curves", "group_attention", "retrieval", "validation_curve"]
+__all__ = ["attention_curves", "field_shares", "group_attention", "retrieval", "validation_curve"]
 
 
 def _pyplot() -> Any:
@@ -88,6 +88,29 @@ def group_attention(profile: dict[str, Any], out: Path, title: str) -> str:
     ax.legend(title="attention fields")
     fig.tight_layout()
     path = out / "attention_by_field_group.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def field_shares(modules: list[str], shares: list[dict[str, float]], out: Path, title: str) -> str:
+    """DSI-TIN: one stacked bar per attention module, each field's share of what moves its attention."""
+    plt = _pyplot()
+    fields = list(dict.fromkeys(f for module in shares for f in module))
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.5 * len(modules)))
+    left = [0.0] * len(modules)
+    for field in fields:
+        widths = [module.get(field, 0.0) for module in shares]
+        ax.barh(range(len(modules)), widths, left=left, label=field)
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    ax.set_yticks(range(len(modules)), modules)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of the attention logit's spread over a history")
+    ax.set_title(f"What drives attention, by field: {title}")
+    ax.legend(title="term", bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    path = out / "attention_by_field.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)

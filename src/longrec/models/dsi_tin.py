@@ -264,6 +264,11 @@ class DSITIN(nn.Module):
             weights.append(alpha)
         return outputs, weights, v
 
+    @property
+    def group_names(self) -> list[str]:
+        """One name per attention module, its fields joined by '+' (rows of `attention_weights`; `longrec analyze`)."""
+        return ["+".join(group) for group in self.groups]
+
     def attention_weights(self, batch: Batch) -> Tensor:
         """α^g_i of every module, [B, G, L]; each row sums to 1 over the real behaviours (0 when empty)."""
         return torch.stack(self._pool(batch)[1], dim=1)  # [B, G, L]
