@@ -571,7 +571,8 @@ def render_field_shares(shares: dict[str, list[dict[str, Any]]]) -> str:
         "What drives attention (dsi study): each field's share of how much a module's attention logit varies over a "
         "history (mean absolute deviation of the field's term over the real behaviours, summed over histories, over "
         "the same sum for all fields' and the temporal encoding's), at initialisation → after training, mean over "
-        "seeds, validation split (`longrec.eval.analyze.field_shares`; `longrec analyze` plots it).\n\n" + markdown_table(["study/data/row", "module", "fields", *order], rows)
+        "seeds, validation split (`longrec.eval.analyze.field_shares`; `longrec analyze` plots it).\n\n"
+        + markdown_table(["study/data/row", "module", "fields", *order], rows)
     )
 
 
