@@ -35,12 +35,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from _common import machine, machine_line, markdown_table, update_readme_section, write_json
 
 from longrec.data.batch import Batch
-from longrec.data.probes import TwoHopTask
-from longrec.eval.metrics import auc
+from longrec.data.probes import TwoHopTask, fit_probe
 from longrec.models import build_model
 
 VARIANTS: dict[str, tuple[int, str]] = {  # name -> (L_s, query_chain)
@@ -81,22 +79,8 @@ def run_one(job: tuple[str, str, int, list[int]]) -> dict[str, Any]:
         "stacked_tin", num_items=TASK.num_items, dim=8, head_hidden=HEADS[head], num_layers=layers,
         num_positions=TASK.length + 1, query_chain=chain,
     )  # fmt: skip
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
-    g = torch.Generator().manual_seed(seed)
-    aucs: dict[int, float] = {}
     start = time.perf_counter()
-    for step in range(1, max(steps) + 1):
-        rows = torch.randint(0, len(train), (BATCH,), generator=g)
-        batch = Batch(**{name: value[rows] for name, value in train.fields().items()})
-        assert batch.label is not None
-        loss = F.binary_cross_entropy_with_logits(model(batch), batch.label)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step in steps:
-            with torch.no_grad():
-                aucs[step] = auc(test.label.numpy(), model.eval()(test).numpy())
-            model.train()
+    aucs = fit_probe(model, train, test, max(steps), lr=LR, batch_size=BATCH, seed=seed, checkpoints=steps)
     attention = partner_attention(model.eval(), test) if layers > 1 else None
     seconds = time.perf_counter() - start
     return {"variant": variant, "head": head, "seed": seed, "auc": aucs, "attention": attention, "seconds": seconds}

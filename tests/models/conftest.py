@@ -107,20 +107,6 @@ def model(model_name: str) -> nn.Module:
 
 def fit_and_auc(model: nn.Module, train: Batch, test: Batch, steps: int, lr: float = 1e-2) -> float:
     """Adam + BCE on random 128-row minibatches of `train` (seeded), then the test AUC: the learning checks' loop."""
-    import torch.nn.functional as F
+    from longrec.data.probes import fit_probe
 
-    from longrec.eval.metrics import auc
-
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        rows = torch.randint(0, len(train), (128,), generator=g)
-        batch = Batch(**{name: value[rows] for name, value in train.fields().items()})
-        assert batch.label is not None
-        loss = F.binary_cross_entropy_with_logits(model(batch), batch.label)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert test.label is not None
-    with torch.no_grad():
-        return auc(test.label.numpy(), model.eval()(test).numpy())
+    return fit_probe(model, train, test, steps, lr=lr)[steps]

@@ -3,7 +3,7 @@
 The synthetic log (`longrec.data.synthetic`) plants its mechanisms inside a realistic trajectory, where several
 effects overlap. A probe task plants one rule and nothing else, on a few dozen items, so a model and its ablation can
 be trained to convergence in seconds and compared on exactly the ability that separates them. They back the
-mechanism tests and `benchmarks/bench_stacked_chain.py`.
+mechanism tests and `benchmarks/bench_stacked_chain.py`, which both train with `fit_probe`.
 
 `TwoHopTask` — a rule only a chain of two attention hops expresses directly (Stacked TIN, SPEC §3):
 
@@ -22,14 +22,52 @@ What it takes: the first hop finds the target's bridges; the second must compare
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from longrec.data.batch import Batch
 
-__all__ = ["TwoHopTask"]
+__all__ = ["TwoHopTask", "fit_probe"]
+
+
+def fit_probe(
+    model: nn.Module,
+    train: Batch,
+    test: Batch,
+    steps: int,
+    lr: float = 1e-2,
+    batch_size: int = 128,
+    seed: int = 0,
+    checkpoints: Iterable[int] | None = None,
+) -> dict[int, float]:
+    """Adam + BCE on random `batch_size`-row minibatches of `train` (drawn from `seed`), and the test AUC after each
+    step in `checkpoints` (default: the last), as {step: AUC}. The model is left in eval mode after the last one.
+    An in-memory loop for probe tasks and the mechanism tests: no search stage, no auxiliary loss, no L2."""
+    from longrec.eval.metrics import auc
+
+    assert test.label is not None
+    marks = set(checkpoints) if checkpoints is not None else {steps}
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    aucs: dict[int, float] = {}
+    for step in range(1, steps + 1):
+        rows = torch.randint(0, len(train), (batch_size,), generator=g)
+        batch = Batch(**{name: value[rows] for name, value in train.fields().items()})
+        assert batch.label is not None
+        loss = F.binary_cross_entropy_with_logits(model(batch), batch.label)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step in marks:
+            with torch.no_grad():
+                aucs[step] = auc(test.label.numpy(), model.eval()(test).numpy())
+            if step < steps:
+                model.train()
+    return aucs
 
 
 @dataclass(frozen=True)
