@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from longrec.data.store import atomic_write_text
+from longrec.files import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"

@@ -21,16 +21,16 @@ __all__ = ["main"]
 EXAMPLES = {
     "synth": """examples:
   longrec synth --out data/synth-raw
-  longrec synth --out data/tiny --set num_users=100 --set events_per_user=50 --set mechanisms="('a','d')"
+  longrec synth --out data/tiny --set num_users=100 --set events_per_user=50 --set mechanisms='["a", "d"]'
   longrec synth --out data/long --set num_users=4 --set events_per_user=100000""",
     "prepare": """examples:
   longrec prepare data/synth-raw --format synthetic --out data/synth
   longrec prepare ../shared/data/taobao_userbehavior/UserBehavior_927users.csv.gz --format taobao \\
-      --option actions="('pv',)" --protocol A --set min_behaviours=50 --out data/taobao-A
+      --option actions='["pv"]' --protocol A --set min_behaviours=50 --out data/taobao-A
   longrec prepare ../shared/data/movielens_latest_small/ratings.csv.gz --format movielens \\
       --option movies=../shared/data/movielens_latest_small/movies.csv --protocol B --out data/ml-B
   longrec prepare log.parquet --format parquet --out data/mine \\
-      --option mapping="{'user_id': 'uid', 'item_id': 'iid', 'timestamp': 'ts'}"
+      --option mapping='{user_id = "uid", item_id = "iid", timestamp = "ts"}'
   # several sources -> one trajectory per user, categories mapped onto one taxonomy (docs/unify.md):
   longrec prepare --source tests/data/fixtures/unify/ads.csv:csv:ad:feed \\
       --source tests/data/fixtures/unify/content.csv:csv:content:video \\
@@ -95,16 +95,18 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from longrec.config import ConfigError, fill_dataclass, parse_overrides
     from longrec.data.synthetic import SyntheticConfig, generate
+    from longrec.files import SYNTHETIC, check_output
+    from longrec.settings import ConfigError, fill_dataclass, parse_overrides
 
     problems: list[str] = []
     cfg = fill_dataclass(SyntheticConfig, parse_overrides(args.set), "", problems)
     if cfg is None:
         raise ConfigError(problems, "--set")
+    check_output(args.out, SYNTHETIC, args.force)  # before the work: a refused --out costs nothing
     started = time.perf_counter()
     synthetic = generate(cfg, progress=not args.quiet)
-    synthetic.write(Path(args.out))
+    synthetic.write(Path(args.out), force=args.force)
     log = synthetic.log
     impressions = int(log["label"].is_not_null().sum()) if "label" in log.columns else 0
     print(
@@ -115,8 +117,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, str]:
-    from longrec.config import parse_overrides
     from longrec.data.loaders import load_log
+    from longrec.settings import parse_overrides
 
     options = parse_overrides(args.option) if args.option else {}
     loaded = load_log(args.input, args.format, **options)
@@ -125,8 +127,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, str]:
 
 def _unify(args: argparse.Namespace) -> tuple[Any, Any, str, Any]:
     """INPUT (if any), the --sources file and every --source, merged by `longrec.data.unify`."""
-    from longrec.config import parse_overrides
     from longrec.data.unify import SourceSpec, parse_source, read_sources_file, unify
+    from longrec.settings import parse_overrides
 
     specs, taxonomy_map, levels = [], args.taxonomy_map, args.taxonomy_levels
     if args.input is not None:
@@ -142,9 +144,10 @@ def _unify(args: argparse.Namespace) -> tuple[Any, Any, str, Any]:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from longrec.config import ConfigError, fill_dataclass, parse_overrides
     from longrec.data.prepare import prepare
     from longrec.data.protocols import ProtocolConfig
+    from longrec.files import STORE, check_output
+    from longrec.settings import ConfigError, fill_dataclass, parse_overrides
 
     problems: list[str] = []
     protocol = fill_dataclass(ProtocolConfig, {"name": args.protocol}, "protocol.", problems)
@@ -156,6 +159,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         protocol = fill_dataclass(ProtocolConfig, {**dataclasses.asdict(base), **overrides}, "protocol.", problems)
     if protocol is None:
         raise ConfigError(problems, "prepare options")
+    check_output(args.out, STORE, args.force)  # before loading: a refused --out costs nothing
     if args.input is not None and args.format is None:
         raise ValueError("prepare INPUT needs --format (one of the loader formats, e.g. --format taobao).")
     if args.option and args.input is None:
@@ -170,7 +174,14 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     extra = tuple(args.extra_fields.split(",")) if args.extra_fields is not None else None
     sections = {"taxonomy_coverage": coverage.to_dict()} if coverage is not None else None
     result = prepare(
-        frame, args.out, protocol, source=source, load_report=report, extra_fields=extra, extra_manifest=sections
+        frame,
+        args.out,
+        protocol,
+        source=source,
+        load_report=report,
+        extra_fields=extra,
+        extra_manifest=sections,
+        force=args.force,
     )
     print("\n".join(result.lines() + (coverage.lines() if coverage is not None else [])))
     return 0
@@ -179,7 +190,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _cmd_import_samples(args: argparse.Namespace) -> int:
     from longrec.data.interop import import_samples
 
-    result = import_samples(args.train, args.valid, args.test, args.out, ids=args.ids)
+    result = import_samples(args.train, args.valid, args.test, args.out, ids=args.ids, force=args.force)
     print("\n".join(result.lines()))
     return 0
 
@@ -190,9 +201,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     overrides = list(args.set)
     if args.quiet:
-        overrides.append("train.progress=False")
+        overrides.append("train.progress=false")
     if args.debug:
-        overrides.append("data.check_batches=True")
+        overrides.append("data.check_batches=true")
     config = load_config(args.config, overrides)
     result = train(config, args.out, resume=args.resume)
     _print_metrics_table([(config.model.name, result)], f"{config.model.name}: best step {result['best_step']}")
@@ -201,9 +212,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from longrec.config import Config, load_config
-    from longrec.data.store import TrajectoryStore, atomic_write_text
+    from longrec.config import Config
+    from longrec.data.store import TrajectoryStore
     from longrec.eval.evaluate import evaluate
+    from longrec.files import atomic_write_text
     from longrec.train.checkpoint import load_checkpoint
     from longrec.train.loop import build_model_for_store
 
@@ -211,12 +223,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     saved = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else None
     if saved is None:
         raise FileNotFoundError(f"{run / 'config.json'} not found: '{run}' is not a run directory of 'longrec train'.")
-    model_section = saved.pop("model")
-    overrides = [f"model.{k}={v!r}" for k, v in model_section.items()]
-    overrides += [f"{s}.{k}={v!r}" for s, section in saved.items() for k, v in section.items()]
     if args.data:
-        overrides.append(f"data.path={args.data!r}")
-    config: Config = load_config(None, overrides)
+        saved["data"]["path"] = args.data
+    config = Config.from_dict(saved, str(run / "config.json"))
     store = TrajectoryStore.open(config.data.path)
     checkpoint = load_checkpoint(run / "checkpoint.pt")
     if checkpoint["vocab_sha"] != store.manifest["vocab_sha"]:
@@ -285,7 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     p = add("synth", "Generate a synthetic multi-domain behaviour log with planted mechanisms and ground truth.")
-    p.add_argument("--out", required=True, help="output directory (log.parquet, truth.parquet, taxonomy_map.csv, ...)")
+    p.add_argument(
+        "--out", required=True, help="output folder (log.parquet, truth.parquet, ...): new, empty or a previous log"
+    )
+    p.add_argument("--force", action="store_true", help="replace OUT if it holds a previous synthetic log")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a SyntheticConfig field")
     p.set_defaults(func=_cmd_synth)
 
@@ -297,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
         "input", nargs="?", default=None, help="the log file (or a 'longrec synth' directory with --format synthetic)"
     )
     p.add_argument("--format", default=None, choices=sorted(LOADERS), help="the input format (required with INPUT)")
-    p.add_argument("--out", required=True, help="the store directory (replaced atomically)")
+    p.add_argument("--out", required=True, help="the store folder: new, empty, or a previous store (with --force)")
+    p.add_argument("--force", action="store_true", help="replace OUT (atomically) if it holds a previous store")
     p.add_argument(
         "--protocol", default="T", choices=PROTOCOLS, help="A: DARE, B: leave-last-out, T: by time (default)"
     )
@@ -305,7 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a protocol option, e.g. min_behaviours=50"
     )
     p.add_argument(
-        "--option", action="append", default=[], metavar="KEY=VALUE", help="a loader option, e.g. actions=\"('pv',)\""
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a loader option (a TOML value), e.g. actions='[\"pv\"]'",
     )
     p.add_argument("--extra-fields", default=None, help="comma-separated extra id columns to keep (default: all)")
     p.add_argument(
@@ -330,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", required=True, help="Parquet file of training samples")
     p.add_argument("--valid", required=True, help="Parquet file of validation samples")
     p.add_argument("--test", required=True, help="Parquet file of test samples")
-    p.add_argument("--out", required=True, help="the store directory (replaced atomically)")
+    p.add_argument("--out", required=True, help="the store folder: new, empty, or a previous store (with --force)")
+    p.add_argument("--force", action="store_true", help="replace OUT (atomically) if it holds a previous store")
     p.add_argument(
         "--ids",
         default="auto",

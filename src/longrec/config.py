@@ -11,17 +11,18 @@ Example:
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
 import json
 import re
 import tomllib
-import types
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+
+from longrec.settings import ConfigError, dotted_keys, fill_dataclass, merge, parse_overrides
 
 __all__ = [
     "DATA_SIZE_FIELDS",
@@ -31,9 +32,7 @@ __all__ = [
     "ModelSection",
     "SearchConfig",
     "TrainConfig",
-    "fill_dataclass",
     "load_config",
-    "parse_overrides",
 ]
 
 # Model-config fields that come from the prepared data, never from the experiment file.
@@ -53,17 +52,6 @@ DATA_SIZE_FIELDS = frozenset(
 METRICS = ("auc", "gauc", "gauc_category", "logloss")
 PRECISIONS = ("fp32", "bf16")
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|auto")
-
-T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """One or more config problems, all listed."""
-
-    def __init__(self, problems: list[str], source: str = "config") -> None:
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{len(problems)} problem(s) in {source}:\n{lines}")
 
 
 @dataclass(frozen=True)
@@ -218,124 +206,14 @@ class Config:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> Config:
+        """The config of `to_dict()` (a run's config.json), checked as `load_config` checks a file.
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
-
-
-def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
-    """Check `value` against annotation `tp`; return (ok, value converted to the annotated container type)."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return True, value
-    if origin in (types.UnionType, typing.Union):
-        for arg in typing.get_args(tp):
-            ok, out = _coerce(value, arg)
-            if ok:
-                return True, out
-        return False, value
-    if tp is type(None):
-        return value is None, value
-    if tp is bool:
-        return isinstance(value, bool), value
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if tp is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        return ok, float(value) if ok else value
-    if tp is str:
-        return isinstance(value, str), value
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            return False, value
-        args = typing.get_args(tp)
-        item_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
-        if len(item_types) != len(value):
-            return False, value
-        out = [_coerce(v, t) for v, t in zip(value, item_types, strict=True)]
-        return all(ok for ok, _ in out), tuple(v for _, v in out)
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            return False, value
-        (arg,) = typing.get_args(tp)
-        out = [_coerce(v, arg) for v in value]
-        return all(ok for ok, _ in out), [v for _, v in out]
-    if origin is dict or tp is dict:
-        return isinstance(value, dict), value
-    return isinstance(value, tp) if isinstance(tp, type) else True, value
-
-
-def fill_dataclass(cls: type[T], values: dict[str, Any], prefix: str, problems: list[str]) -> T | None:
-    """Build dataclass `cls` from `values`, appending every problem to `problems` (returns None if any).
-
-    Nested dataclass fields are filled recursively; unknown keys get did-you-mean hints; `__post_init__`
-    ValueErrors are recorded, not raised.
-    """
-    assert dataclasses.is_dataclass(cls)
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    before = len(problems)
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        where = f"{prefix}{key}"
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(names)}"
-            problems.append(f"{where}: unknown key ({hint})")
-            continue
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                problems.append(f"{where}: expected a table, got {type(value).__name__} {value!r}")
-                continue
-            nested = fill_dataclass(typing.cast(type, tp), value, f"{where}.", problems)
-            if nested is not None:
-                kwargs[key] = nested
-            continue
-        ok, converted = _coerce(value, tp)
-        if not ok:
-            problems.append(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-            continue
-        kwargs[key] = converted
-    bad_keys = len(problems) > before
-    try:
-        built = cls(**kwargs)  # also with bad keys left out, so __post_init__ problems are reported in the same run
-    except ConfigError as err:
-        problems.extend(err.problems)
-        return None
-    except (ValueError, TypeError) as err:
-        problems.append(
-            str(err) if str(err).startswith(cls.__name__) else f"{prefix.rstrip('.') or cls.__name__}: {err}"
-        )
-        return None
-    return None if bad_keys else built
-
-
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """`["train.lr=0.01", "model.name=din"]` -> nested dict. Values go through `ast.literal_eval`; bare words
-    stay strings."""
-    out: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError([f"--set {item!r}: expected key=value, e.g. train.lr=0.01"], "--set")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return out
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+        Raises:
+            ConfigError: every problem, at once, naming `source`.
+        """
+        return _from_raw(raw, source)
 
 
 def _check_model(section: dict[str, Any], problems: list[str]) -> ModelSection | None:
@@ -391,7 +269,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raw = tomllib.loads(p.read_text())
         except tomllib.TOMLDecodeError as err:
             raise ConfigError([f"not valid TOML: {err}"], source) from err
-    raw = _merge(raw, parse_overrides(overrides or []))
+    given = parse_overrides(overrides or [])
+    if given:
+        source = f"{source} + --set" if path is not None else "--set"
+    return _from_raw(merge(raw, given), source, dotted_keys(given))
+
+
+def _from_raw(raw: dict[str, Any], source: str, set_keys: Collection[str] = ()) -> Config:
+    """Check and build a `Config` from nested tables; problems about keys in `set_keys` are marked '(--set)'."""
     problems: list[str] = []
     sections = {f.name for f in dataclasses.fields(Config)}
     for key in raw:
@@ -416,5 +301,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             "history."
         )
     if problems or model is None or data is None or train is None or search is None:
-        raise ConfigError(problems, source)
+        raise ConfigError([_mark_set(p, set_keys) for p in problems], source)
     return Config(model=model, data=data, search=search, train=train)
+
+
+def _mark_set(problem: str, set_keys: Collection[str]) -> str:
+    """'train.lr must be > 0 ...' -> '... (--set)' when train.lr came from --set."""
+    key = problem.split(":", 1)[0].split(" ", 1)[0].split("[", 1)[0]
+    return f"{problem} (--set)" if key in set_keys else problem

@@ -18,8 +18,8 @@ from longrec.config import load_config
 from longrec.data.loaders import load_log
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
-from longrec.data.store import atomic_write_text
 from longrec.data.synthetic import SyntheticConfig, generate
+from longrec.files import atomic_write_text
 from longrec.train.loop import train
 
 __all__ = ["DEMO_MODELS", "run_demo"]
@@ -28,8 +28,8 @@ logger = logging.getLogger(__name__)
 
 # name -> (model section, train overrides): the same optimisation budget for both.
 DEMO_MODELS: dict[str, list[str]] = {
-    "din": ["model.name=din", "model.dim=16", "model.attention_hidden=(32,)", "model.head_hidden=(64, 32)"],
-    "mean_pool": ["model.name=mean_pool", "model.dim=16", "model.head_hidden=(64, 32)"],
+    "din": ["model.name=din", "model.dim=16", "model.attention_hidden=[32]", "model.head_hidden=[64, 32]"],
+    "mean_pool": ["model.name=mean_pool", "model.dim=16", "model.head_hidden=[64, 32]"],
 }
 DEMO_TRAIN = ["train.lr=0.003", "train.batch_size=512", "train.epochs=3", "data.max_history=100", "train.metric=auc"]
 DEMO_USERS = 3000
@@ -55,7 +55,7 @@ def run_demo(out: Path, users: int | None = None, seed: int = 0, progress: bool 
     runs: dict[str, Any] = {}
     for name, model_overrides in DEMO_MODELS.items():
         overrides = [*model_overrides, *DEMO_TRAIN, f"data.path={str(out / 'data')!r}", f"train.seed={seed}"]
-        overrides.append(f"train.progress={progress}")
+        overrides.append(f"train.progress={str(progress).lower()}")
         logger.info("training %s", name)
         runs[name] = train(load_config(None, overrides), out / "runs" / name)
     din, pool = runs["din"]["test"]["auc"], runs["mean_pool"]["test"]["auc"]

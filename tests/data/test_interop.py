@@ -335,13 +335,13 @@ def test_cli_import_then_train_din_scores_every_row(tmp_path: Path, capsys: pyte
         [
             "model.name=din",
             "model.dim=4",
-            "model.attention_hidden=(4,)",
-            "model.head_hidden=(4,)",
+            "model.attention_hidden=[4]",
+            "model.head_hidden=[4]",
             f"data.path={str(store_dir)!r}",
             "data.max_history=8",
             "train.batch_size=16",
             "train.epochs=1",
-            "train.progress=False",
+            "train.progress=false",
         ],
     )
     result = train(config, tmp_path / "run")

@@ -182,7 +182,7 @@ _TRAIN_CHILD = textwrap.dedent(
     sets = [f"model.name={model}", "model.dim=16", "model.max_position=10000", f"model.aux_loss={aux}",
             "search.method=soft", "search.k=100", f"data.path={store}", "data.max_history=10000",
             "train.batch_size=32", "train.eval_batch_size=32", "train.max_steps=4", "train.epochs=1",
-            "train.threads=2", "train.progress=False"]
+            "train.threads=2", "train.progress=false"]
     metrics = train(load_config(None, sets), out)
     with open("/proc/self/status") as f:
         peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024

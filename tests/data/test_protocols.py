@@ -18,7 +18,7 @@ from tests.conftest import make_log
 
 
 def _prepared(tmp_path: Path, log: pl.DataFrame, protocol: ProtocolConfig, name: str = "store") -> TrajectoryStore:
-    prepare(log, tmp_path / name, protocol, source="test-log")
+    prepare(log, tmp_path / name, protocol, source="test-log", force=True)
     return TrajectoryStore.open(tmp_path / name)
 
 
@@ -147,6 +147,6 @@ def test_prepare_is_atomic(tmp_path: Path, tiny_log: pl.DataFrame, monkeypatch: 
 
     monkeypatch.setattr("longrec.data.prepare.write_manifest", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        prepare(tiny_log.head(50), out, ProtocolConfig.for_protocol("T"))
+        prepare(tiny_log.head(50), out, ProtocolConfig.for_protocol("T"), force=True)
     assert (out / "manifest.json").read_text() == before, "a failed prepare must leave the old store intact"
     assert [p.name for p in tmp_path.iterdir()] == ["store"], "no temporary directory left behind"

@@ -18,6 +18,7 @@ from sklearn.metrics import roc_auc_score
 from longrec.data import synthetic
 from longrec.data.schema import CATEGORICAL_COLUMNS, check_log
 from longrec.data.synthetic import ACTIONS, MECHANISMS, SyntheticConfig, SyntheticLog, generate
+from longrec.files import OutputError
 
 # A tiny world with many collisions: few categories/SPUs and a large ad share, so every mechanism fires.
 TINY = SyntheticConfig(
@@ -357,8 +358,8 @@ def test_write_produces_the_files(tmp_path: Path, tiny: SyntheticLog) -> None:
 
 def test_write_is_atomic_on_failure(tmp_path: Path, tiny: SyntheticLog, monkeypatch: pytest.MonkeyPatch) -> None:
     old = tmp_path / "old"
-    old.mkdir()
-    (old / "marker.txt").write_text("previous run")
+    tiny.write(old)
+    before = (old / "synthetic.json").read_text()
 
     def explode(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
@@ -367,13 +368,27 @@ def test_write_is_atomic_on_failure(tmp_path: Path, tiny: SyntheticLog, monkeypa
     with pytest.raises(OSError, match="disk full"):
         tiny.write(tmp_path / "new")
     with pytest.raises(OSError, match="disk full"):
-        tiny.write(old)
+        tiny.write(old, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]  # no partial 'new', no temp dirs
-    assert [p.name for p in old.iterdir()] == ["marker.txt"]  # the previous directory is untouched
+    assert (old / "synthetic.json").read_text() == before  # the previous log is untouched
     monkeypatch.undo()
-    tiny.write(old)  # a successful write replaces it whole
-    assert "marker.txt" not in {p.name for p in old.iterdir()}
+    (old / "log.parquet").unlink()
+    tiny.write(old, force=True)  # a successful write replaces it whole
+    assert (old / "log.parquet").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
+
+
+def test_write_never_deletes_a_folder_it_did_not_write(tmp_path: Path, tiny: SyntheticLog) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for force in (False, True):
+        with pytest.raises(OutputError, match=r"is not a synthetic log written by 'longrec synth' \(it holds 'notes"):
+            tiny.write(mine, force=force)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    tiny.write(tmp_path / "log")
+    with pytest.raises(OutputError, match=r"already holds a synthetic log .* Pass --force to replace it"):
+        tiny.write(tmp_path / "log")
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,6 @@ import polars as pl
 import pytest
 
 from longrec.cli import main
-from longrec.config import ConfigError
 from longrec.data.loaders import load_kuairec, load_synthetic, load_table, load_taobao
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
@@ -25,6 +24,7 @@ from longrec.data.unify import (
     read_taxonomy_map,
     unify,
 )
+from longrec.settings import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures" / "unify"

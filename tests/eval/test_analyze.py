@@ -32,12 +32,12 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     overrides = [
         "model.name='tin'",
         "model.dim=4",
-        "model.head_hidden=(8,)",
+        "model.head_hidden=[8]",
         f"data.path={str(root / 'data')!r}",
         "data.max_history=12",
         "train.epochs=1",
         "train.batch_size=32",
-        "train.progress=False",
+        "train.progress=false",
         "search.method='hierarchical'",
         "search.k=5",
     ]
@@ -122,13 +122,13 @@ def test_analyze_draws_dsi_tins_field_groups_and_what_drives_each(tmp_path: Path
     overrides = [
         "model.name='dsi_tin'",
         "model.dim=4",
-        "model.head_hidden=(8,)",
+        "model.head_hidden=[8]",
         "model.temporal='both'",
         f"data.path={str(tmp_path / 'data')!r}",
         "data.max_history=12",
         "train.epochs=1",
         "train.batch_size=32",
-        "train.progress=False",
+        "train.progress=false",
     ]
     train(load_config(None, overrides), tmp_path / "run")
     assert main(["--quiet", "analyze", str(tmp_path / "run"), "--samples", "64"]) == 0

@@ -28,15 +28,15 @@ def _config(store_path: str, *extra: str):  # type: ignore[no-untyped-def]
     base = [
         "model.name=din",
         "model.dim=4",
-        "model.attention_hidden=(8,)",
-        "model.head_hidden=(8,)",
+        "model.attention_hidden=[8]",
+        "model.head_hidden=[8]",
         f"data.path={store_path!r}",
         "data.max_history=10",
         "train.batch_size=16",
         "train.epochs=3",
         "train.eval_every=7",
         "train.lr=0.01",
-        "train.progress=False",
+        "train.progress=false",
         "train.l2=1e-4",
     ]
     return load_config(None, [*base, *extra])

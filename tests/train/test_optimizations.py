@@ -209,18 +209,18 @@ def test_loop_runs_with_every_cpu_option_and_bucketed_eval_keeps_the_metrics(tmp
     base = [
         "model.name=din",
         "model.dim=4",
-        "model.attention_hidden=(8,)",
-        "model.head_hidden=(8,)",
+        "model.attention_hidden=[8]",
+        "model.head_hidden=[8]",
         f"data.path={store_path!r}",
         "data.max_history=10",
         "train.batch_size=16",
         "train.epochs=1",
-        "train.progress=False",
+        "train.progress=false",
     ]
     options = [
         "train.precision='bf16'",
-        "train.key_collection=True",
-        "data.bucket_by_length=True",
+        "train.key_collection=true",
+        "data.bucket_by_length=true",
         "train.device='auto'",
     ]
     result = train(load_config(None, [*base, *options]), tmp_path / "run")
@@ -309,7 +309,7 @@ def test_loop_trains_on_the_gpu_with_workers_pinning_batches(tmp_path: Path, sto
     overrides = [
         "model.name=dare",
         "model.dim=4",
-        "model.aux_loss=True",
+        "model.aux_loss=true",
         "search.method='soft'",
         "search.k=4",
         f"data.path={store_path!r}",
@@ -317,7 +317,7 @@ def test_loop_trains_on_the_gpu_with_workers_pinning_batches(tmp_path: Path, sto
         "data.num_workers=1",
         "train.batch_size=16",
         "train.epochs=1",
-        "train.progress=False",
+        "train.progress=false",
         "train.device='cuda'",
         "train.precision='bf16'",
     ]

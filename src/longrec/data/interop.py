@@ -40,7 +40,8 @@ import polars as pl
 
 from longrec import __version__
 from longrec.data.schema import DataError, LogSchema
-from longrec.data.store import FORMAT_VERSION, SPLITS, SampleSet, atomic_directory, vocab_sha, write_manifest
+from longrec.data.store import FORMAT_VERSION, SPLITS, SampleSet, vocab_sha, write_manifest
+from longrec.files import STORE, check_output, output_directory
 
 __all__ = ["ID_MODES", "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "ImportResult", "import_samples"]
 
@@ -334,6 +335,7 @@ def import_samples(
     test: str | Path,
     out: str | Path,
     ids: str = "auto",
+    force: bool = False,
 ) -> ImportResult:
     """Import already-built samples (three Parquet files with list columns) as a prepared store.
 
@@ -341,9 +343,10 @@ def import_samples(
         train: Parquet file of training samples (columns: see `REQUIRED_COLUMNS`, `OPTIONAL_COLUMNS`).
         valid: Parquet file of validation samples (model selection).
         test: Parquet file of test samples.
-        out: the store directory; replaced atomically if it exists.
+        out: the store directory: new, empty, or a previous store (replaced atomically, only with `force`).
         ids: 'auto' keeps integer item/category ids as given and maps string ids; 'keep' requires integer ids;
             'map' maps every id to a dense id 1..n (sorted raw values). Users are always mapped.
+        force: replace `out` when it holds a previous store (never a folder holding anything else).
 
     Returns:
         The store directory and its manifest (counts, sizes, id decisions, padding removed); `lines()` summarises.
@@ -361,6 +364,7 @@ def import_samples(
     if ids not in ID_MODES:
         raise ValueError(f"ids must be one of {', '.join(ID_MODES)}. Got {ids!r} instead.")
     out = Path(out)
+    check_output(out, STORE, force)  # before any work: a refused --out costs nothing
     paths = {"train": Path(train), "valid": Path(valid), "test": Path(test)}
     read = [_read(paths[s]) for s in SPLITS]
     files, kinds = [r[0] for r in read], [r[1] for r in read]
@@ -458,7 +462,7 @@ def import_samples(
         )
         first += n
 
-    with atomic_directory(out) as tmp:
+    with output_directory(out, STORE, force) as tmp:
         (tmp / "trajectories").mkdir()
         arrays = {"offsets": offsets, "owner": owner, "item": item, "timestamp": timestamp, "category": category}
         for name, value in arrays.items():

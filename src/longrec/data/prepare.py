@@ -23,7 +23,8 @@ import polars as pl
 from longrec import __version__
 from longrec.data.protocols import ProtocolConfig, Trajectories, build_samples
 from longrec.data.schema import FilterReport, LogSchema, check_log
-from longrec.data.store import FORMAT_VERSION, SPLITS, atomic_directory, vocab_sha, write_manifest
+from longrec.data.store import FORMAT_VERSION, SPLITS, vocab_sha, write_manifest
+from longrec.files import STORE, check_output, output_directory
 
 __all__ = ["PrepareResult", "prepare"]
 
@@ -90,18 +91,20 @@ def prepare(
     load_report: FilterReport | None = None,
     extra_fields: tuple[str, ...] | None = None,
     extra_manifest: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> PrepareResult:
     """Prepare a canonical behaviour log into a trajectory store with samples.
 
     Args:
         frame: the log with canonical columns (see `longrec.data.schema`).
-        out: the store directory; replaced atomically if it exists.
+        out: the store directory: new, empty, or a previous store (replaced atomically, only with `force`).
         protocol: which samples to cut (`ProtocolConfig.for_protocol('A')`, ...).
         source: the log's name, quoted in errors and the manifest.
         load_report: rows the loader filtered, recorded in the manifest.
         extra_fields: extra id columns to keep; None keeps every extra column of the schema but `source_category`.
         extra_manifest: more JSON-ready manifest sections, e.g. {"taxonomy_coverage": ...} from
             `longrec.data.unify`; a key that `prepare` writes itself is a ValueError.
+        force: replace `out` when it holds a previous store (never a folder holding anything else).
 
     Returns:
         The written manifest, with counts and every filter.
@@ -114,6 +117,7 @@ def prepare(
     """
     started = time.perf_counter()
     out = Path(out)
+    check_output(out, STORE, force)  # before any work: a refused --out costs nothing
     lazy = frame.lazy()
     schema = check_log(lazy, source)
     # Default: every extra id column except `source_category`, a domain's raw category that taxonomy mapping
@@ -201,7 +205,7 @@ def prepare(
         }
     samples = build_samples(traj, protocol)
 
-    with atomic_directory(out) as tmp:
+    with output_directory(out, STORE, force) as tmp:
         (tmp / "trajectories").mkdir()
         np.save(tmp / "trajectories" / "offsets.npy", offsets)
         arrays: dict[str, np.ndarray] = {"item": item[order].astype(np.int32), "timestamp": ts[order]}

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from longrec.config import ConfigError
 from longrec.data.store import SampleSet
+from longrec.settings import ConfigError
 
 __all__ = ["PROTOCOLS", "ProtocolConfig", "Trajectories", "build_samples", "history_end", "sample_negatives"]
 

@@ -18,25 +18,23 @@ Layout of a prepared directory (the LongCTR / FuxiCTR layout: samples index into
                                   scene, event_id; a sample's history is trajectory[:end] (behaviours strictly
                                   before target_time)
 
-Everything is written into a temporary sibling directory and renamed into place, so a crash never leaves a
-half-written store.
+Everything is written into a temporary sibling directory and renamed into place (`longrec.files.output_directory`),
+so a crash never leaves a half-written store, and an existing folder is replaced only when it is a previous store.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+
+from longrec.files import atomic_write_text
 
 __all__ = [
     "FORMAT_VERSION",
@@ -45,8 +43,6 @@ __all__ = [
     "SPLITS",
     "SampleSet",
     "TrajectoryStore",
-    "atomic_directory",
-    "atomic_write_text",
 ]
 
 FORMAT_VERSION = 1
@@ -64,39 +60,6 @@ SAMPLE_ARRAYS = (
     "event_id",
 )
 SPLITS = ("train", "valid", "test")
-
-
-@contextmanager
-def atomic_directory(out: Path) -> Iterator[Path]:
-    """Yield a temporary directory next to `out`; on success it replaces `out`, on error it is removed."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file through a temporary file and a rename, so readers never see half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and manifests are meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass

@@ -76,11 +76,7 @@ import itertools
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -90,6 +86,8 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
+
+from longrec.files import SYNTHETIC, output_directory
 
 __all__ = ["ACTIONS", "MECHANISMS", "SCENES", "SyntheticConfig", "SyntheticLog", "generate"]
 
@@ -831,43 +829,21 @@ class SyntheticLog:
             "stats": self.stats,
         }
 
-    def write(self, out_dir: Path | str) -> None:
+    def write(self, out_dir: Path | str, force: bool = False) -> None:
         """Write log.parquet, truth.parquet, taxonomy_map.csv and synthetic.json into `out_dir`, atomically.
 
-        Files go to a temporary sibling directory that is renamed onto `out_dir` at the end; an existing `out_dir` is
-        replaced only after every file was written, so a failure leaves no partial directory and the old one intact.
-
-        Args:
-            out_dir: the directory to create (or replace).
+        `out_dir` must be new, empty, or a previous synthetic log (replaced only with `force`); the files go to a
+        temporary sibling folder renamed into place at the end (`longrec.files.output_directory`), so a failure leaves
+        no partial folder and the old one intact.
 
         Raises:
-            NotADirectoryError: `out_dir` exists and is a file.
+            OutputError: `out_dir` is a file, holds anything else, or is a previous log and `force` is False.
         """
-        out_dir = Path(out_dir)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise NotADirectoryError(f"SyntheticLog.write: {out_dir} exists and is not a directory.")
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-        try:
+        with output_directory(out_dir, SYNTHETIC, force) as tmp:
             self.log.write_parquet(tmp / "log.parquet")
             self.truth.write_parquet(tmp / "truth.parquet")
             self.taxonomy_map.write_csv(tmp / "taxonomy_map.csv")
             (tmp / "synthetic.json").write_text(json.dumps(self.metadata(), indent=1) + "\n")
-            tmp.chmod(0o755)  # mkdtemp makes it private
-            if out_dir.exists():
-                old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex}"
-                os.replace(out_dir, old)
-                try:
-                    os.replace(tmp, out_dir)
-                except BaseException:
-                    os.replace(old, out_dir)
-                    raise
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
 
 def _taxonomy_map(cfg: SyntheticConfig, world: _World) -> pl.DataFrame:

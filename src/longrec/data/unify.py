@@ -359,7 +359,7 @@ def read_sources_file(path: PathLike) -> SourcesFile:
         FileNotFoundError: no such file.
         ConfigError: every problem at once (bad TOML, unknown keys with did-you-mean, wrong types, unknown format).
     """
-    from longrec.config import ConfigError
+    from longrec.settings import ConfigError
 
     p = Path(path)
     if not p.is_file():

@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from longrec.config import Config, SearchConfig, load_config
+from longrec.config import Config, SearchConfig
 from longrec.data.batch import Batch
 from longrec.data.dataset import make_loader
-from longrec.data.store import TrajectoryStore, atomic_write_text
+from longrec.data.store import TrajectoryStore
+from longrec.files import atomic_write_text
 from longrec.models.tin import time_gap_bucket
 from longrec.search import NEEDS_EMBEDDINGS, SEARCHERS
 from longrec.search.hierarchical import match_depth
@@ -50,12 +51,9 @@ def load_run(run: Path, data: str | None = None) -> tuple[Config, TrajectoryStor
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: '{run}' is not a run directory of 'longrec train'.")
     saved = json.loads(path.read_text())
-    model_section = saved.pop("model")
-    overrides = [f"model.{k}={v!r}" for k, v in model_section.items()]
-    overrides += [f"{s}.{k}={v!r}" for s, section in saved.items() for k, v in section.items()]
     if data:
-        overrides.append(f"data.path={data!r}")
-    config = load_config(None, overrides)
+        saved["data"]["path"] = data
+    config = Config.from_dict(saved, str(path))
     store = TrajectoryStore.open(config.data.path)
     checkpoint = load_checkpoint(run / "checkpoint.pt")
     if checkpoint["vocab_sha"] != store.manifest["vocab_sha"]:

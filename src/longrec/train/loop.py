@@ -41,8 +41,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from longrec.config import DATA_SIZE_FIELDS, Config, SearchConfig
 from longrec.data.batch import Batch
 from longrec.data.dataset import make_loader
-from longrec.data.store import TrajectoryStore, atomic_write_text
+from longrec.data.store import TrajectoryStore
 from longrec.eval.evaluate import evaluate
+from longrec.files import atomic_write_text
 from longrec.models import MODELS, build_model, data_params
 from longrec.models.layers import collect_keys, fast_paths
 from longrec.search import search_stage
