@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from longrec.config import Config
 from longrec.files import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
@@ -80,3 +81,15 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     out += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(out)
+
+
+def config_from(values: dict[str, Any]) -> Config:
+    """An experiment config from dotted keys ({"model.name": "din", "train.lr": 0.01, ...}), checked like a file."""
+    tree: dict[str, Any] = {}
+    for key, value in values.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = list(value) if isinstance(value, tuple) else value
+    return Config.from_dict(tree, "the benchmark")

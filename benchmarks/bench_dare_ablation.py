@@ -32,9 +32,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-from _common import SHARED_DATA, machine, machine_line, markdown_table, update_readme_section, write_json
+from _common import SHARED_DATA, config_from, machine, machine_line, markdown_table, update_readme_section, write_json
 
-from longrec.config import SearchConfig, load_config
 from longrec.data.dataset import collate
 from longrec.data.loaders import load_log
 from longrec.data.prepare import prepare
@@ -42,9 +41,9 @@ from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import TrajectoryStore
 from longrec.data.synthetic import SyntheticConfig, generate
 from longrec.eval.metrics import ndcg_at_k
+from longrec.run import load_run, train
 from longrec.search import NEEDS_EMBEDDINGS, SEARCHERS
-from longrec.train.checkpoint import load_checkpoint
-from longrec.train.loop import build_model_for_store, train
+from longrec.search.config import SearchConfig
 
 # name -> (model table, search table). DARE's Table 1 rows, plus TIN (full history, no search: it is the Tencent
 # backbone, not a long-sequence searcher).
@@ -110,24 +109,23 @@ def prepare_synthetic(work: Path, users: int) -> tuple[Path, pl.DataFrame]:
 
 def run_model(name: str, store: Path, seed: int, epochs: int, batch_size: int, out: Path) -> dict[str, Any]:
     model, search = MODELS[name]
-    overrides = [f"model.{k}={v!r}" for k, v in model.items()]
-    overrides += [f"search.{k}={v!r}" for k, v in search.items()]
-    overrides += [
-        "model.dim=16",
-        f"data.path={str(store)!r}",
-        "data.max_history=200",
-        "train.lr=0.01",
-        "train.l2=1e-6",
-        f"train.batch_size={batch_size}",
-        f"train.epochs={epochs}",
-        f"train.seed={seed}",
-        "train.metric='auc'",
-        "train.progress=False",
-    ]
     steps = -(-len(TrajectoryStore.open(store).samples("train")) // batch_size)
-    overrides.append(f"train.eval_every={max(1, steps // 4)}")  # about 4 validations per epoch
+    values = {f"model.{k}": v for k, v in model.items()} | {f"search.{k}": v for k, v in search.items()}
+    values |= {
+        "model.dim": 16,
+        "data.path": str(store),
+        "data.max_history": 200,
+        "train.lr": 0.01,
+        "train.l2": 1e-6,
+        "train.batch_size": batch_size,
+        "train.epochs": epochs,
+        "train.seed": seed,
+        "train.metric": "auc",
+        "train.progress": False,
+        "train.eval_every": max(1, steps // 4),  # about 4 validations per epoch
+    }
     started = time.perf_counter()
-    result = train(load_config(None, overrides), out)
+    result = train(config_from(values), out)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 
@@ -205,10 +203,7 @@ def search_quality(
             continue
         query = keys = None
         if method in NEEDS_EMBEDDINGS and model_name is not None:
-            checkpoint = load_checkpoint(runs[model_name] / "checkpoint.pt")
-            model = build_model_for_store(checkpoint["model_name"], checkpoint["model_config"], store)
-            model.load_state_dict(checkpoint["model"])
-            model.eval()
+            model = load_run(runs[model_name], store.root).model
             with torch.no_grad():
                 query, keys = model.search_embeddings(batch)
         cfg = SearchConfig(method=method, k=min(k, L))

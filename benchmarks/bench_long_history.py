@@ -56,7 +56,6 @@ import polars as pl
 import torch
 from _common import machine, machine_line, markdown_table, update_readme_section, write_json
 
-from longrec.config import SearchConfig
 from longrec.data.batch import Batch
 from longrec.data.dataset import collate, make_loader
 from longrec.data.prepare import prepare
@@ -65,9 +64,11 @@ from longrec.data.store import SampleSet, TrajectoryStore
 from longrec.data.synthetic import SyntheticConfig, generate
 from longrec.eval.evaluate import predict
 from longrec.eval.metrics import auc
+from longrec.models import build_model_for_sizes
 from longrec.models.vql import attention_error
 from longrec.search import search_stage
-from longrec.train.loop import build_model_for_store, make_optimizer, reuse_freed_memory, train_step
+from longrec.search.config import SearchConfig
+from longrec.train.loop import make_optimizer, reuse_freed_memory, train_step
 
 HERE = Path(__file__).resolve().parent
 # method -> (model name, model params, search config fields)
@@ -90,11 +91,11 @@ SEARCH_CHILD = textwrap.dedent(
     import json, sys, time
     import numpy as np
     import torch
-    from longrec.config import SearchConfig
+    from longrec.search.config import SearchConfig
     from longrec.data.dataset import collate
     from longrec.data.store import SampleSet, TrajectoryStore
     from longrec.search import search_stage
-    from longrec.train.loop import build_model_for_store
+    from longrec.models import build_model_for_sizes
 
     def rss(field):
         with open("/proc/self/status") as f:
@@ -107,7 +108,7 @@ SEARCH_CHILD = textwrap.dedent(
     index = np.flatnonzero(np.asarray(samples.end) >= L)[:8]
     batch = collate(store, samples, index, L)
     torch.manual_seed(0)
-    model = build_model_for_store("twin", {}, store).eval()
+    model = build_model_for_sizes("twin", {}, store.sizes).eval()
     config = SearchConfig(method="soft", k=50, chunk=chunk)
     search_stage(batch.replace(**{k: v[:, -2048:] for k, v in batch.fields().items() if k.startswith("history")}),
                  model, config)  # warm-up on a short slice: allocator and kernels
@@ -128,11 +129,11 @@ TRAIN_CHILD = textwrap.dedent(
     """
     import json, sys, time
     from longrec.config import load_config
-    from longrec.train.loop import train
+    from longrec.run import train
 
     store_path, out, steps, sets = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
     sets = sets + [f"data.path={store_path}", f"train.max_steps={steps}", "train.eval_every=1000000",
-                   "train.epochs=1", "train.threads=2", "train.progress=False"]
+                   "train.epochs=1", "train.threads=2", "train.progress=false"]
     stamps = []
     started = time.perf_counter()
     metrics = train(load_config(None, sets), out, on_step=lambda step: stamps.append(time.perf_counter()))
@@ -219,7 +220,7 @@ def fit(
     name, base_params, search_fields = METHODS[method]
     search = SearchConfig(**{"k": args.k, **search_fields})
     torch.manual_seed(seed)
-    model = build_model_for_store(name, {**base_params, **(params or {})}, store)
+    model = build_model_for_sizes(name, {**base_params, **(params or {})}, store.sizes)
     optimizer = make_optimizer(model, args.lr)
     started = time.perf_counter()
     for epoch in range(args.epochs):
@@ -341,9 +342,9 @@ def part_b(
     for codebooks, model_trained in trained.items():
         sizes = [int(x) for x in codebooks.split(",")]
         torch.manual_seed(0)
-        fresh = build_model_for_store("vql", {"codebook_sizes": sizes}, store).eval()
+        fresh = build_model_for_sizes("vql", {"codebook_sizes": sizes}, store.sizes).eval()
         torch.manual_seed(0)
-        flat = build_model_for_store("vql", {"codebook_sizes": sizes, "temporal": "none"}, store).eval()
+        flat = build_model_for_sizes("vql", {"codebook_sizes": sizes, "temporal": "none"}, store.sizes).eval()
         for state, model in ((FRESH, fresh), (FRESH_FLAT, flat), (TRAINED, model_trained.eval())):
             decay = (1 / model.decay()).tolist() if model.decay_raw is not None else []
             for L, (events, batch) in taken.items():
@@ -374,7 +375,7 @@ def train_vql_models(
     """A trained VQL per codebook setting at part A's largest L: part A's own model for its codebooks, else trained
     here with the same recipe (seed = the first seed)."""
     L, seed = max(args.lengths), args.seeds[0]
-    default = ",".join(str(s) for s in build_model_for_store("vql", {}, store).config.codebook_sizes)
+    default = ",".join(str(s) for s in build_model_for_sizes("vql", {}, store.sizes).config.codebook_sizes)
     models, rows = {}, []
     for codebooks in args.codebooks:
         if codebooks == default and L in part_a_vql:

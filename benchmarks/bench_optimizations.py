@@ -66,18 +66,19 @@ import torch
 from _common import machine, machine_line, markdown_table, update_readme_section, write_json
 from bench_throughput import MODELS, prepare_store
 
-from longrec.config import SearchConfig
 from longrec.data.batch import Batch
 from longrec.data.dataset import collate, epoch_batches, make_loader
+from longrec.data.device import DevicePrefetcher, autocast
 from longrec.data.loaders import load_log
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import TrajectoryStore
 from longrec.data.synthetic import SyntheticConfig, generate
+from longrec.models import build_model_for_sizes
 from longrec.models.layers import collect_keys
 from longrec.search import search_stage
-from longrec.train.device import DevicePrefetcher, autocast
-from longrec.train.loop import build_model_for_store, compile_model, make_optimizer, reuse_freed_memory, train_step
+from longrec.search.config import SearchConfig
+from longrec.train.loop import compile_model, make_optimizer, reuse_freed_memory, train_step
 
 DATA = ("taobao", "synthetic", "wide")  # the stores a setting can name (see `main`)
 OPTIMIZATIONS = ("keys", "bf16", "workers", "bucketing", "compile", "gpu")
@@ -191,7 +192,7 @@ class Trainer:
     ) -> None:
         params, search = MODELS[model_name]
         torch.manual_seed(0)
-        model = build_model_for_store(params["name"], {k: v for k, v in params.items() if k != "name"}, store)
+        model = build_model_for_sizes(params["name"], {k: v for k, v in params.items() if k != "name"}, store.sizes)
         self.model = model.to(device) if device is not None else model
         if compiled:
             compile_model(self.model)  # RuntimeError where torch.compile cannot run

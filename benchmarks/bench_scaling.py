@@ -71,10 +71,10 @@ from bench_search_latency import peaks
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from longrec.config import SearchConfig
 from longrec.data.batch import Batch, check_batch, gather_history
 from longrec.models import build_model
 from longrec.search import history_columns, oldest_first, one_user_request, search_stage
+from longrec.search.config import SearchConfig
 from longrec.search.exact import chunked_topk
 from longrec.serve.cache import UserStateCache
 from longrec.train.loop import make_optimizer, reuse_freed_memory, train_step

@@ -50,20 +50,21 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-from _common import SHARED_DATA, machine, markdown_table, update_readme_section, write_json
+from _common import SHARED_DATA, config_from, machine, markdown_table, update_readme_section, write_json
 
-from longrec.config import SearchConfig, load_config
 from longrec.data.dataset import collate, make_loader
 from longrec.data.loaders import load_log
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import TrajectoryStore
 from longrec.data.synthetic import SyntheticConfig, generate
-from longrec.eval.analyze import attention_profile, field_shares, load_run
+from longrec.eval.analyze import attention_profile, field_shares
 from longrec.eval.metrics import recall_at_k
+from longrec.models import build_model_for_sizes
+from longrec.run import load_run, train
 from longrec.search import SEARCHERS, search_stage
+from longrec.search.config import SearchConfig
 from longrec.search.hierarchical import match_depth
-from longrec.train.loop import build_model_for_store, train
 
 logger = logging.getLogger("bench_tencent_ablation")
 
@@ -169,20 +170,20 @@ def prepare_taobao(work: Path, min_behaviours: int) -> Path:
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train one (study, row, dataset, seed) and return its test metrics (run in a worker process, 1 thread)."""
     logging.getLogger("longrec").setLevel(logging.WARNING)
-    overrides = [f"{k}={v!r}" for k, v in job["overrides"].items()]
-    overrides += [
-        "model.dim=16",
-        f"data.path={job['store']!r}",
-        "train.lr=0.003",
-        f"train.batch_size={job['batch_size']}",
-        f"train.epochs={job['epochs']}",
-        f"train.seed={job['seed']}",
-        "train.metric='auc'",
-        "train.threads=1",
-        "train.progress=False",
-    ]
+    values = {
+        **job["overrides"],
+        "model.dim": 16,
+        "data.path": job["store"],
+        "train.lr": 0.003,
+        "train.batch_size": job["batch_size"],
+        "train.epochs": job["epochs"],
+        "train.seed": job["seed"],
+        "train.metric": "auc",
+        "train.threads": 1,
+        "train.progress": False,
+    }
     started = time.perf_counter()
-    result = train(load_config(None, overrides), Path(job["out"]))
+    result = train(config_from(values), Path(job["out"]), force=True)
     test = result["test"]
     keep = ("auc", "gauc", "logloss")
     return {
@@ -535,9 +536,10 @@ def dsi_field_shares(runs: list[dict[str, Any]], work: Path, samples: int = 2048
         path = work / "runs" / run_name(run["study"], run["data"], run["row"], run["seed"])
         if run["study"] != "dsi" or not (path / "checkpoint.pt").is_file():
             continue
-        config, store, trained = load_run(path)
+        loaded = load_run(path)
+        config, store, trained = loaded.config, loaded.store, loaded.model
         torch.manual_seed(run["seed"])
-        fresh = build_model_for_store(config.model.name, config.model.params, store).eval()
+        fresh = build_model_for_sizes(config.model.name, config.model.params, store.sizes).eval()
         batches, taken = [], 0
         for batch in make_loader(store, "valid", 512, config.data.max_history):
             batches.append(batch)
@@ -586,7 +588,8 @@ def decay_recovery(runs: list[dict[str, Any]], work: Path, samples: int = 4096) 
         path = work / "runs" / run_name(run["study"], run["data"], run["row"], run["seed"])
         if run["study"] not in TDPE_STUDIES or not (path / "checkpoint.pt").is_file():
             continue
-        config, store, model = load_run(path)
+        loaded = load_run(path)
+        config, store, model = loaded.config, loaded.store, loaded.model
         batches, taken = [], 0
         for batch in make_loader(store, "valid", 512, config.data.max_history):
             with torch.no_grad():

@@ -46,17 +46,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import SHARED_DATA, machine, machine_line, markdown_table, update_readme_section, write_json
+from _common import SHARED_DATA, config_from, machine, machine_line, markdown_table, update_readme_section, write_json
 
-from longrec.config import SearchConfig, load_config
 from longrec.data.dataset import collate, epoch_batches, make_loader
 from longrec.data.loaders import load_log
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import TrajectoryStore
 from longrec.data.synthetic import SyntheticConfig, generate
+from longrec.models import build_model_for_sizes
 from longrec.models.layers import reference_paths
-from longrec.train.loop import build_model_for_store, make_optimizer, reuse_freed_memory, train, train_step
+from longrec.run import train
+from longrec.search.config import SearchConfig
+from longrec.train.loop import make_optimizer, reuse_freed_memory, train_step
 
 # name -> (model table, search table) at Protocol A.
 MODELS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -148,7 +150,7 @@ def machine_peaks(threads: int) -> dict[str, float]:
 def build(name: str, store: TrajectoryStore, seed: int = 0) -> tuple[torch.nn.Module, SearchConfig]:
     params, search = MODELS[name]
     torch.manual_seed(seed)
-    model = build_model_for_store(params["name"], {k: v for k, v in params.items() if k != "name"}, store)
+    model = build_model_for_sizes(params["name"], {k: v for k, v in params.items() if k != "name"}, store.sizes)
     return model, SearchConfig(**search)
 
 
@@ -198,19 +200,19 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
 def auc_run(job: dict[str, Any]) -> dict[str, Any]:
     """Train one model for `epochs` with the loop (`longrec.train.loop.train`) on one path; return its test metrics."""
     params, search = MODELS[job["model"]]
-    overrides = [f"model.{k}={v!r}" for k, v in params.items()] + [f"search.{k}={v!r}" for k, v in search.items()]
-    overrides += [
-        f"data.path={job['store']!r}",
-        f"data.max_history={L}",
-        f"train.lr={LR}",
-        f"train.l2={L2}",
-        f"train.batch_size={job['batch_size']}",
-        f"train.epochs={job['epochs']}",
-        f"train.seed={job['seed']}",
-        f"train.threads={job['threads']}",
-        "train.progress=False",
-    ]
-    config = load_config(None, overrides)
+    values = {f"model.{k}": v for k, v in params.items()} | {f"search.{k}": v for k, v in search.items()}
+    values |= {
+        "data.path": job["store"],
+        "data.max_history": L,
+        "train.lr": LR,
+        "train.l2": L2,
+        "train.batch_size": job["batch_size"],
+        "train.epochs": job["epochs"],
+        "train.seed": job["seed"],
+        "train.threads": job["threads"],
+        "train.progress": False,
+    }
+    config = config_from(values)
     started = time.perf_counter()
     with reference_paths() if job["path"] == "reference" else contextlib.nullcontext():
         result = train(config, job["out"])

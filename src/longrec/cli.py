@@ -7,7 +7,7 @@ with --debug).
 from __future__ import annotations
 
 import argparse
-import json
+import errno
 import logging
 import os
 import sys
@@ -197,7 +197,7 @@ def _cmd_import_samples(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from longrec.config import load_config
-    from longrec.train.loop import train
+    from longrec.run import train
 
     overrides = list(args.set)
     if args.quiet:
@@ -205,53 +205,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.debug:
         overrides.append("data.check_batches=true")
     config = load_config(args.config, overrides)
-    result = train(config, args.out, resume=args.resume)
+    result = train(config, args.out, resume=args.resume, force=args.force)
     _print_metrics_table([(config.model.name, result)], f"{config.model.name}: best step {result['best_step']}")
     print(f"run directory: {args.out}")
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from longrec.config import Config
-    from longrec.data.store import TrajectoryStore
-    from longrec.eval.evaluate import evaluate
-    from longrec.files import atomic_write_text
-    from longrec.train.checkpoint import load_checkpoint
-    from longrec.train.loop import build_model_for_store
+    from longrec.files import dumps_json, lock_directory, write_json
+    from longrec.run import load_run
 
-    run = Path(args.run)
-    saved = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else None
-    if saved is None:
-        raise FileNotFoundError(f"{run / 'config.json'} not found: '{run}' is not a run directory of 'longrec train'.")
-    if args.data:
-        saved["data"]["path"] = args.data
-    config = Config.from_dict(saved, str(run / "config.json"))
-    store = TrajectoryStore.open(config.data.path)
-    checkpoint = load_checkpoint(run / "checkpoint.pt")
-    if checkpoint["vocab_sha"] != store.manifest["vocab_sha"]:
-        raise ValueError(
-            f"{run / 'checkpoint.pt'} was trained with vocabulary sha {checkpoint['vocab_sha']} but "
-            f"{config.data.path} has {store.manifest['vocab_sha']}; re-run 'longrec prepare' with the original "
-            "vocabulary, or retrain."
-        )
-    model = build_model_for_store(config.model.name, config.model.params, store)
-    model.load_state_dict(checkpoint["model"])
-    metrics = evaluate(
-        model,
-        store,
-        args.split,
-        config.train.eval_batch_size,
-        config.data.max_history,
-        progress=not args.quiet,
-        search=config.search,
-    )
-    atomic_write_text(run / f"eval_{args.split}.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    print(json.dumps(metrics, indent=2, sort_keys=True))
+    run = load_run(args.run, args.data)
+    with lock_directory(run.path, "run directory"):
+        metrics = run.evaluate(args.split, progress=not args.quiet)
+        write_json(run.path / f"eval_{args.split}.json", metrics)
+    print(dumps_json(metrics), end="")
     return 0
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from longrec.eval.analyze import analyze_run
+    from longrec.run import analyze_run
 
     result = analyze_run(args.run, args.out, split=args.split, samples=args.samples, data=args.data)
     for path in result["files"]:
@@ -280,8 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'longrec COMMAND --help' for a command's options and examples. Start with 'longrec demo'.",
     )
     parser.add_argument("--version", action="version", version=f"longrec {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+    after = argparse.ArgumentParser(add_help=False)  # the same flags, accepted after the command too
+    _add_global_flags(parser, False)
+    _add_global_flags(after, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -291,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=help_text,
             epilog=EXAMPLES[name],
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[after],
         )
 
     p = add("synth", "Generate a synthetic multi-domain behaviour log with planted mechanisms and ground truth.")
@@ -359,9 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("train", "Train a model from a TOML experiment config; writes a run directory.")
     p.add_argument("config", help="experiment TOML (see configs/)")
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=0.01")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--out", required=True, help="run directory: new, empty, or a previous run (--force / --resume)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override (a TOML value), e.g. train.lr=0.01"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in OUT from its last.pt (config changes are checked)"
+    )
+    p.add_argument("--force", action="store_true", help="replace a previous run in OUT")
     p.set_defaults(func=_cmd_train)
 
     p = add("eval", "Score a trained run's best checkpoint on a split; writes RUN/eval_SPLIT.json.")
@@ -378,12 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory written by 'longrec train'")
     p.add_argument("--split", default="valid", choices=("train", "valid", "test"))
     p.add_argument("--samples", type=int, default=4096, help="samples to analyse (default: 4096)")
-    p.add_argument("--out", default=None, help="output directory (default: RUN/plots)")
+    p.add_argument("--out", default=None, help="output folder: new, empty or a previous analysis (default: RUN/plots)")
     p.add_argument("--data", default=None, help="a prepared store with the same vocabulary (default: the run's)")
     p.set_defaults(func=_cmd_analyze)
 
     p = add("demo", "Synthetic data -> prepare -> train DIN and mean pooling -> comparison table + summary.json.")
-    p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    p.add_argument(
+        "--out", default="demo_out", help="output folder: new, empty or a previous demo's, replaced (default: demo_out)"
+    )
     p.add_argument("--users", type=int, default=None, help="synthetic users (default: the demo's size)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
@@ -395,18 +377,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_global_flags(parser: argparse.ArgumentParser, default: Any) -> None:
+    """--debug/--quiet before the command (default False) and after it (SUPPRESS: absent keeps the first's value)."""
+    parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks and debug logs")
+    parser.add_argument("--quiet", action="store_true", default=default, help="no progress display or info logs")
+
+
+class _PlainFormatter(logging.Formatter):
+    """Log lines without a terminal: the message, with 'warning:'/'error:' in front of those levels."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+
+
+def _log_handler(level: int) -> logging.Handler:
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        return RichHandler(console=Console(stderr=True), show_path=False, show_time=False, level=level)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(level)
+    handler.setFormatter(_PlainFormatter("%(message)s"))
+    return handler
+
+
+def _os_message(err: OSError) -> str:
+    """One line for a file-system failure: what failed, on which file, and what to do."""
+    where = f" {err.filename}" if err.filename else ""
+    what = err.strerror or str(err)
+    hints = {
+        errno.ENOSPC: "free some space or write to another folder",
+        errno.EDQUOT: "free some space or write to another folder",
+        errno.EACCES: "check the folder's permissions or write somewhere else",
+        errno.EPERM: "check the folder's permissions or write somewhere else",
+        errno.EROFS: "the file system is read-only: write somewhere else",
+    }
+    hint = hints.get(err.errno or 0)
+    return f"{what}:{where}" + (f" ({hint})." if hint else ".")
+
+
+def _resume_hint(args: argparse.Namespace, argv: Sequence[str]) -> str:
+    if getattr(args, "command", None) != "train":
+        return "interrupted. Outputs are written atomically: nothing half-written was left behind."
+    again = [a for a in argv if a not in ("--resume", "--force")]
+    return f"interrupted. Continue the run with: longrec {' '.join(again)} --resume"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `longrec` command."""
+    """Entry point of the `longrec` command.
+
+    The error boundary: a failure the user can fix (bad config, data, files, a full disk, a locked or foreign
+    folder, a diverged run) prints one `error: ...` line and exits 2; Ctrl-C exits 130 (train says how to resume);
+    `--debug` shows the traceback instead. Anything else is a bug of ours and keeps its traceback.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
-    from rich.console import Console
-    from rich.logging import RichHandler
-
     # Logs go to stderr (results alone on stdout). The handler filters by verbosity; the root logger passes INFO on,
     # so a run's log.txt (a file handler added by `train`) gets INFO lines even under --quiet.
-    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False, level=level)
-    logging.basicConfig(level=min(level, logging.INFO), format="%(message)s", handlers=[handler])
+    logging.basicConfig(
+        level=min(level, logging.INFO), format="%(message)s", handlers=[_log_handler(level)], force=True
+    )
     try:
         code: int = args.func(args)
         return code
@@ -414,11 +448,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `longrec eval RUN | head`: the reader left; not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (ValueError, KeyError, FileNotFoundError, TypeError) as err:
+    except KeyboardInterrupt:
         if args.debug:
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"error: {type(err).__name__}: {message}", file=sys.stderr)
+        print(f"\n{_resume_hint(args, argv)}", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, TypeError, OSError, ImportError) as err:
+        if args.debug:
+            raise
+        if isinstance(err, OSError) and not isinstance(err, FileNotFoundError | NotADirectoryError):
+            message = _os_message(err)
+        elif isinstance(err, KeyError):
+            message = str(err.args[0]) if err.args else "KeyError"
+        elif isinstance(err, ValueError | FileNotFoundError | NotADirectoryError):
+            message = str(err)
+        else:
+            message = f"{type(err).__name__}: {err}"
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

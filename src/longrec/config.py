@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import re
 import tomllib
 import typing
 from collections.abc import Collection
@@ -22,7 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longrec.data.config import DataConfig
+from longrec.models import DATA_SIZE_FIELDS, MODELS
+from longrec.search.config import SearchConfig
 from longrec.settings import ConfigError, dotted_keys, fill_dataclass, merge, parse_overrides
+from longrec.train.config import TrainConfig
 
 __all__ = [
     "DATA_SIZE_FIELDS",
@@ -34,151 +37,6 @@ __all__ = [
     "TrainConfig",
     "load_config",
 ]
-
-# Model-config fields that come from the prepared data, never from the experiment file.
-DATA_SIZE_FIELDS = frozenset(
-    {
-        "num_users",
-        "num_items",
-        "num_categories",
-        "taxonomy_levels",
-        "num_actions",
-        "num_domains",
-        "num_scenes",
-        "num_goals",
-        "num_extra",
-    }
-)
-METRICS = ("auc", "gauc", "gauc_category", "logloss")
-PRECISIONS = ("fp32", "bf16")
-DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|auto")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Which prepared store to read, and how to batch it."""
-
-    path: str = ""  # directory written by `longrec prepare`
-    max_history: int = 200  # L_max: most recent behaviours kept per sample
-    num_workers: int = 0  # background processes building batches (0 = in the training process)
-    prefetch_factor: int = 4  # batches each worker builds ahead
-    check_batches: bool = False  # check_batch on every batch (shapes, id ranges); `longrec --debug train` sets it
-    bucket_by_length: bool = False  # batch samples of similar history length together (less padding), order shuffled
-    bucket_batches: int = 50  # bucket_by_length: batches per length-sorting pool; 0 = sort the whole epoch
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.bucket_batches < 0:
-            problems.append(f"data.bucket_batches must be >= 0. Got {self.bucket_batches} instead.")
-        if self.max_history < 1:
-            problems.append(f"data.max_history must be a positive int. Got {self.max_history} instead.")
-        if self.num_workers < 0:
-            problems.append(f"data.num_workers must be >= 0. Got {self.num_workers} instead.")
-        if self.prefetch_factor < 1:
-            problems.append(f"data.prefetch_factor must be >= 1. Got {self.prefetch_factor} instead.")
-        if problems:
-            raise ConfigError(problems, "DataConfig" if isinstance(self, DataConfig) else "TrainConfig")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation, validation and stopping."""
-
-    lr: float = 1e-3  # Adam learning rate
-    batch_size: int = 256
-    eval_batch_size: int = 4096
-    epochs: int = 2
-    seed: int = 0  # model init, shuffling, everything random in training
-    l2: float = 0.0  # L2 penalty on non-embedding weights (added to the loss, never to the reported logloss)
-    eval_every: int = 0  # validate every N steps; 0 = at the end of each epoch
-    metric: str = "auc"  # validation metric that picks the best checkpoint: auc | gauc | gauc_category | logloss
-    patience: int = 0  # stop after this many validations without improvement; 0 = never stop early
-    max_steps: int = 0  # stop after this many steps in total; 0 = no limit
-    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
-    progress: bool = True  # progress bar on stderr (off automatically when stderr is not a terminal)
-    goal_weights: dict[str, float] = field(default_factory=dict)  # BCE weight per goal name ({buy = 2.0}); else 1
-    precision: str = "fp32"  # fp32 | bf16: autocast (bf16 MLPs; fp32 attention softmax/pooling, loss and weights)
-    key_collection: bool = False  # embedding lookups gather each distinct id once, then scatter back (SPEC §5)
-    compile: bool = False  # torch.compile the model's forward methods (needs a C compiler on the CPU)
-    device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when available)
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.precision not in PRECISIONS:
-            problems.append(f"train.precision must be one of {', '.join(PRECISIONS)}. Got {self.precision!r} instead.")
-        if not DEVICE_PATTERN.fullmatch(self.device):
-            problems.append(f"train.device must be cpu, cuda, cuda:N or auto. Got {self.device!r} instead.")
-        for goal, weight in self.goal_weights.items():
-            ok = isinstance(weight, int | float) and not isinstance(weight, bool) and 0 <= weight < float("inf")
-            if not isinstance(goal, str) or not goal or not ok:
-                problems.append(f"train.goal_weights[{goal!r}] must be a finite float >= 0. Got {weight!r} instead.")
-        for name in ("batch_size", "eval_batch_size", "epochs"):
-            if getattr(self, name) < 1:
-                problems.append(f"train.{name} must be a positive int. Got {getattr(self, name)} instead.")
-        if self.lr <= 0:
-            problems.append(f"train.lr must be > 0. Got {self.lr} instead.")
-        if self.l2 < 0:
-            problems.append(f"train.l2 must be >= 0. Got {self.l2} instead.")
-        for name in ("eval_every", "patience", "max_steps", "threads"):
-            if getattr(self, name) < 0:
-                problems.append(f"train.{name} must be >= 0. Got {getattr(self, name)} instead.")
-        if self.metric not in METRICS:
-            problems.append(f"train.metric must be one of {', '.join(METRICS)}. Got {self.metric!r} instead.")
-        if problems:
-            raise ConfigError(problems, "DataConfig" if isinstance(self, DataConfig) else "TrainConfig")
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """The search stage (`longrec.search`): which searcher picks the K behaviours the model attends to."""
-
-    method: str = "none"  # none (whole history) | a name in longrec.search.SEARCHERS
-    k: int = 20  # behaviours kept per sample
-    seed: int = 0  # random hash planes (simhash, sdim)
-    hash_bits: int = 64  # simhash: signature bits (ETA)
-    hash_rounds: int = 48  # sdim: hash rounds m (score = rounds in which a behaviour collides with the target)
-    round_bits: int = 3  # sdim: bits per round τ (a collision needs all τ bits equal)
-    level: int = -1  # category search: taxonomy column matched (Python indexing into M: 0 coarsest, -1 finest)
-    min_depth: int = 1  # hierarchical search: shallowest match depth kept (1 = down to the coarsest level, M = finest)
-    hard_method: str = "hierarchical"  # hard+soft: the hard searcher (category | hierarchical)
-    hard_k: int = 10  # hard+soft: width of the hard block (the first hard_k columns); the soft block gets k - hard_k
-    chunk: int = 0  # embedding searchers: behaviours embedded+scored at a time; 0 = auto, -1 = all L (multiple of 1024)
-
-    def __post_init__(self) -> None:
-        from longrec.search import SEARCHERS  # the registry imports torch: keep it out of module import time
-        from longrec.search.combined import HARD_SEARCHERS
-
-        problems = []
-        if self.method != "none" and self.method not in SEARCHERS:
-            close = difflib.get_close_matches(self.method, list(SEARCHERS), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            known = ", ".join(["none", *sorted(SEARCHERS)])
-            problems.append(f"search.method: unknown searcher {self.method!r}{hint}. Known searchers: {known}.")
-        if self.k < 1:
-            problems.append(f"search.k must be a positive int. Got {self.k} instead.")
-        for name in ("hash_bits", "hash_rounds", "round_bits"):
-            if getattr(self, name) < 1:
-                problems.append(f"search.{name} must be a positive int. Got {getattr(self, name)} instead.")
-        if self.hard_method not in HARD_SEARCHERS:
-            known = ", ".join(sorted(HARD_SEARCHERS))
-            problems.append(f"search.hard_method must be one of {known}. Got {self.hard_method!r} instead.")
-        if self.hard_k < 0:
-            problems.append(f"search.hard_k must be >= 0. Got {self.hard_k} instead.")
-        if self.min_depth < 1:
-            problems.append(
-                f"search.min_depth must be >= 1 (1 = fall back to the coarsest taxonomy level). Got {self.min_depth}."
-            )
-        if not (self.chunk in (0, -1) or (self.chunk > 0 and self.chunk % 1024 == 0)):
-            problems.append(
-                f"search.chunk must be 0 (auto), -1 (the whole history at once) or a positive multiple of 1024 "
-                f"(search scores blocks of 1024 behaviours). Got {self.chunk} instead."
-            )
-        elif self.method == "hard+soft" and self.hard_k > self.k:
-            problems.append(
-                f"search.hard_k ({self.hard_k}) must be <= search.k ({self.k}): the hard block is part of the K kept."
-            )
-        if problems:
-            raise ConfigError(problems, "SearchConfig")
 
 
 @dataclass(frozen=True)
@@ -217,8 +75,6 @@ class Config:
 
 
 def _check_model(section: dict[str, Any], problems: list[str]) -> ModelSection | None:
-    from longrec.models import MODELS  # the registry imports torch: keep it out of module import time
-
     params = dict(section)
     name = params.pop("name", "din")
     if name not in MODELS:

@@ -8,40 +8,44 @@ the target; the summary says whether it did.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from longrec.config import load_config
+from longrec.config import Config
 from longrec.data.loaders import load_log
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.synthetic import SyntheticConfig, generate
-from longrec.files import atomic_write_text
-from longrec.train.loop import train
+from longrec.files import DEMO, check_output, write_json
+from longrec.run import train
 
 __all__ = ["DEMO_MODELS", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
-# name -> (model section, train overrides): the same optimisation budget for both.
-DEMO_MODELS: dict[str, list[str]] = {
-    "din": ["model.name=din", "model.dim=16", "model.attention_hidden=[32]", "model.head_hidden=[64, 32]"],
-    "mean_pool": ["model.name=mean_pool", "model.dim=16", "model.head_hidden=[64, 32]"],
+# name -> model section; both get the same optimisation budget (DEMO_TRAIN).
+DEMO_MODELS: dict[str, dict[str, Any]] = {
+    "din": {"name": "din", "dim": 16, "attention_hidden": [32], "head_hidden": [64, 32]},
+    "mean_pool": {"name": "mean_pool", "dim": 16, "head_hidden": [64, 32]},
 }
-DEMO_TRAIN = ["train.lr=0.003", "train.batch_size=512", "train.epochs=3", "data.max_history=100", "train.metric=auc"]
+DEMO_TRAIN: dict[str, Any] = {"lr": 0.003, "batch_size": 512, "epochs": 3, "metric": "auc"}
 DEMO_USERS = 3000
 
 
 def run_demo(out: Path, users: int | None = None, seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Generate, prepare, train both models and write `out/summary.json`; return the summary."""
+    """Generate, prepare, train both models and write `out/summary.json`; return the summary.
+
+    `out` must be new, empty or a previous demo folder (recognised by its demo.json), which is replaced.
+    """
     started = time.perf_counter()
+    check_output(out, DEMO)
     out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "demo.json", {"command": "longrec demo", "users": users or DEMO_USERS, "seed": seed})
     cfg = SyntheticConfig(num_users=users or DEMO_USERS, seed=seed)
     logger.info("generating %d synthetic users", cfg.num_users)
-    generate(cfg, progress=progress).write(out / "raw")
+    generate(cfg, progress=progress).write(out / "raw", force=True)
     loaded = load_log(out / "raw", "synthetic")
     result = prepare(
         loaded.frame,
@@ -49,15 +53,22 @@ def run_demo(out: Path, users: int | None = None, seed: int = 0, progress: bool 
         ProtocolConfig.for_protocol("T", seed=seed),
         source=loaded.source,
         load_report=loaded.report,
+        force=True,
     )
     for line in result.lines():
         logger.info(line)
     runs: dict[str, Any] = {}
-    for name, model_overrides in DEMO_MODELS.items():
-        overrides = [*model_overrides, *DEMO_TRAIN, f"data.path={str(out / 'data')!r}", f"train.seed={seed}"]
-        overrides.append(f"train.progress={str(progress).lower()}")
+    for name, model in DEMO_MODELS.items():
+        config = Config.from_dict(
+            {
+                "model": model,
+                "data": {"path": str(out / "data"), "max_history": 100},
+                "train": {**DEMO_TRAIN, "seed": seed, "progress": progress},
+            },
+            "the demo",
+        )
         logger.info("training %s", name)
-        runs[name] = train(load_config(None, overrides), out / "runs" / name)
+        runs[name] = train(config, out / "runs" / name, force=True)
     din, pool = runs["din"]["test"]["auc"], runs["mean_pool"]["test"]["auc"]
     verdict = (
         f"DIN {'beats' if din > pool else 'does NOT beat'} mean pooling on the planted data: "
@@ -76,5 +87,5 @@ def run_demo(out: Path, users: int | None = None, seed: int = 0, progress: bool 
         "verdict": verdict,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_json(out / "summary.json", summary)
     return summary

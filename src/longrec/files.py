@@ -63,6 +63,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+LOCK_FILE = "run.lock"
 _STALE = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[^.]+$")
 
 
@@ -187,7 +188,7 @@ def check_output(out: str | Path, kind: OutputKind, force: bool = False) -> bool
         return False
     if not path.is_dir():
         raise OutputError(f"--out {out}: exists and is not a folder. Choose a new folder for the {kind.what}.")
-    entries = sorted(p.name for p in path.iterdir())
+    entries = sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE)  # a lock alone is an empty folder
     if not entries:
         return False
     foreign = [name for name in entries if not kind.owns(name)]
@@ -255,6 +256,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         _chmod_new(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.filename is not None and Path(err.filename) == tmp:  # name the file the user knows, not our temp
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -293,13 +299,15 @@ def write_json(path: str | Path, value: Any) -> None:
 
 @contextmanager
 def lock_directory(directory: str | Path, what: str = "folder") -> Iterator[None]:
-    """Hold an exclusive lock on `directory` (its `run.lock` file) for the block.
+    """Hold an exclusive lock on `directory` (its `run.lock` file, left in place) for the block.
 
     Raises:
+        FileNotFoundError: `directory` does not exist.
         DirectoryLockedError: another process holds it; the message names its pid and command.
     """
-    path = Path(directory) / "run.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(directory) / LOCK_FILE
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{directory} not found: no {what} to lock.")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:

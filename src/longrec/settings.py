@@ -20,12 +20,33 @@ import types
 import typing
 from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "dotted_keys", "fill_dataclass", "merge", "parse_overrides", "parse_value"]
+__all__ = [
+    "RESUME_APPLY",
+    "RESUME_FREE",
+    "ConfigError",
+    "dotted_keys",
+    "fill_dataclass",
+    "merge",
+    "parse_overrides",
+    "parse_value",
+    "resume_rule",
+]
 
 T = TypeVar("T")
 
 # A `--set` value that fails to parse as TOML is a plain string unless it opens like a TOML (or Python) structure.
 _STRUCTURED = ("[", "{", "(", '"', "'")
+
+
+# How a setting may change when a run is resumed (`dataclasses.field(metadata=...)`); a field without it is fixed:
+# changing it would make the checkpoint, the data position or the best-so-far meaningless, so --resume refuses.
+RESUME_FREE: dict[str, str] = {"resume": "free"}  # how the run executes, not what it computes (threads, device, ...)
+RESUME_APPLY: dict[str, str] = {"resume": "apply"}  # takes effect from the resumed step on (learning rate, L2, ...)
+
+
+def resume_rule(f: dataclasses.Field[Any]) -> str:
+    """'free', 'apply' or 'fixed': how field `f` may change on resume (see `RESUME_FREE`, `RESUME_APPLY`)."""
+    return str(f.metadata.get("resume", "fixed"))
 
 
 class ConfigError(ValueError):

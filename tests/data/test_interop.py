@@ -21,7 +21,8 @@ from longrec.data.schema import DataError
 from longrec.data.store import TrajectoryStore
 from longrec.eval.evaluate import evaluate
 from longrec.eval.metrics import gauc
-from longrec.train.loop import build_model_for_store, train
+from longrec.models import build_model_for_sizes
+from longrec.run import train
 
 # Hand-written rows: different lengths, an empty history, ids kept as given (item 0 never appears).
 ROWS: dict[str, list[Any]] = {
@@ -172,7 +173,7 @@ def test_gauc_groups_by_the_real_user_not_the_per_sample_trajectory(tmp_path: Pa
     batch = collate(store, samples, np.arange(len(samples)), max_history=10)
     assert batch.user.tolist() == [sorted(set(rows["user"])).index(u) + 1 for u in rows["user"]]
     torch.manual_seed(0)
-    model = build_model_for_store("din", {"dim": 4, "attention_hidden": (4,), "head_hidden": (4,)}, store)
+    model = build_model_for_sizes("din", {"dim": 4, "attention_hidden": (4,), "head_hidden": (4,)}, store.sizes)
     metrics = evaluate(model, store, "valid", batch_size=16, max_history=10)
     with torch.no_grad():
         model.eval()

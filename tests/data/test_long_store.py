@@ -176,7 +176,7 @@ _TRAIN_CHILD = textwrap.dedent(
     """
     import json, sys
     from longrec.config import load_config
-    from longrec.train.loop import train
+    from longrec.run import train
 
     store, out, model, aux = sys.argv[1:5]
     sets = [f"model.name={model}", "model.dim=16", "model.max_position=10000", f"model.aux_loss={aux}",

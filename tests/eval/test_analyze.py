@@ -11,14 +11,15 @@ import pytest
 import torch
 
 from longrec.cli import main
-from longrec.config import SearchConfig, load_config
+from longrec.config import load_config
 from longrec.data.dataset import collate
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import TrajectoryStore
 from longrec.eval.analyze import attention_profile, retrieval_example
 from longrec.models import build_model
-from longrec.train.loop import train
+from longrec.run import train
+from longrec.search.config import SearchConfig
 from tests.conftest import make_log
 
 pytest.importorskip("matplotlib")

@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longrec.config import SearchConfig
 from longrec.data.batch import Batch
 from longrec.eval.metrics import auc
 from longrec.models import build_model
 from longrec.models.dare import DAREConfig
 from longrec.search import search_stage
+from longrec.search.config import SearchConfig
 
 # DARE, DARE with d_a = d_r / 2, and TWIN-4E (four table sets).
 VARIANTS = {

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from longrec.config import SearchConfig
 from longrec.data.batch import HISTORY_FIELDS, Batch
 from longrec.models import DINConfig, build_model
 from longrec.search import search_stage
+from longrec.search.config import SearchConfig
 from tests.models.conftest import fit_and_auc
 
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longrec.config import SearchConfig
 from longrec.data.batch import Batch, check_batch
 from longrec.models import DSITINConfig, build_model
 from longrec.search import search_stage
+from longrec.search.config import SearchConfig
 
 # Side fields beyond the shared fixture: 3 domains, 3 scenes, and two extra id columns (brand and a noise tag).
 SIDE = {"num_domains": 3, "num_scenes": 3, "num_extra": (10, 7), "extra_fields": ("brand", "noise_tag")}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longrec.config import SearchConfig
 from longrec.models import ETAConfig
 from longrec.search import search_stage
+from longrec.search.config import SearchConfig
 from longrec.search.simhash import simhash
 
 

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longrec.config import SearchConfig
 from longrec.data.batch import Batch
 from longrec.models.layers import PReLU, dot_scores, fast_paths, lookup, reference_paths, weighted_sum
 from longrec.search import search_stage
+from longrec.search.config import SearchConfig
 
 
 def loss_and_grads(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

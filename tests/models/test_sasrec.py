@@ -11,7 +11,7 @@ import torch
 from longrec.data.batch import Batch
 from longrec.eval.metrics import recall_at_k
 from longrec.models import TDSASRecConfig, build_model
-from longrec.train.losses import sampled_softmax_loss
+from longrec.models.losses import sampled_softmax_loss
 
 NUM_GOALS = 3
 

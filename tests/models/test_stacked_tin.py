@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from longrec.config import SearchConfig
 from longrec.data.probes import TwoHopTask
 from longrec.models import StackedTINConfig, build_model
 from longrec.search import search_stage
+from longrec.search.config import SearchConfig
 from tests.models.conftest import fit_and_auc
 
 

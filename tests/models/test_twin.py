@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longrec.config import SearchConfig
 from longrec.data.batch import Batch, gather_history
 from longrec.eval.metrics import auc
 from longrec.models import build_model
 from longrec.models.twin import TWINConfig
 from longrec.search import SEARCHERS, search_stage
+from longrec.search.config import SearchConfig
 
 # Every TWIN-family ablation that is a TWIN config (TWIN-4E is DARE's separate_target_tables; see test_dare.py).
 VARIANTS = {

@@ -7,10 +7,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from longrec.config import ConfigError, SearchConfig
 from longrec.data.batch import Batch, check_batch
 from longrec.search import search_stage
 from longrec.search.category import category
+from longrec.search.config import SearchConfig
+from longrec.settings import ConfigError
 
 
 def _hand_batch() -> Batch:

@@ -8,10 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from longrec.config import SearchConfig
 from longrec.data.batch import Batch, check_batch
 from longrec.search import search_stage
 from longrec.search.combined import hard_and_soft, split_blocks
+from longrec.search.config import SearchConfig
 
 
 def _hand_batch() -> tuple[Batch, Tensor, Tensor]:

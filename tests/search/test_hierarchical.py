@@ -7,10 +7,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from longrec.config import SearchConfig
 from longrec.data.batch import Batch, check_batch
 from longrec.search import search_stage
 from longrec.search.category import category
+from longrec.search.config import SearchConfig
 from longrec.search.hierarchical import hierarchical, match_depth
 
 

@@ -21,7 +21,6 @@ from torch import Tensor, nn
 
 import longrec.search as search
 import longrec.search.exact as exact
-from longrec.config import ConfigError, SearchConfig
 from longrec.data.batch import Batch
 from longrec.models import MODELS, build_model, data_params
 from longrec.search import (
@@ -32,7 +31,9 @@ from longrec.search import (
     search_stage,
     topk_positions,
 )
+from longrec.search.config import SearchConfig
 from longrec.search.exact import SCORE_BLOCK, chunked_topk, exact_topk, rank_keys, soft_scores
+from longrec.settings import ConfigError
 
 SIZES = {"num_items": 40, "num_categories": 12, "taxonomy_levels": 2, "num_actions": 4, "num_goals": 2, "num_users": 3}
 
@@ -309,7 +310,7 @@ _PEAK_CHILD = textwrap.dedent(
     """
     import json, sys, time
     import torch
-    from longrec.config import SearchConfig
+    from longrec.search.config import SearchConfig
     from longrec.data.batch import Batch
     from longrec.models import build_model
     from longrec.search import search_stage

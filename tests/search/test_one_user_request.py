@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from longrec.config import SearchConfig
 from longrec.data.batch import Batch
 from longrec.models import MODELS, build_model, data_params
 from longrec.search import one_user_request, search_stage, shares_one_history
+from longrec.search.config import SearchConfig
 
 SIZES = {"num_items": 500, "num_categories": 30, "taxonomy_levels": 2, "num_actions": 4, "num_goals": 2}
 

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from longrec.config import SearchConfig
 from longrec.data.batch import Batch
 from longrec.search import exact_topk
+from longrec.search.config import SearchConfig
 from longrec.search.sdim import collisions, sdim
 from longrec.search.simhash import simhash_bits, simhash_planes
 

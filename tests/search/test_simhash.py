@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longrec.config import SearchConfig
 from longrec.data.batch import Batch
 from longrec.search import exact_topk, search_stage
+from longrec.search.config import SearchConfig
 from longrec.search.simhash import hamming, pack_bits, popcount, simhash, simhash_bits, simhash_planes
 
 

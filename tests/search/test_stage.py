@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longrec.config import SearchConfig
 from longrec.data.batch import Batch, check_batch
 from longrec.search import BLOCK_SEARCHERS, SEARCHERS, exact_topk, search_stage, topk_positions
+from longrec.search.config import SearchConfig
 
 
 def _batch(B: int = 4, L: int = 9, seed: int = 0) -> Batch:

@@ -12,8 +12,10 @@ from longrec.config import ConfigError, load_config
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import TrajectoryStore
+from longrec.models import build_model_for_sizes
+from longrec.run import train
 from longrec.train.checkpoint import load_checkpoint
-from longrec.train.loop import build_model_for_store, goal_loss_weights, train
+from longrec.train.loop import goal_loss_weights
 from tests.conftest import make_log
 
 MODEL = {"dim": 4, "head_hidden": (8,), "goal_heads": True}  # TIN with one head per goal
@@ -73,7 +75,7 @@ def test_weights_scale_each_goals_loss(tmp_path: Path, goal_store: str) -> None:
     _train(goal_store, tmp_path / "on", "train.goal_weights={click = 1.0}", "train.max_steps=2")
     off, on = (load_checkpoint(tmp_path / run / "last.pt")["model"] for run in ("off", "on"))
     torch.manual_seed(0)  # the loop seeds with train.seed = 0 before building the model
-    fresh = build_model_for_store("tin", MODEL, TrajectoryStore.open(goal_store)).state_dict()
+    fresh = build_model_for_sizes("tin", MODEL, TrajectoryStore.open(goal_store).sizes).state_dict()
     for name, value in fresh.items():
         torch.testing.assert_close(off[name], value, rtol=0, atol=0, msg=name)
     assert any(not torch.equal(on[name], value) for name, value in fresh.items())

@@ -12,8 +12,9 @@ from longrec.config import load_config
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.models import build_model
+from longrec.run import train
 from longrec.train.checkpoint import load_checkpoint
-from longrec.train.loop import l2_penalty, train
+from longrec.train.loop import l2_penalty
 from tests.conftest import make_log
 
 
@@ -76,7 +77,8 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path: Path, store_
 
 
 def test_early_stopping_stops_after_patience(tmp_path: Path, store_path: str) -> None:
-    result = train(_config(store_path, "train.patience=1", "train.lr=1.0", "train.epochs=20"), tmp_path / "run")
+    config = _config(store_path, "train.patience=1", "train.lr=1.0", "train.epochs=20", "train.divergence=0")
+    result = train(config, tmp_path / "run")
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert result["steps"] < 20 * 7, "early stopping never triggered"
     assert len(lines) >= 2

@@ -13,17 +13,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longrec.config import SearchConfig, load_config
+from longrec.config import load_config
 from longrec.data.batch import Batch
+from longrec.data.device import DevicePrefetcher, autocast, resolve_device
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import TrajectoryStore
 from longrec.eval.evaluate import evaluate
 from longrec.eval.metrics import auc
-from longrec.models import MODELS, build_model, data_params
+from longrec.models import MODELS, build_model, build_model_for_sizes, data_params
 from longrec.models.layers import PReLU, collect_keys, dot_scores, key_collection, lookup, unique_ids, weighted_sum
-from longrec.train.device import DevicePrefetcher, autocast, resolve_device
-from longrec.train.loop import build_model_for_store, compile_model, train, train_step
+from longrec.run import train
+from longrec.search.config import SearchConfig
+from longrec.train.loop import compile_model, train_step
 from tests.conftest import make_log
 from tests.models.conftest import SIZES, make_batch
 
@@ -227,7 +229,7 @@ def test_loop_runs_with_every_cpu_option_and_bucketed_eval_keeps_the_metrics(tmp
     assert 0.0 <= result["test"]["auc"] <= 1.0 and result["steps"] > 0
     store = TrajectoryStore.open(store_path)
     torch.manual_seed(0)
-    model = build_model_for_store("din", {"dim": 4}, store)
+    model = build_model_for_sizes("din", {"dim": 4}, store.sizes)
     plain = evaluate(model, store, "test", batch_size=8, max_history=10)
     bucketed = evaluate(model, store, "test", batch_size=8, max_history=10, bucket_by_length=True)
     for name in ("auc", "gauc", "logloss", "count"):

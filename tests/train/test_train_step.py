@@ -5,10 +5,10 @@ import contextlib
 import pytest
 import torch
 
-from longrec.config import SearchConfig
 from longrec.data.batch import Batch
 from longrec.models import MODELS, build_model, data_params
 from longrec.models.layers import reference_paths
+from longrec.search.config import SearchConfig
 from longrec.train.loop import make_optimizer, reuse_freed_memory, train_step
 from tests.models.conftest import SIZES, make_batch
 

@@ -62,6 +62,16 @@ SAMPLE_ARRAYS = (
 SPLITS = ("train", "valid", "test")
 
 
+def _load(path: Path, mmap_mode: Any) -> np.ndarray:
+    """`np.load` of one array of a store, with an error naming the file when it is missing or damaged."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing: the store is incomplete. Re-run 'longrec prepare'.") from None
+    except (ValueError, EOFError, OSError) as err:
+        raise ValueError(f"{path} is damaged ({err}). Re-run 'longrec prepare'.") from err
+
+
 @dataclass
 class SampleSet:
     """Columnar samples of one split. Each row indexes a user's trajectory; nothing is copied from it."""
@@ -98,7 +108,7 @@ class SampleSet:
     @classmethod
     def load(cls, directory: Path, mmap: bool = True) -> SampleSet:
         mode: Any = "r" if mmap else None
-        return cls(**{name: np.load(directory / f"{name}.npy", mmap_mode=mode) for name in SAMPLE_ARRAYS})
+        return cls(**{name: _load(directory / f"{name}.npy", mode) for name in SAMPLE_ARRAYS})
 
 
 @dataclass
@@ -127,28 +137,29 @@ class TrajectoryStore:
         path = root / "manifest.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: '{root}' is not a prepared store. Run 'longrec prepare' first.")
-        manifest = json.loads(path.read_text())
-        if manifest.get("format_version") != FORMAT_VERSION:
+        try:
+            manifest = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is damaged (not valid JSON: {err}). Re-run 'longrec prepare'.") from err
+        if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+            found = manifest.get("format_version") if isinstance(manifest, dict) else type(manifest).__name__
             raise ValueError(
-                f"{path} has format_version {manifest.get('format_version')!r}; this longrec reads {FORMAT_VERSION}. "
-                "Re-run 'longrec prepare'."
+                f"{path} has format_version {found!r}; this longrec reads {FORMAT_VERSION}. Re-run 'longrec prepare'."
             )
         mode: Any = "r" if mmap else None
         traj = root / "trajectories"
         arrays = {
-            name: np.load(traj / f"{name}.npy", mmap_mode=mode)
-            for name in HISTORY_ARRAYS
-            if (traj / f"{name}.npy").is_file()
+            name: _load(traj / f"{name}.npy", mode) for name in HISTORY_ARRAYS if (traj / f"{name}.npy").is_file()
         }
         return cls(
             root=root,
             manifest=manifest,
-            offsets=np.load(traj / "offsets.npy"),
+            offsets=_load(traj / "offsets.npy", None),
             arrays=arrays,
-            item_category=np.load(root / "items" / "category.npy"),
-            item_count=np.load(root / "items" / "count.npy"),
-            item_extra=np.load(root / "items" / "extra.npy"),
-            owner=np.load(traj / "owner.npy", mmap_mode=mode) if (traj / "owner.npy").is_file() else None,
+            item_category=_load(root / "items" / "category.npy", None),
+            item_count=_load(root / "items" / "count.npy", None),
+            item_extra=_load(root / "items" / "extra.npy", None),
+            owner=_load(traj / "owner.npy", mode) if (traj / "owner.npy").is_file() else None,
         )
 
     @property

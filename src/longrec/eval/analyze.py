@@ -1,7 +1,7 @@
 """What a person wants to look at after training: where the model attends, per goal, and what search kept.
 
-`analyze_run(run_dir)` loads a run's best checkpoint, scores a slice of a split and writes PNGs (via
-`longrec.eval.plots`) plus `analysis.json` with the numbers behind every plot:
+`analyze(model, store, out, ...)` scores a slice of a split and writes PNGs (via `longrec.eval.plots`) plus
+`analysis.json` with the numbers behind every plot (`longrec.run.analyze_run` does it for a run directory):
 
 - attention weight by relative position and by time gap to the target, one curve per goal (for TDPE models these
   are the learned per-goal decay curves);
@@ -25,46 +25,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from longrec.config import Config, SearchConfig
 from longrec.data.batch import Batch
 from longrec.data.dataset import make_loader
 from longrec.data.store import TrajectoryStore
-from longrec.files import atomic_write_text
+from longrec.files import write_json
 from longrec.models.tin import time_gap_bucket
 from longrec.search import NEEDS_EMBEDDINGS, SEARCHERS
+from longrec.search.config import SearchConfig
 from longrec.search.hierarchical import match_depth
-from longrec.train.checkpoint import load_checkpoint
 
-__all__ = ["analyze_run", "attention_profile", "field_shares", "load_run", "retrieval_example"]
+__all__ = ["analyze", "attention_profile", "field_shares", "retrieval_example"]
 
 logger = logging.getLogger(__name__)
 
 NUM_GAP_BUCKETS = 24
 MAX_POSITION = 200
-
-
-def load_run(run: Path, data: str | None = None) -> tuple[Config, TrajectoryStore, torch.nn.Module]:
-    """The resolved config, the store and the best model of a run directory."""
-    from longrec.train.loop import build_model_for_store
-
-    path = run / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: '{run}' is not a run directory of 'longrec train'.")
-    saved = json.loads(path.read_text())
-    if data:
-        saved["data"]["path"] = data
-    config = Config.from_dict(saved, str(path))
-    store = TrajectoryStore.open(config.data.path)
-    checkpoint = load_checkpoint(run / "checkpoint.pt")
-    if checkpoint["vocab_sha"] != store.manifest["vocab_sha"]:
-        raise ValueError(
-            f"{run / 'checkpoint.pt'} was trained with vocabulary sha {checkpoint['vocab_sha']} but "
-            f"{config.data.path} has {store.manifest['vocab_sha']}; analyze it on the data it was trained on."
-        )
-    model = build_model_for_store(config.model.name, config.model.params, store)
-    model.load_state_dict(checkpoint["model"])
-    model.eval()
-    return config, store, model
 
 
 def _weights(model: torch.nn.Module, batch: Batch) -> torch.Tensor | None:
@@ -192,19 +167,41 @@ def retrieval_example(model: torch.nn.Module, batch: Batch, row: int, config: Se
     return info
 
 
-def analyze_run(
-    run: str | Path, out: str | Path | None = None, split: str = "valid", samples: int = 4096, data: str | None = None
+def analyze(
+    model: torch.nn.Module,
+    store: TrajectoryStore,
+    out: str | Path,
+    search: SearchConfig,
+    max_history: int,
+    split: str = "valid",
+    samples: int = 4096,
+    title: str = "",
+    history: Path | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the analysis PNGs and `analysis.json` for a run directory; return the numbers and the PNG paths."""
+    """Write the analysis PNGs and `analysis.json` of `model` on `samples` samples of `split` into `out`.
+
+    Args:
+        model: a trained model (eval mode).
+        store: its store.
+        out: an existing folder for the PNGs and analysis.json.
+        search: the search stage the model was trained behind (for the retrieval example).
+        max_history: L_max of the run.
+        split: the split to read samples from.
+        samples: how many samples (whole batches of 512, so up to 511 more).
+        title: plot title prefix, e.g. "din-32 (din)".
+        history: the run's metrics.jsonl, for the validation curve (skipped when None or missing).
+        meta: extra JSON-ready fields for analysis.json (e.g. the run path and model name).
+
+    Returns:
+        The numbers behind every plot, and "files": the PNG paths.
+    """
     from longrec.eval import plots
 
-    run = Path(run)
-    out = Path(out) if out else run / "plots"
-    out.mkdir(parents=True, exist_ok=True)
-    config, store, model = load_run(run, data)
+    out = Path(out)
     batches: list[Batch] = []
     taken = 0
-    for batch in make_loader(store, split, 512, config.data.max_history):
+    for batch in make_loader(store, split, 512, max_history):
         batches.append(batch)
         taken += len(batch)
         if taken >= samples:
@@ -213,32 +210,31 @@ def analyze_run(
     num_goals = max(1, int(store.sizes.get("num_goals", 1)))
     if num_goals > 1:
         goal_names = ["unknown", *map(str, store.vocab("goal").to_list())]
-    result: dict[str, Any] = {"run": str(run), "model": config.model.name, "split": split, "samples": taken}
+    result: dict[str, Any] = {**(meta or {}), "split": split, "samples": taken}
     files: list[str] = []
     profile = attention_profile(model, batches, num_goals)
     if profile is not None:
         result["attention"] = profile
-        files += plots.attention_curves(profile, goal_names, out, title=f"{run.name} ({config.model.name})")
+        files += plots.attention_curves(profile, goal_names, out, title=title)
         if "group_position_mean" in profile:
-            files.append(plots.group_attention(profile, out, title=f"{run.name} ({config.model.name})"))
+            files.append(plots.group_attention(profile, out, title=title))
         shares = field_shares(model, batches)
         if shares is not None:
             names = list(getattr(model, "group_names", [f"module {g}" for g in range(len(shares))]))
             result["field_shares"] = {"modules": names, "shares": shares}
-            files.append(plots.field_shares(names, shares, out, title=f"{run.name} ({config.model.name})"))
+            files.append(plots.field_shares(names, shares, out, title=title))
     else:
-        logger.info("%s has no attention_weights(): skipping attention plots", config.model.name)
+        logger.info("%s has no attention_weights(): skipping attention plots", type(model).__name__)
     first = batches[0] if batches else None
     if first is not None and first.label is not None:
         candidates = ((first.label == 1) & first.history_mask.any(1)).nonzero()
         row = int(candidates[0]) if len(candidates) else 0
-        example = retrieval_example(model, first, row, config.search)
+        example = retrieval_example(model, first, row, search)
         result["retrieval_example"] = example
-        files.append(plots.retrieval(example, out, title=f"{run.name}: sample {row} of {split}", k=config.search.k))
-    history_path = run / "metrics.jsonl"
-    if history_path.is_file():
-        lines = [json.loads(x) for x in history_path.read_text().splitlines() if x.strip()]
-        files.append(plots.validation_curve(lines, out, title=f"{run.name} ({config.model.name})"))
+        files.append(plots.retrieval(example, out, title=f"{title}: sample {row} of {split}", k=search.k))
+    if history is not None and history.is_file():
+        lines = [json.loads(x) for x in history.read_text().splitlines() if x.strip()]
+        files.append(plots.validation_curve(lines, out, title=title))
     result["files"] = files
-    atomic_write_text(out / "analysis.json", json.dumps(result, indent=2, default=float) + "\n")
+    write_json(out / "analysis.json", result)
     return result

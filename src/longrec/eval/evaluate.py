@@ -7,7 +7,8 @@ each batch carries); bf16 changes the logits within its rounding (tests/train/te
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -15,15 +16,15 @@ import torch
 from rich.console import Console
 from rich.progress import track
 
-from longrec.config import SearchConfig
 from longrec.data.batch import Batch
 from longrec.data.dataset import make_loader
+from longrec.data.device import DevicePrefetcher, autocast
 from longrec.data.store import TrajectoryStore
 from longrec.eval.metrics import compute_metrics
 from longrec.search import search_stage
-from longrec.train.device import DevicePrefetcher, autocast
+from longrec.search.config import SearchConfig
 
-__all__ = ["evaluate", "predict"]
+__all__ = ["evaluate", "metrics_lines", "predict"]
 
 
 @torch.no_grad()
@@ -111,3 +112,29 @@ def evaluate(
         names = ["unknown", *map(str, store.vocab("goal").to_list())]
         metrics["per_goal"] = {names[int(g)]: v for g, v in metrics["per_goal"].items()}
     return metrics
+
+
+METRIC_COLUMNS = (("auc", "AUC"), ("gauc", "GAUC (user)"), ("gauc_category", "GAUC (category)"), ("logloss", "logloss"))
+
+
+def metrics_lines(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """An aligned text table of metrics, one row per name (e.g. {"valid": {...}, "test": {...}}), for logs.
+
+    Undefined values (NaN or missing) show as "-"; `count` is printed with thousands separators.
+    """
+    header = ["", *(title for _, title in METRIC_COLUMNS), "samples"]
+    table = [header]
+    for name, m in rows.items():
+        cells = [name]
+        for key, _ in METRIC_COLUMNS:
+            value = m.get(key)
+            cells.append(f"{value:.4f}" if isinstance(value, int | float) and math.isfinite(value) else "-")
+        cells.append(f"{int(m['count']):,}" if "count" in m else "-")
+        table.append(cells)
+    widths = [max(len(row[j]) for row in table) for j in range(len(header))]
+    return [
+        "  ".join(
+            cell.ljust(w) if j == 0 else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in table
+    ]

@@ -30,7 +30,33 @@ from longrec.models.twin import TWIN, TWINConfig
 from longrec.models.vista import VISTA, VISTAConfig
 from longrec.models.vql import VQL, VQLConfig
 
-__all__ = ["DIN", "MODELS", "DINConfig", "MeanPool", "MeanPoolConfig", "build_model", "data_params", "model_config"]
+__all__ = [
+    "DATA_SIZE_FIELDS",
+    "DIN",
+    "MODELS",
+    "DINConfig",
+    "MeanPool",
+    "MeanPoolConfig",
+    "build_model",
+    "build_model_for_sizes",
+    "data_params",
+    "model_config",
+]
+
+# Model-config fields that come from the prepared data, never from the experiment file.
+DATA_SIZE_FIELDS = frozenset(
+    {
+        "num_users",
+        "num_items",
+        "num_categories",
+        "taxonomy_levels",
+        "num_actions",
+        "num_domains",
+        "num_scenes",
+        "num_goals",
+        "num_extra",
+    }
+)
 
 # name -> (config dataclass, module class); the module's constructor takes exactly one config instance.
 MODELS: dict[str, tuple[type[Any], type[nn.Module]]] = {
@@ -106,3 +132,20 @@ def data_params(config_cls: type[Any], sizes: Mapping[str, Any]) -> dict[str, An
     """
     declared = {f.name for f in dataclasses.fields(config_cls)}
     return {k: v for k, v in sizes.items() if k in declared}
+
+
+def build_model_for_sizes(name: str, params: Mapping[str, Any], sizes: Mapping[str, Any]) -> nn.Module:
+    """Build model `name` from its hyper-parameters `params` plus the data-derived sizes it declares.
+
+    Args:
+        name: a key of `MODELS`.
+        params: the model's hyper-parameters (an experiment's `model` table without `name`).
+        sizes: the data-derived sizes of a prepared store (`TrajectoryStore.sizes`: num_items, num_categories, ...);
+            the ones the model's config does not declare are ignored.
+
+    Raises:
+        KeyError / TypeError / ValueError: as `build_model`.
+    """
+    config_cls = _entry(name)[0]
+    known = {k: v for k, v in sizes.items() if k in DATA_SIZE_FIELDS}
+    return build_model(name, **data_params(config_cls, known), **params)

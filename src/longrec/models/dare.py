@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from longrec.config import SearchConfig
 from longrec.data.batch import Batch
 from longrec.models.layers import (
     BehaviourEmbedding,
@@ -44,6 +43,7 @@ from longrec.models.layers import (
     weighted_sum,
 )
 from longrec.models.twin import check_bool, masked_softmax, pool_full_and_kept, scaled_query, time_ids
+from longrec.search.config import SearchConfig
 
 __all__ = ["DARE", "DAREConfig"]
 

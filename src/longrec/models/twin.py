@@ -52,7 +52,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from longrec.config import SearchConfig
 from longrec.data.batch import Batch
 from longrec.models.layers import (
     BehaviourEmbedding,
@@ -64,6 +63,7 @@ from longrec.models.layers import (
     mlp,
     weighted_sum,
 )
+from longrec.search.config import SearchConfig
 from longrec.search.exact import exact_topk
 
 __all__ = [

@@ -36,10 +36,10 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
-from longrec.config import SearchConfig
 from longrec.data.batch import HISTORY_FIELDS, TARGET_FIELDS, Batch, gather_history
 from longrec.search.category import category
 from longrec.search.combined import hard_and_soft, hard_and_soft_chunked
+from longrec.search.config import SearchConfig
 from longrec.search.exact import SCORE_BLOCK, chunked_topk, exact_topk, oldest_first, soft_scores, topk_positions
 from longrec.search.hierarchical import hierarchical
 from longrec.search.sdim import sdim, sdim_scores

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from longrec.config import SearchConfig
 from longrec.data.batch import Batch
+from longrec.search.config import SearchConfig
 from longrec.search.exact import topk_positions
 
 __all__ = ["category", "category_match", "require_categories"]

@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-from longrec.config import SearchConfig
 from longrec.data.batch import HISTORY_FIELDS, Batch
 from longrec.search.category import category
+from longrec.search.config import SearchConfig
 from longrec.search.exact import chunked_topk, exact_topk, oldest_first, soft_scores
 from longrec.search.hierarchical import hierarchical
 

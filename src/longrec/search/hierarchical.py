@@ -23,9 +23,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from longrec.config import SearchConfig
 from longrec.data.batch import Batch
 from longrec.search.category import require_categories
+from longrec.search.config import SearchConfig
 from longrec.search.exact import topk_positions
 
 __all__ = ["hierarchical", "match_depth"]

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from longrec.config import SearchConfig
 from longrec.data.batch import Batch
+from longrec.search.config import SearchConfig
 from longrec.search.exact import blockwise, topk_positions
 from longrec.search.simhash import simhash_bits, simhash_planes
 

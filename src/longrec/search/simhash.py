@@ -28,8 +28,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from longrec.config import SearchConfig
 from longrec.data.batch import Batch
+from longrec.search.config import SearchConfig
 from longrec.search.exact import blockwise, topk_positions
 
 __all__ = ["hamming", "pack_bits", "popcount", "simhash", "simhash_bits", "simhash_planes", "simhash_scores"]

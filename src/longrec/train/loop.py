@@ -1,19 +1,29 @@
-"""The one training loop: `train(config, out)`, top to bottom.
+"""The one training loop: `fit(model, store, out, train, data, search)`, top to bottom.
 
 Adam on BCE (plus an optional L2 penalty on non-embedding weights), validation every `eval_every` steps or each
 epoch, the best checkpoint by the chosen validation metric, early stopping, then the best model scored on the
 validation and test splits. `last.pt` is written atomically at every validation and holds everything needed to
-resume (model, optimizer, RNG state, data position, best-so-far), so a killed run resumed with `resume=True`
-ends with the same metrics as an uninterrupted run with the same seed: batch order is a pure function of
+resume (model, optimizer, RNG state, data position, best-so-far, time spent), so a killed run resumed with
+`resume=True` ends with the same metrics as an uninterrupted run with the same seed: batch order is a pure function of
 (seed, epoch), and every step after the last checkpoint is redone identically.
+
+The loop fails loudly rather than "succeed" with a broken model: a validation split with one label (AUC cannot rank
+checkpoints) is refused before the first step; a loss that stops being finite, or whose mean over 20 steps exceeds
+`train.divergence` times the first step's, stops the run with `TrainingDiverged` naming the step; a validation metric
+that is undefined (NaN) is an error, not a checkpoint that is never written; and the last steps are always validated,
+also when `eval_every` does not divide them. What the run does is reported to `longrec.train.callbacks` listeners
+(progress bar or lines, CSV, TensorBoard).
+
+`fit` writes only the training artefacts (checkpoint.pt, last.pt, metrics.jsonl, metrics.json, the loggers' files);
+the run directory itself (config.json, the lock, what may be resumed) belongs to `longrec.run`, which calls it.
 
 One step is `train_step`; `benchmarks/bench_throughput.py` times exactly that function.
 
 System options (SPEC §5; each off by default, each with a parity test against the plain path in
 tests/train/test_optimizations.py and a measured effect in `benchmarks/bench_optimizations.py`):
-`train.precision = "bf16"` (autocast, `longrec.train.device.autocast`), `train.key_collection` (one lookup per distinct
+`train.precision = "bf16"` (autocast, `longrec.data.device.autocast`), `train.key_collection` (one lookup per distinct
 id, `longrec.models.layers.collect_keys`), `train.compile` (`compile_model`), `train.device` (CUDA with pinned,
-non-blocking copies on a side stream, `longrec.train.device.DevicePrefetcher`), `data.bucket_by_length` (batches of
+non-blocking copies on a side stream, `longrec.data.device.DevicePrefetcher`), `data.bucket_by_length` (batches of
 similar history lengths, `longrec.data.dataset.epoch_batches`) and `data.num_workers` (batches built in background
 processes).
 """
@@ -22,7 +32,6 @@ from __future__ import annotations
 
 import ctypes
 import difflib
-import json
 import logging
 import math
 import os
@@ -33,42 +42,36 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from longrec.config import DATA_SIZE_FIELDS, Config, SearchConfig
 from longrec.data.batch import Batch
+from longrec.data.config import DataConfig
 from longrec.data.dataset import make_loader
+from longrec.data.device import DevicePrefetcher, autocast, resolve_device
 from longrec.data.store import TrajectoryStore
-from longrec.eval.evaluate import evaluate
-from longrec.files import atomic_write_text
-from longrec.models import MODELS, build_model, data_params
-from longrec.models.layers import collect_keys, fast_paths
+from longrec.eval.evaluate import evaluate, metrics_lines
+from longrec.files import atomic_write_text, dumps_json, write_json
+from longrec.models.layers import fast_paths
 from longrec.search import search_stage
+from longrec.search.config import SearchConfig
+from longrec.train.callbacks import Callback, make_loggers, progress_callback
 from longrec.train.checkpoint import load_checkpoint, save_checkpoint
-from longrec.train.device import DevicePrefetcher, autocast, resolve_device
+from longrec.train.config import TrainConfig
 
 __all__ = [
-    "build_model_for_store",
+    "TrainingDiverged",
     "compile_model",
+    "fit",
     "goal_loss_weights",
     "l2_penalty",
     "make_optimizer",
     "reuse_freed_memory",
-    "train",
     "train_step",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def build_model_for_store(name: str, params: dict[str, Any], store: TrajectoryStore) -> torch.nn.Module:
-    """Build model `name` with the data-derived sizes its config declares (num_items, ...) plus `params`."""
-    sizes = {k: v for k, v in store.sizes.items() if k in DATA_SIZE_FIELDS}
-    config_cls = MODELS[name][0] if name in MODELS else None
-    return build_model(name, **(data_params(config_cls, sizes) if config_cls else {}), **params)
 
 
 def l2_penalty(model: torch.nn.Module) -> torch.Tensor:
@@ -172,7 +175,7 @@ def train_step(
         optimizer: stepped once.
         l2: weight of `l2_penalty` (0 = off).
         goal_weight: [T] BCE weight per goal id (`goal_loss_weights`), or None.
-        precision: "fp32", or "bf16": search and forward under bf16 autocast (`longrec.train.device.autocast`); the
+        precision: "fp32", or "bf16": search and forward under bf16 autocast (`longrec.data.device.autocast`); the
             losses are computed on fp32 logits, the backward and the update in fp32.
 
     Returns:
@@ -231,124 +234,154 @@ def train_step(
     return loss.detach()
 
 
+DIVERGENCE_WINDOW = 20  # steps whose mean loss is compared with the first step's
+
+
+class TrainingDiverged(ValueError):
+    """The training loss stopped being finite or grew far beyond its start (`train.divergence`)."""
+
+
 def _better(metric: str, value: float, best: float | None) -> bool:
-    if best is None or math.isnan(best):
-        return not math.isnan(value)
+    if best is None:
+        return True
     return value < best if metric == "logloss" else value > best
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=Console(stderr=True),
-        disable=not enabled or not sys.stderr.isatty(),
-        transient=True,
-    )
+def _check_validation_labels(store: TrajectoryStore, metric: str) -> None:
+    """Refuse, before the first step, a validation split that cannot pick checkpoints by `metric`."""
+    labels = np.asarray(store.samples("valid").label)
+    if labels.size == 0:
+        raise ValueError(f"the validation split of {store.root} is empty: nothing to pick checkpoints with.")
+    if metric != "logloss" and np.unique(labels).size < 2:
+        raise ValueError(
+            f"the validation split of {store.root} holds only label {labels.flat[0]:g} ({labels.size:,} samples): "
+            f"train.metric = '{metric}' (a ranking metric) cannot pick checkpoints without both labels. Use "
+            "train.metric = 'logloss', or prepare the data so that validation holds positives and negatives."
+        )
 
 
-def train(
-    config: Config,
+def fit(
+    model: torch.nn.Module,
+    store: TrajectoryStore,
     out: str | Path,
+    train: TrainConfig,
+    data: DataConfig,
+    search: SearchConfig,
     resume: bool = False,
+    callbacks: Sequence[Callback] = (),
     on_step: Callable[[int], None] | None = None,
+    report: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train `config.model` on `config.data.path`, writing a run directory.
+    """Train `model` on `store`'s train split, validating on its valid split; write the artefacts into `out`.
 
     Args:
-        config: the resolved experiment config.
-        out: the run directory: config.json, checkpoint.pt (best), last.pt (resume state), metrics.jsonl (one line
-            per validation), metrics.json (final valid/test metrics of the best model) and log.txt.
-        resume: continue from `out/last.pt` if it exists.
+        model: a freshly built model (seeded by the caller) for `store`'s vocabularies.
+        store: the prepared data.
+        out: an existing folder owned by the caller (`longrec.run.train` checks and locks it): checkpoint.pt (best
+            model), last.pt (resume state), metrics.jsonl (one line per validation), metrics.json (final metrics).
+        train: optimisation, validation and stopping (`TrainConfig`).
+        data: batching (`DataConfig`; its `path` is not read: `store` is).
+        search: the search stage run before the model.
+        resume: continue from `out/last.pt` when it exists (a changed `train.lr` is applied to the optimizer).
+        callbacks: listeners (`longrec.train.callbacks`), besides the progress display and `train.loggers`.
         on_step: called with the global step after every optimizer step (tests use it to simulate a crash).
+        report: JSON-ready fields put first in the result and metrics.json (e.g. the model's name).
 
     Returns:
-        The final metrics: {"valid": {...}, "test": {...}, "best_step": int, "steps": int, ...}.
+        The final metrics (what metrics.json holds): {"valid": {...}, "test": {...}, "best_step", "steps",
+        "train_seconds" (all segments), "segments", "parameters", "selection_metric"}.
+
+    Raises:
+        TrainingDiverged: the loss diverged; the checkpoints written before stay.
+        ValueError: a validation split that cannot pick checkpoints, or a metric that is undefined on it.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    # log.txt gets INFO lines whatever the console verbosity; the logger's level is restored afterwards.
-    handler = logging.FileHandler(out / "log.txt")
-    handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    package_logger = logging.getLogger("longrec")
-    previous = package_logger.level
-    package_logger.addHandler(handler)
-    if package_logger.getEffectiveLevel() > logging.INFO:
-        package_logger.setLevel(logging.INFO)
-    try:
-        with collect_keys(config.train.key_collection):
-            return _train(config, out, resume, on_step)
-    finally:
-        package_logger.removeHandler(handler)
-        package_logger.setLevel(previous)
-        handler.close()
-
-
-def _train(config: Config, out: Path, resume: bool, on_step: Callable[[int], None] | None) -> dict[str, Any]:
-    tc, dc = config.train, config.data
+    tc, dc = train, data
     if tc.threads:
         torch.set_num_threads(tc.threads)
     if fast_paths():
         reuse_freed_memory()
+    _check_validation_labels(store, tc.metric)
     device = resolve_device(tc.device)
-    store = TrajectoryStore.open(dc.path)
-    torch.manual_seed(tc.seed)
-    model = build_model_for_store(config.model.name, config.model.params, store).to(device)
+    model = model.to(device)
     optimizer = make_optimizer(model, tc.lr)
     goal_names = [str(g) for g in store.vocab("goal").to_list()] if store.sizes.get("num_goals", 1) > 1 else []
     goal_weight = goal_loss_weights(tc.goal_weights, goal_names)  # [T] or None
     goal_weight = goal_weight.to(device) if goal_weight is not None else None
-    atomic_write_text(out / "config.json", config.to_json())
     num_train = len(store.samples("train"))
     steps_per_epoch = -(-num_train // tc.batch_size)
-    state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best": None, "best_step": 0, "stale": 0, "history": []}
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "batch": 0,
+        "step": 0,
+        "best": None,
+        "best_step": 0,
+        "stale": 0,
+        "history": [],
+        "validated_step": -1,
+        "first_loss": None,
+        "segments": [],
+    }
     if resume and (out / "last.pt").is_file():
         saved = load_checkpoint(out / "last.pt")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["rng"])
-        state = saved["state"]
+        state = {**state, **saved["state"]}
+        for group in optimizer.param_groups:  # a changed train.lr applies from here on (longrec.run checked it)
+            group["lr"] = tc.lr
+        # metrics.jsonl holds exactly the saved validations: lines a killed run wrote after last.pt are redone
+        atomic_write_text(out / "metrics.jsonl", "".join(dumps_json(x, indent=None) + "\n" for x in state["history"]))
         logger.info(
             "resumed from %s at step %d (epoch %d, batch %d)",
             out / "last.pt",
             state["step"],
-            state["epoch"],
+            state["epoch"] + 1,
             state["batch"],
         )
     if tc.compile:
         compile_model(model)
-    logger.info("training %s on %s: %d samples, %d steps/epoch", config.model.name, dc.path, num_train, steps_per_epoch)
+    shown = [c for c in (progress_callback(tc.progress),) if c is not None]
+    listeners: list[Callback] = [*shown, *make_loggers(tc.loggers, out, tc.log_every), *callbacks]
     eval_options: dict[str, Any] = {
         "batch_size": tc.eval_batch_size,
         "max_history": dc.max_history,
         "num_workers": dc.num_workers,
-        "search": config.search,
+        "search": search,
         "device": device,
         "precision": tc.precision,
         "bucket_by_length": dc.bucket_by_length,
     }
     vocab_sha = store.manifest["vocab_sha"]
+    segment = {"from_step": state["step"], "to_step": state["step"], "seconds": 0.0}
+    state["segments"].append(segment)
+    started = time.perf_counter()
+
+    def checkpoint_state() -> dict[str, Any]:
+        segment["to_step"], segment["seconds"] = state["step"], round(time.perf_counter() - started, 2)
+        return state
 
     def validate() -> bool:
         """Validate, keep the best model, write last.pt; True when early stopping says stop."""
         metrics = evaluate(model, store, "valid", **eval_options)
         value = float(metrics[tc.metric])
+        if math.isnan(value):
+            raise ValueError(
+                f"train.metric = '{tc.metric}' is undefined on the validation split of {store.root} at step "
+                f"{state['step']} (no group holds both labels). Use train.metric = 'auc' or 'logloss'."
+            )
         line = {"step": state["step"], "epoch": state["epoch"], **{k: v for k, v in metrics.items() if k != "per_goal"}}
         state["history"].append(line)
+        state["validated_step"] = state["step"]
         with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
-        if _better(tc.metric, value, state["best"]):
+            f.write(dumps_json(line, indent=None) + "\n")
+        best = _better(tc.metric, value, state["best"])
+        if best:
             state["best"], state["best_step"], state["stale"] = value, state["step"], 0
             save_checkpoint(
                 out / "checkpoint.pt",
                 {
                     "model": model.state_dict(),
-                    "model_name": config.model.name,
-                    "model_config": config.model.params,
                     "step": state["step"],
                     "metric": {tc.metric: value},
                     "vocab_sha": vocab_sha,
@@ -362,7 +395,7 @@ def _train(config: Config, out: Path, resume: bool, on_step: Callable[[int], Non
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "rng": torch.get_rng_state(),
-                "state": state,
+                "state": checkpoint_state(),
             },
         )
         logger.info(
@@ -370,15 +403,48 @@ def _train(config: Config, out: Path, resume: bool, on_step: Callable[[int], Non
             state["step"],
             tc.metric,
             value,
-            state["best"] or float("nan"),
+            state["best"],
             state["best_step"],
         )
+        for listener in listeners:
+            listener.on_validation(state["step"], state["epoch"], line, best)
         return bool(tc.patience and state["stale"] >= tc.patience)
 
+    window = torch.zeros((), device=device)  # sum of the losses of the current divergence window
+
+    def check_divergence(loss: torch.Tensor) -> None:
+        nonlocal window
+        step = state["step"]
+        if state["first_loss"] is None:
+            state["first_loss"] = float(loss)
+        window = window + loss
+        if step % DIVERGENCE_WINDOW and math.isfinite(state["first_loss"]):
+            return
+        mean = float(window) / DIVERGENCE_WINDOW
+        window = torch.zeros((), device=device)
+        first = state["first_loss"]
+        limit = tc.divergence * max(first, 1e-3) if tc.divergence else math.inf
+        if math.isfinite(mean) and math.isfinite(first) and mean <= limit:
+            return
+        lo = max(1, step - DIVERGENCE_WINDOW + 1)
+        why = (
+            f"the loss is not finite ({mean}) over steps {lo}-{step}"
+            if not (math.isfinite(mean) and math.isfinite(first))
+            else f"the mean loss over steps {lo}-{step} is {mean:.4g}, more than train.divergence = "
+            f"{tc.divergence:g} times the first step's {first:.4g}"
+        )
+        raise TrainingDiverged(
+            f"training diverged at step {step} (epoch {state['epoch'] + 1}): {why}. Lower train.lr (now {tc.lr:g}) "
+            f"and train again with --force; {out} keeps the checkpoints written before step {step}."
+        )
+
+    logger.info("training on %s: %d samples, %d steps/epoch", store.root, num_train, steps_per_epoch)
+    info = {"steps_total": steps_per_epoch * tc.epochs, "steps_done": state["step"], "epochs": tc.epochs}
+    for listener in listeners:
+        listener.on_train_start({**info, "samples_per_epoch": num_train, "out": str(out)})
     stop = state.get("stopped", False)
-    started, seen, next_status = time.perf_counter(), 0, 0.0
-    with _progress(tc.progress) as bar:
-        task = bar.add_task("training", total=steps_per_epoch * tc.epochs, completed=state["step"], status="")
+    result: dict[str, Any] = {}
+    try:
         while not stop and state["epoch"] < tc.epochs:
             loader = make_loader(
                 store,
@@ -397,15 +463,12 @@ def _train(config: Config, out: Path, resume: bool, on_step: Callable[[int], Non
                 bucket_batches=dc.bucket_batches,
             )
             for batch in DevicePrefetcher(loader, device):
-                loss = train_step(model, batch, config.search, optimizer, tc.l2, goal_weight, tc.precision)
+                loss = train_step(model, batch, search, optimizer, tc.l2, goal_weight, tc.precision)
                 state["step"] += 1
                 state["batch"] += 1
-                seen += len(batch)
-                if bar.live.is_started and time.perf_counter() >= next_status:  # .item() would sync a GPU every step
-                    rate = seen / max(time.perf_counter() - started, 1e-9)
-                    bar.update(task, status=f"loss {loss.item():.4f} · {rate:,.0f} samples/s")
-                    next_status = time.perf_counter() + 0.5
-                bar.advance(task)
+                check_divergence(loss)
+                for listener in listeners:
+                    listener.on_step(state["step"], state["epoch"], loss, len(batch))
                 if on_step is not None:
                     on_step(state["step"])
                 at_limit = bool(tc.max_steps and state["step"] >= tc.max_steps)
@@ -419,22 +482,28 @@ def _train(config: Config, out: Path, resume: bool, on_step: Callable[[int], Non
                 state["epoch"], state["batch"] = state["epoch"] + 1, 0
                 if not tc.eval_every:
                     stop = validate()
-    state["stopped"] = True
-    if not state["history"]:
-        validate()
-    # Score the best model on valid and test, every sample.
-    best = load_checkpoint(out / "checkpoint.pt")
-    model.load_state_dict(best["model"])
-    result: dict[str, Any] = {
-        "model": config.model.name,
-        "steps": state["step"],
-        "best_step": state["best_step"],
-        "selection_metric": tc.metric,
-        "train_seconds": round(time.perf_counter() - started, 2),
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
-    for split in ("valid", "test"):
-        result[split] = evaluate(model, store, split, **eval_options)
-    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
-    logger.info("test %s", {k: v for k, v in result["test"].items() if k != "per_goal"})
+        state["stopped"] = True
+        if state["validated_step"] != state["step"]:  # the steps after the last multiple of eval_every
+            validate()
+        # Score the best model on valid and test, every sample.
+        best = load_checkpoint(out / "checkpoint.pt")
+        model.load_state_dict(best["model"])
+        checkpoint_state()
+        result = {
+            **(report or {}),
+            "steps": state["step"],
+            "best_step": state["best_step"],
+            "selection_metric": tc.metric,
+            "train_seconds": round(sum(s["seconds"] for s in state["segments"]), 2),
+            "segments": state["segments"],
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
+        for split in ("valid", "test"):
+            result[split] = evaluate(model, store, split, **eval_options)
+        write_json(out / "metrics.json", result)
+        for line in metrics_lines({"valid": result["valid"], "test": result["test"]}):
+            logger.info(line)
+    finally:
+        for listener in listeners:
+            listener.on_train_end(result)  # {} when the run failed
     return result

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from longrec.train.losses import sampled_softmax_loss
+from longrec.models.losses import sampled_softmax_loss
 
 B, N, D = 5, 4, 3
 

@@ -1,0 +1,38 @@
+"""`DataConfig`: which prepared store a run reads, and how its samples are batched (the `[data]` table)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from longrec.settings import RESUME_FREE, ConfigError
+
+__all__ = ["DataConfig"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which prepared store to read, and how to batch it."""
+
+    # Fields marked RESUME_FREE may change on --resume (longrec.settings); the others are fixed.
+    path: str = ""  # folder written by `longrec prepare` (a run records it absolute, and its vocabulary sha)
+    max_history: int = 200  # L_max: most recent behaviours kept per sample
+    # background processes building batches (0 = in the training process)
+    num_workers: int = field(default=0, metadata=RESUME_FREE)
+    prefetch_factor: int = field(default=4, metadata=RESUME_FREE)  # batches each worker builds ahead
+    # check_batch on every batch (shapes, id ranges); `longrec --debug train` sets it
+    check_batches: bool = field(default=False, metadata=RESUME_FREE)
+    bucket_by_length: bool = False  # batch samples of similar history length together (less padding), order shuffled
+    bucket_batches: int = 50  # bucket_by_length: batches per length-sorting pool; 0 = sort the whole epoch
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.bucket_batches < 0:
+            problems.append(f"data.bucket_batches must be >= 0. Got {self.bucket_batches} instead.")
+        if self.max_history < 1:
+            problems.append(f"data.max_history must be a positive int. Got {self.max_history} instead.")
+        if self.num_workers < 0:
+            problems.append(f"data.num_workers must be >= 0. Got {self.num_workers} instead.")
+        if self.prefetch_factor < 1:
+            problems.append(f"data.prefetch_factor must be >= 1. Got {self.prefetch_factor} instead.")
+        if problems:
+            raise ConfigError(problems, "DataConfig")

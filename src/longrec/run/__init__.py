@@ -1,0 +1,253 @@
+"""The run API: train into a run directory, load one back, score with it. The CLI, notebooks, benchmarks and serving
+all go through here.
+
+    import longrec
+    from longrec.config import load_config
+
+    result = longrec.run.train(load_config("configs/din_synthetic.toml"), "runs/din")   # writes runs/din/
+    run = longrec.load_run("runs/din")           # from any working directory; str or Path
+    run.evaluate("test")                         # AUC, GAUC, logloss, per goal
+    probabilities = run.predict(frame)           # a polars/pandas DataFrame of raw ids, one score per row
+
+A run directory is owned and checked (`train`): it may be new, empty, or a previous run (replaced only with
+`force=True`, continued with `resume=True`); a folder holding anything else is refused; one process at a time holds
+its lock; `--resume` refuses config changes that would make the checkpoint meaningless and writes nothing before it
+has checked them (`longrec.run.directory`). Checkpoints load with `weights_only=True`: nothing in a run folder
+executes code. `load_run` finds the store where the run recorded it, or next to the run when both moved, and checks
+its vocabulary (`locate_store`).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from longrec.config import Config
+from longrec.data.batch import Batch
+from longrec.data.store import TrajectoryStore
+from longrec.eval.evaluate import evaluate, predict
+from longrec.files import PLOTS, RUN, OutputError, check_output, lock_directory, write_json
+from longrec.models import build_model_for_sizes
+from longrec.models.layers import collect_keys
+from longrec.run.directory import locate_store, read_run_config, resume_changes, run_config_dict
+from longrec.run.frames import frame_batches
+from longrec.train.callbacks import Callback
+from longrec.train.checkpoint import load_checkpoint
+from longrec.train.loop import fit
+
+__all__ = ["Run", "analyze_run", "load_run", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+def train(
+    config: Config,
+    out: str | Path,
+    resume: bool = False,
+    force: bool = False,
+    callbacks: Sequence[Callback] = (),
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train `config` into the run directory `out`; return the final metrics (what `out/metrics.json` holds).
+
+    Args:
+        config: the resolved experiment.
+        out: the run directory: new, empty, a previous run with `force` (cleared first) or with `resume` (continued
+            from its last.pt, after `resume_changes` checked the config against its config.json).
+        resume: continue the run in `out` (a fresh start when `out` holds no run yet).
+        force: replace a previous run in `out`.
+        callbacks: listeners of the training loop (`longrec.train.callbacks.Callback`).
+        on_step: called with the global step after every optimizer step (tests simulate a crash with it).
+
+    Raises:
+        OutputError: `out` holds something else, or a previous run without `force`/`resume`.
+        DirectoryLockedError: another process is writing `out`.
+        ConfigError: --resume with changes to fixed settings (every one listed); nothing is written then.
+        TrainingDiverged / ValueError / FileNotFoundError: from the store and the loop.
+    """
+    out = Path(out)
+    store = TrajectoryStore.open(config.data.path)
+    continuing = resume and (out / "config.json").is_file()
+    applied = _check_run_folder(out, config, store, continuing, force)
+    out.mkdir(parents=True, exist_ok=True)
+    with lock_directory(out, "run directory"):
+        applied = _check_run_folder(out, config, store, continuing, force)  # again: someone may have finished
+        if not continuing:
+            for entry in out.iterdir():  # only a previous run's files are here (checked above)
+                if entry.name != "run.lock":
+                    _remove(entry)
+        write_json(out / "config.json", run_config_dict(config, store, out))
+        handler = _log_to(out / "log.txt")
+        try:
+            for line in applied:
+                logger.info("--resume: %s", line)
+            torch.manual_seed(config.train.seed)
+            model = build_model_for_sizes(config.model.name, config.model.params, store.sizes)
+            with collect_keys(config.train.key_collection):
+                result = fit(
+                    model,
+                    store,
+                    out,
+                    config.train,
+                    config.data,
+                    config.search,
+                    resume=continuing,
+                    callbacks=callbacks,
+                    on_step=on_step,
+                    report={"model": config.model.name, **({"resume_changes": applied} if applied else {})},
+                )
+        finally:
+            _stop_logging(handler)
+    return result
+
+
+def _check_run_folder(out: Path, config: Config, store: TrajectoryStore, continuing: bool, force: bool) -> list[str]:
+    """Refuse a run folder that may not take this run; for --resume, the config changes it applies."""
+    if not continuing:
+        try:
+            check_output(out, RUN, force)
+        except OutputError as err:
+            if "Pass --force" in str(err):
+                raise OutputError(f"{err} To continue it instead, pass --resume.") from None
+            raise
+        return []
+    old, info = read_run_config(out)
+    sha = info.get("store", {}).get("vocab_sha")
+    same_store = sha == store.manifest["vocab_sha"] if sha else Path(old.data.path).resolve() == store.root.resolve()
+    return resume_changes(old, config, same_store)
+
+
+def _remove(entry: Path) -> None:
+    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def _log_to(path: Path) -> logging.Handler:
+    """Send the package's INFO lines to `path` too (whatever the console's verbosity)."""
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package = logging.getLogger("longrec")
+    handler.previous_level = package.level  # type: ignore[attr-defined]
+    package.addHandler(handler)
+    if package.getEffectiveLevel() > logging.INFO:
+        package.setLevel(logging.INFO)
+    return handler
+
+
+def _stop_logging(handler: logging.Handler) -> None:
+    package = logging.getLogger("longrec")
+    package.removeHandler(handler)
+    package.setLevel(handler.previous_level)  # type: ignore[attr-defined]
+    handler.close()
+
+
+@dataclass
+class Run:
+    """A trained run, loaded: its config, store, best model (in eval mode) and the step it was saved at."""
+
+    path: Path
+    config: Config
+    store: TrajectoryStore
+    model: nn.Module
+    step: int
+    info: dict[str, Any] = field(default_factory=dict)  # the run section of config.json
+    unknown: dict[str, int] = field(default_factory=dict)  # unknown raw ids of the last `predict`, per column
+
+    def predict(
+        self, data: Any, batch_size: int | None = None, unknown: str = "zero", search: bool = True
+    ) -> np.ndarray:
+        """Click probabilities [N] of the rows of a DataFrame (raw ids; see `longrec.run.frames`) or a `Batch`.
+
+        Args:
+            data: a polars/pandas DataFrame with `target_item` and `hist_items` or `user`; or a collated `Batch`.
+            batch_size: rows per forward (default: the run's `train.eval_batch_size`).
+            unknown: "zero" scores unknown raw ids as out-of-vocabulary (id 0, counted in `self.unknown`);
+                "error" raises on the first.
+            search: run the run's search stage before the model (as in training and evaluation).
+        """
+        searcher = self.config.search if search else None
+        if isinstance(data, Batch):
+            logits = predict(self.model, [data], search=searcher)["logits"]
+            return 1.0 / (1.0 + np.exp(-logits))
+        built = frame_batches(
+            self.store, data, self.config.data.max_history, batch_size or self.config.train.eval_batch_size, unknown
+        )
+        self.unknown = built.unknown
+        if built.unknown:
+            counts = ", ".join(f"{column} {n:,}" for column, n in built.unknown.items())
+            logger.warning("predict: ids the store does not know, scored as out-of-vocabulary: %s", counts)
+        logits = predict(self.model, built.batches, search=searcher)["logits"]
+        return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+    def evaluate(self, split: str = "test", progress: bool = False) -> dict[str, Any]:
+        """The metrics of the run's best model on every sample of `split` of its store."""
+        return evaluate(
+            self.model,
+            self.store,
+            split,
+            self.config.train.eval_batch_size,
+            self.config.data.max_history,
+            progress=progress,
+            search=self.config.search,
+        )
+
+
+def load_run(path: str | Path, data: str | Path | None = None) -> Run:
+    """Load a run directory written by `train`: its config, its store (checked) and its best model.
+
+    Args:
+        path: the run directory.
+        data: a store to use instead of the recorded one (it must have the same vocabulary).
+
+    Raises:
+        FileNotFoundError: not a run directory, no checkpoint yet, or the store cannot be found (the message says
+            where it looked and how to point at it).
+        ValueError: a damaged config or checkpoint, or a store with another vocabulary.
+    """
+    run = Path(path)
+    config, info = read_run_config(run)
+    store = locate_store(run, config, info, data)
+    checkpoint = load_checkpoint(run / "checkpoint.pt")
+    if checkpoint["vocab_sha"] != store.manifest["vocab_sha"]:
+        raise ValueError(
+            f"{run / 'checkpoint.pt'} was trained with vocabulary sha {checkpoint['vocab_sha']} but {store.root} has "
+            f"{store.manifest['vocab_sha']}; use the store it was trained on, or retrain."
+        )
+    model = build_model_for_sizes(config.model.name, config.model.params, store.sizes)
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    return Run(run, config, store, model, int(checkpoint.get("step", 0)), info)
+
+
+def analyze_run(
+    path: str | Path, out: str | Path | None = None, split: str = "valid", samples: int = 4096, data: str | None = None
+) -> dict[str, Any]:
+    """Write the analysis PNGs and `analysis.json` of a run (`longrec.eval.analyze.analyze`) into `out`
+    (default: RUN/plots, redrawn in place); return the numbers and the PNG paths."""
+    from longrec.eval.analyze import analyze
+
+    run = load_run(path, data)
+    target = Path(out) if out is not None else run.path / "plots"
+    check_output(target, PLOTS)
+    with lock_directory(run.path, "run directory"):
+        target.mkdir(parents=True, exist_ok=True)
+        return analyze(
+            run.model,
+            run.store,
+            target,
+            search=run.config.search,
+            max_history=run.config.data.max_history,
+            split=split,
+            samples=samples,
+            title=f"{run.path.name} ({run.config.model.name})",
+            history=run.path / "metrics.jsonl",
+            meta={"run": str(run.path), "model": run.config.model.name},
+        )
