@@ -22,8 +22,8 @@ import polars as pl
 
 from longrec import __version__
 from longrec.data.protocols import ProtocolConfig, Trajectories, build_samples
-from longrec.data.schema import FilterReport, LogSchema, check_log
-from longrec.data.store import FORMAT_VERSION, SPLITS, vocab_sha, write_manifest
+from longrec.data.schema import DataError, FilterReport, LogSchema, check_log
+from longrec.data.store import FORMAT_VERSION, SAFE_NAME_RULE, SPLITS, is_safe_name, vocab_sha, write_manifest
 from longrec.files import STORE, check_output, output_directory
 
 __all__ = ["PrepareResult", "prepare"]
@@ -53,6 +53,17 @@ class PrepareResult:
 
 def _report_args(d: dict[str, Any]) -> dict[str, Any]:
     return {"rows_read": d["rows_read"], "dropped": d["dropped"]}
+
+
+def _check_vocab_names(extras: tuple[str, ...], source: str) -> None:
+    """Refuse extra columns whose names are not safe file names: each is written to vocab/<name>.parquet."""
+    unsafe = [name for name in extras if not is_safe_name(name)]
+    if unsafe:
+        raise DataError(
+            f"{source}: column(s) {unsafe} cannot name vocabulary files in the store (vocab/<column>.parquet): "
+            f"allowed are {SAFE_NAME_RULE}. Rename them, or keep only the extra columns you need with "
+            "extra_fields (--extra-fields)."
+        )
 
 
 def _dense(frame: pl.DataFrame, column: str, offset: int = 0) -> tuple[pl.Series, pl.Series]:
@@ -119,15 +130,17 @@ def prepare(
     out = Path(out)
     check_output(out, STORE, force)  # before any work: a refused --out costs nothing
     lazy = frame.lazy()
-    schema = check_log(lazy, source)
     # Default: every extra id column except `source_category`, a domain's raw category that taxonomy mapping
     # (longrec.data.unify) has already turned into cat_*; embedding it again would duplicate the taxonomy.
-    extras = tuple(e for e in schema.extra if e != "source_category") if extra_fields is None else tuple(extra_fields)
-    unknown = [e for e in extras if e not in schema.extra]
+    inferred = LogSchema.infer(lazy.collect_schema().names())
+    extras = tuple(e for e in inferred.extra if e != "source_category") if extra_fields is None else tuple(extra_fields)
+    unknown = [e for e in extras if e not in inferred.extra]
     if unknown:
         raise ValueError(
-            f"extra_fields {unknown} are not extra columns of {source}. Its extra columns: {schema.extra}."
+            f"extra_fields {unknown} are not extra columns of {source}. Its extra columns: {inferred.extra}."
         )
+    _check_vocab_names(extras, source)  # before the log is read: each becomes vocab/<name>.parquet
+    schema = check_log(lazy, source)
     schema = LogSchema(
         taxonomy_levels=schema.taxonomy_levels,
         categorical=schema.categorical,

@@ -13,7 +13,8 @@ Layout of a prepared directory (the LongCTR / FuxiCTR layout: samples index into
     items/category.npy            int32 [V_item, M]: each item's (most frequent) taxonomy path, for negatives
     items/extra.npy               int32 [V_item, E]: each item's (most frequent) extra ids
     items/count.npy               int64 [V_item]: behaviours per item, for frequency-proportional negatives
-    vocab/<name>.parquet          raw values in dense-id order: dense id = row + 1 (0 = padding / unknown)
+    vocab/<name>.parquet          raw values in dense-id order: dense id = row + 1 (0 = padding / unknown); <name>
+                                  is a column name, so it must be a safe file name (`is_safe_name`)
     samples/<split>/<field>.npy   user, end, target_item, target_category, target_extra, target_time, label, goal,
                                   scene, event_id; a sample's history is trajectory[:end] (behaviours strictly
                                   before target_time)
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +41,12 @@ from longrec.files import atomic_write_text
 __all__ = [
     "FORMAT_VERSION",
     "HISTORY_ARRAYS",
+    "SAFE_NAME_RULE",
     "SAMPLE_ARRAYS",
     "SPLITS",
     "SampleSet",
     "TrajectoryStore",
+    "is_safe_name",
 ]
 
 FORMAT_VERSION = 1
@@ -60,6 +64,17 @@ SAMPLE_ARRAYS = (
     "event_id",
 )
 SPLITS = ("train", "valid", "test")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+SAFE_NAME_RULE = "ASCII letters, digits, '_', '.' and '-', not starting with '.' or '-', at most 128 characters"
+
+
+def is_safe_name(name: str) -> bool:
+    """Whether `name` (a column, field or split name) may name a file or folder inside the store.
+
+    A safe name holds no path separator, is not '.' or '..', does not start with '.' (hidden files, traversal) or
+    '-' (read as an option by shell tools), and stays short enough for any file system: see `SAFE_NAME_RULE`.
+    """
+    return _SAFE_NAME.fullmatch(name) is not None
 
 
 @dataclass
@@ -183,6 +198,8 @@ class TrajectoryStore:
 
     def samples(self, split: str) -> SampleSet:
         """The samples of one split ('train', 'valid' or 'test'), memory-mapped."""
+        if not is_safe_name(split):
+            raise ValueError(f"split name {split!r} cannot name a folder in {self.root}: expected {SAFE_NAME_RULE}.")
         if split not in self._samples:
             directory = self.root / "samples" / split
             if not directory.is_dir():
@@ -202,6 +219,8 @@ class TrajectoryStore:
 
     def vocab(self, name: str) -> pl.Series:
         """Raw values of a vocabulary in dense-id order (dense id = position + 1)."""
+        if not is_safe_name(name):
+            raise ValueError(f"vocabulary name {name!r} cannot name a file in {self.root}: expected {SAFE_NAME_RULE}.")
         return pl.read_parquet(self.root / "vocab" / f"{name}.parquet")["raw"]
 
 
