@@ -6,13 +6,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
+from longrec.data.dataset import collate
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.schema import DataError
-from longrec.data.store import TrajectoryStore
+from longrec.data.store import TrajectoryStore, id_dtype
 from tests.conftest import make_log
 
 
@@ -57,3 +59,59 @@ def test_the_store_reads_no_vocabulary_or_split_outside_itself(tmp_path: Path, t
         store.vocab("../../secret")
     with pytest.raises(ValueError, match=r"split name '\.\./vocab'"):
         store.samples("../vocab")
+
+
+def _log_with_many_values(n: int) -> pl.DataFrame:
+    """n behaviours of 50 users, each with its own action, domain and scene value (n distinct values each)."""
+    rng = np.random.default_rng(0)
+    user = np.arange(n) % 50
+    return pl.DataFrame(
+        {
+            "user_id": user,
+            "item_id": rng.integers(1, 300, size=n),
+            "timestamp": 1_600_000_000 + np.arange(n),  # distinct: file order = time order
+            "action": [f"action-{i}" for i in range(n)],
+            "domain": [f"domain-{i}" for i in range(n)],
+            "scene": np.arange(n) * 3,
+            "event_id": np.arange(n),
+        }
+    )
+
+
+def test_id_columns_with_more_values_than_int16_holds_round_trip_and_collate(tmp_path: Path) -> None:
+    n = 40_000  # > 32,767: int16 would wrap to negative ids
+    log = _log_with_many_values(n)
+    prepare(log, tmp_path / "store", ProtocolConfig.for_protocol("T"))
+    store = TrajectoryStore.open(tmp_path / "store")
+    rows = store.arrays["event_id"]  # [N] the log row of each trajectory row
+    for column in ("action", "domain", "scene"):
+        ids = np.asarray(store.arrays[column]).astype(np.int64)
+        assert ids.min() >= 1 and ids.max() == n, f"{column}: every dense id is positive and fits"
+        assert store.sizes[f"num_{column}s"] == n + 1
+        raw = store.vocab(column).to_numpy()[ids - 1]  # dense id i <-> raw value vocab[i - 1]
+        np.testing.assert_array_equal(raw, log[column].to_numpy()[rows])
+    samples = store.samples("train")
+    index = np.arange(0, len(samples), 97)
+    batch = collate(store, samples, index, max_history=64)
+    for field in ("history_action", "history_domain", "history_scene"):
+        value = getattr(batch, field)
+        assert value.dtype.is_floating_point is False and int(value.max()) <= n
+        assert (value[batch.history_mask] >= 1).all(), f"{field}: a real behaviour has a real id"
+        assert (value[~batch.history_mask] == 0).all()
+
+
+def test_id_columns_are_stored_in_the_smallest_dtype_that_holds_their_vocabulary(tmp_path: Path) -> None:
+    prepare(_log_with_many_values(40_000), tmp_path / "wide", ProtocolConfig.for_protocol("T"))
+    prepare(_log_with_many_values(300), tmp_path / "narrow", ProtocolConfig.for_protocol("T"))
+    wide, narrow = TrajectoryStore.open(tmp_path / "wide"), TrajectoryStore.open(tmp_path / "narrow")
+    for column in ("action", "domain", "scene"):
+        assert wide.arrays[column].dtype == np.int32 and narrow.arrays[column].dtype == np.int16
+    assert wide.arrays["item"].dtype == narrow.arrays["item"].dtype == np.int32  # item ids: int32 at least
+
+
+def test_id_dtype_is_the_narrowest_that_holds_every_id() -> None:
+    assert id_dtype(0) == id_dtype(32_767) == np.int16 and id_dtype(32_768) == np.int32
+    assert id_dtype(2**31 - 1) == np.int32 and id_dtype(2**31) == id_dtype(2**63 - 1) == np.int64
+    assert id_dtype(5, np.int32) == np.int32, "never narrower than asked"
+    with pytest.raises(ValueError, match="does not fit int64"):
+        id_dtype(2**63)

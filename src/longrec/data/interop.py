@@ -40,7 +40,7 @@ import polars as pl
 
 from longrec import __version__
 from longrec.data.schema import DataError, LogSchema
-from longrec.data.store import FORMAT_VERSION, SPLITS, SampleSet, vocab_sha, write_manifest
+from longrec.data.store import FORMAT_VERSION, SPLITS, SampleSet, id_dtype, vocab_sha, write_manifest
 from longrec.files import STORE, check_output, output_directory
 
 __all__ = ["ID_MODES", "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "ImportResult", "import_samples"]
@@ -288,8 +288,8 @@ def _check_kept(split: _SplitSamples, column: str) -> np.ndarray:
     return values.astype(np.int64, copy=False)
 
 
-def _item_categories(items: np.ndarray, cats: np.ndarray, num_items: int) -> np.ndarray:
-    """Each item's most frequent category (ties: the smallest id; 0 = missing is ignored), [V_item, 1] int32.
+def _item_categories(items: np.ndarray, cats: np.ndarray, num_items: int, dtype: Any = np.int32) -> np.ndarray:
+    """Each item's most frequent category (ties: the smallest id; 0 = missing is ignored), [V_item, 1] `dtype`.
 
     One sort of (item, category) keys, so it stays fast on tens of millions of history rows."""
     real = cats > 0
@@ -302,7 +302,7 @@ def _item_categories(items: np.ndarray, cats: np.ndarray, num_items: int) -> np.
     segment = np.repeat(np.arange(first.size), np.diff(np.r_[first, item.size]))  # [Q] item index of each pair
     top = np.flatnonzero(counts == np.maximum.reduceat(counts, first)[segment])  # pairs at their item's max count
     best = top[np.r_[True, segment[top][1:] != segment[top][:-1]]]  # [I] the first (smallest category) of each
-    out = np.zeros((num_items, 1), dtype=np.int32)  # [V_item, 1]
+    out = np.zeros((num_items, 1), dtype=dtype)  # [V_item, 1]
     out[item[best], 0] = cat[best]
     return out
 
@@ -430,12 +430,13 @@ def import_samples(
     offsets = np.zeros(N_all + 2, dtype=np.int64)  # [U + 1], U = N_all + 1
     np.cumsum(lengths_all, out=offsets[2:])
     owner = np.concatenate([[0], *[p["user"] for p in parts]]).astype(np.int64)  # [U] real dense user
-    item = np.concatenate([p["item"] for p in parts]).astype(np.int32)  # [R_all]
-    category = np.concatenate([p["category"] for p in parts]).astype(np.int32)[:, None]  # [R_all, 1]
+    item_dtype, cat_dtype = id_dtype(num_items - 1, np.int32), id_dtype(num_categories - 1, np.int32)
+    item = np.concatenate([p["item"] for p in parts]).astype(item_dtype)  # [R_all]
+    category = np.concatenate([p["category"] for p in parts]).astype(cat_dtype)[:, None]  # [R_all, 1]
     timestamp = np.concatenate([p["timestamp"] for p in parts])  # [R_all]
     all_items = np.concatenate([item, *[p["target_item"] for p in parts]])  # [R_all + N_all] every item seen
     all_cats = np.concatenate([category[:, 0], *[p["target_cat"] for p in parts]])  # [R_all + N_all] its category
-    item_category = _item_categories(all_items, all_cats, num_items)  # [V_item, 1]
+    item_category = _item_categories(all_items, all_cats, num_items, cat_dtype)  # [V_item, 1]
     # Counts over pseudo-trajectories: a real behaviour shared by k samples of a user counts k times.
     item_count = np.bincount(item, minlength=num_items).astype(np.int64)  # [V_item]
     distinct = {
@@ -452,7 +453,7 @@ def import_samples(
             user=np.arange(first, first + n, dtype=np.int64),
             end=p["lengths"],
             target_item=p["target_item"].astype(np.int64),
-            target_category=p["target_cat"].astype(np.int32)[:, None],
+            target_category=p["target_cat"].astype(cat_dtype)[:, None],
             target_extra=np.zeros((n, 0), dtype=np.int32),
             target_time=p["target_ts"],
             label=p["label"],

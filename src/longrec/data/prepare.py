@@ -23,7 +23,15 @@ import polars as pl
 from longrec import __version__
 from longrec.data.protocols import ProtocolConfig, Trajectories, build_samples
 from longrec.data.schema import DataError, FilterReport, LogSchema, check_log
-from longrec.data.store import FORMAT_VERSION, SAFE_NAME_RULE, SPLITS, is_safe_name, vocab_sha, write_manifest
+from longrec.data.store import (
+    FORMAT_VERSION,
+    SAFE_NAME_RULE,
+    SPLITS,
+    id_dtype,
+    is_safe_name,
+    vocab_sha,
+    write_manifest,
+)
 from longrec.files import STORE, check_output, output_directory
 
 __all__ = ["PrepareResult", "prepare"]
@@ -67,19 +75,21 @@ def _check_vocab_names(extras: tuple[str, ...], source: str) -> None:
 
 
 def _dense(frame: pl.DataFrame, column: str, offset: int = 0) -> tuple[pl.Series, pl.Series]:
-    """Dense ids (1..n in sorted order of raw values, 0 for null) + the vocabulary (raw values in id order)."""
+    """Dense ids (offset + 1..n in sorted order of raw values, 0 for null), Int32 or Int64 if the ids need it, + the
+    vocabulary (raw values in id order)."""
     col = frame[column]
     vocab = col.drop_nulls().unique().sort()
     if vocab.len() == 0:
         return pl.Series(column, np.zeros(len(col), dtype=np.int32)), vocab.rename("raw")
-    ids = (col.rank("dense") + offset).fill_null(0).cast(pl.Int32)
+    dtype = pl.Int32 if id_dtype(offset + vocab.len(), np.int32) == np.int32 else pl.Int64
+    ids = (col.rank("dense").cast(dtype) + offset).fill_null(0).cast(dtype)
     return ids.rename(column), vocab.rename("raw")
 
 
 def _mode_table(keys: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
     """For each key in [0, size): the most frequent row of `values` [N, W] (ties: smallest row); zeros if none."""
     W = values.shape[1]
-    out = np.zeros((size, W), dtype=np.int32)  # [V, W]
+    out = np.zeros((size, W), dtype=values.dtype)  # [V, W]
     if W == 0 or keys.size == 0:
         return out
     frame = pl.DataFrame({"k": keys, **{f"v{j}": values[:, j] for j in range(W)}})
@@ -157,25 +167,29 @@ def prepare(
     # same raw id stay different categories.
     vocabs: dict[str, pl.Series] = {}
     encoded: dict[str, pl.Series] = {}
+    max_id: dict[str, int] = {}  # largest dense id of each column: its stored dtype must hold it
     for name in ("user_id", "item_id", *schema.categorical, *schema.extra, *(("goal",) if schema.has_goal else ())):
         encoded[name], vocabs[name] = _dense(log, name)
+        max_id[name] = vocabs[name].len()
     cat_offset = 0
     for name in schema.taxonomy:
         encoded[name], vocabs[name] = _dense(log, name, offset=cat_offset)
         cat_offset += vocabs[name].len()
+        max_id[name] = cat_offset
     M, E = schema.taxonomy_levels, len(extras)
     N_all = log.height
 
     def matrix(names: tuple[str, ...]) -> np.ndarray:
         if not names:
             return np.zeros((N_all, 0), dtype=np.int32)
-        return np.stack([encoded[n].to_numpy() for n in names], axis=1).astype(np.int32)  # [N, W]
+        dtype = id_dtype(max(max_id[n] for n in names), np.int32)
+        return np.stack([encoded[n].to_numpy() for n in names], axis=1).astype(dtype)  # [N, W]
 
     user = encoded["user_id"].to_numpy().astype(np.int64)
     item = encoded["item_id"].to_numpy().astype(np.int64)
     ts = log["timestamp"].cast(pl.Int64).to_numpy()
     category, extra = matrix(schema.taxonomy), matrix(extras)
-    small = {c: encoded[c].to_numpy().astype(np.int16) for c in schema.categorical}
+    small = {c: encoded[c].to_numpy().astype(id_dtype(max_id[c], np.int16)) for c in schema.categorical}
     is_imp = log["label"].is_not_null().to_numpy() if schema.has_label else np.zeros(N_all, dtype=bool)
     event_id = log["event_id"].cast(pl.Int64).fill_null(-1).to_numpy() if schema.has_event_id else np.full(N_all, -1)
     label = log["label"].to_numpy() if schema.has_label else None
@@ -190,6 +204,7 @@ def prepare(
     item_count = np.bincount(item[order], minlength=V).astype(np.int64)
     # Item attributes for negatives (and impressions without a path): the most frequent (path, extras) per item.
     attrs = _mode_table(item, np.concatenate([category, extra], axis=1), V)
+    item_category, item_extra = attrs[:, :M].astype(category.dtype), attrs[:, M:].astype(extra.dtype)
     traj = Trajectories(
         offsets=offsets,
         user=user[order],
@@ -198,8 +213,8 @@ def prepare(
         extra=extra[order],
         scene=small["scene"][order].astype(np.int64) if "scene" in small else np.zeros(order.size, np.int64),
         event_id=event_id[order],
-        item_category=attrs[:, :M],
-        item_extra=attrs[:, M:],
+        item_category=item_category,
+        item_extra=item_extra,
         item_count=item_count,
     )
     imp = np.flatnonzero(is_imp)
@@ -221,7 +236,7 @@ def prepare(
     with output_directory(out, STORE, force) as tmp:
         (tmp / "trajectories").mkdir()
         np.save(tmp / "trajectories" / "offsets.npy", offsets)
-        arrays: dict[str, np.ndarray] = {"item": item[order].astype(np.int32), "timestamp": ts[order]}
+        arrays: dict[str, np.ndarray] = {"item": item[order].astype(id_dtype(V - 1, np.int32)), "timestamp": ts[order]}
         if M:
             arrays["category"] = category[order]
         if E:
@@ -232,8 +247,8 @@ def prepare(
         for name, value in arrays.items():
             np.save(tmp / "trajectories" / f"{name}.npy", np.ascontiguousarray(value))
         (tmp / "items").mkdir()
-        np.save(tmp / "items" / "category.npy", np.ascontiguousarray(attrs[:, :M]))
-        np.save(tmp / "items" / "extra.npy", np.ascontiguousarray(attrs[:, M:]))
+        np.save(tmp / "items" / "category.npy", item_category)
+        np.save(tmp / "items" / "extra.npy", item_extra)
         np.save(tmp / "items" / "count.npy", item_count)
         (tmp / "vocab").mkdir()
         for name, vocab in vocabs.items():

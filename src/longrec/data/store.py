@@ -7,11 +7,14 @@ Layout of a prepared directory (the LongCTR / FuxiCTR layout: samples index into
     trajectories/<field>.npy      one array per field, rows sorted by (user, timestamp): item [N] int32,
                                   timestamp [N] int64, category [N, M] int32, action/domain/scene [N] int16,
                                   extra [N, E] int32, event_id [N] int64 (when the log has event ids: joins
-                                  retrieved behaviours to ground truth)
+                                  retrieved behaviours to ground truth). Id arrays are widened when their
+                                  vocabulary needs it (`id_dtype`: int16 -> int32 -> int64); readers take
+                                  whatever integer dtype is stored
     trajectories/owner.npy        optional int64 [U]: the real dense user of each trajectory, when trajectories
                                   are per-sample histories (`longrec.data.interop`); Batch.user holds it
     items/category.npy            int32 [V_item, M]: each item's (most frequent) taxonomy path, for negatives
-    items/extra.npy               int32 [V_item, E]: each item's (most frequent) extra ids
+    items/extra.npy               int32 [V_item, E]: each item's (most frequent) extra ids (both: the dtype of
+                                  the trajectory's category / extra array)
     items/count.npy               int64 [V_item]: behaviours per item, for frequency-proportional negatives
     vocab/<name>.parquet          raw values in dense-id order: dense id = row + 1 (0 = padding / unknown); <name>
                                   is a column name, so it must be a safe file name (`is_safe_name`)
@@ -46,6 +49,7 @@ __all__ = [
     "SPLITS",
     "SampleSet",
     "TrajectoryStore",
+    "id_dtype",
     "is_safe_name",
 ]
 
@@ -77,6 +81,18 @@ def is_safe_name(name: str) -> bool:
     return _SAFE_NAME.fullmatch(name) is not None
 
 
+def id_dtype(max_id: int, narrowest: type[np.signedinteger[Any]] = np.int16) -> np.dtype[Any]:
+    """The narrowest of int16, int32 and int64, no narrower than `narrowest`, that holds dense ids 0..max_id.
+
+    The store keeps id arrays narrow (item, category and extra ids at least int32, action/domain/scene at least
+    int16) and widens one only when its vocabulary does not fit, so an id never wraps to a negative number.
+    """
+    for dtype in (np.int16, np.int32, np.int64):
+        if np.dtype(dtype).itemsize >= np.dtype(narrowest).itemsize and max_id <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"a vocabulary of {max_id:,} ids does not fit int64; expected at most {np.iinfo(np.int64).max:,}.")
+
+
 @dataclass
 class SampleSet:
     """Columnar samples of one split. Each row indexes a user's trajectory; nothing is copied from it."""
@@ -84,8 +100,8 @@ class SampleSet:
     user: np.ndarray  # [N] int64 dense user id
     end: np.ndarray  # [N] int64 number of the user's behaviours strictly before target_time
     target_item: np.ndarray  # [N] int64
-    target_category: np.ndarray  # [N, M] int32 (M may be 0)
-    target_extra: np.ndarray  # [N, E] int32 (E may be 0)
+    target_category: np.ndarray  # [N, M] int32 or wider (`id_dtype`; M may be 0)
+    target_extra: np.ndarray  # [N, E] int32 or wider (`id_dtype`; E may be 0)
     target_time: np.ndarray  # [N] int64 epoch seconds of the cutoff
     label: np.ndarray  # [N] float32 in {0, 1}
     goal: np.ndarray  # [N] int64 goal id (0 when the data has one goal)
@@ -124,9 +140,9 @@ class TrajectoryStore:
     manifest: dict[str, Any]
     offsets: np.ndarray  # [U + 1] int64
     arrays: dict[str, np.ndarray]  # HISTORY_ARRAYS present in this store, rows sorted by (user, timestamp)
-    item_category: np.ndarray  # [V_item, M] int32
+    item_category: np.ndarray  # [V_item, M] int32 or wider
     item_count: np.ndarray  # [V_item] int64
-    item_extra: np.ndarray  # [V_item, E] int32
+    item_extra: np.ndarray  # [V_item, E] int32 or wider
     owner: np.ndarray | None = None  # [U] int64 real dense user of each trajectory; None: trajectory = user
     _samples: dict[str, SampleSet] = field(default_factory=dict, repr=False)
 
