@@ -291,6 +291,16 @@ def test_bad_files_name_file_row_column_expected_and_got(
     assert not (tmp_path / "store").exists(), "nothing is written on error"
 
 
+def test_an_empty_file_is_refused_naming_the_split_it_was_given_for(tmp_path: Path) -> None:
+    part = {"a": _write(tmp_path / "part-a.parquet", ROWS), "b": _write(tmp_path / "part-b.parquet", ROWS)}
+    empty = _write(tmp_path / "part-c.parquet", {k: v[:0] for k, v in ROWS.items()})
+    with pytest.raises(
+        DataError, match=r"part-c\.parquet: expected at least one sample row, got an empty file \(the valid split\)"
+    ):
+        import_samples(part["a"], empty, part["b"], tmp_path / "store")
+    assert not (tmp_path / "store").exists(), "nothing is written on error"
+
+
 def test_id_types_must_agree_across_files(tmp_path: Path) -> None:
     strings = _rows_with(target_item=["a", "b", "c", "d"], hist_items=[["a"] * 3, ["b"] * 4, [], ["c"]])
     paths = _files(tmp_path, ROWS, valid=strings, test=ROWS)

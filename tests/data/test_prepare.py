@@ -115,3 +115,52 @@ def test_id_dtype_is_the_narrowest_that_holds_every_id() -> None:
     assert id_dtype(5, np.int32) == np.int32, "never narrower than asked"
     with pytest.raises(ValueError, match="does not fit int64"):
         id_dtype(2**63)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "filter_"),
+    [
+        (ProtocolConfig.for_protocol("A", min_behaviours=50), r"users below min_behaviours: 5 of 5 users"),
+        (ProtocolConfig.for_protocol("B", min_behaviours=50), r"users below min_behaviours: 5 of 5 users"),
+        (ProtocolConfig.for_protocol("T", min_history=50), r"targets with fewer than min_history .*: \d+"),
+    ],
+    ids=["A", "B", "T"],
+)
+def test_a_protocol_that_filters_out_every_sample_is_an_error_naming_split_and_filter(
+    tmp_path: Path, protocol: ProtocolConfig, filter_: str
+) -> None:
+    log = make_log(num_users=5, events=10)  # fewer than 2 x 10 behaviours per user
+    knob = "min_history" if protocol.name == "T" else "min_behaviours"
+    message = rf"test-log: protocol {protocol.name} cut no samples for split\(s\) 'train', 'valid', 'test'.*{filter_}"
+    with pytest.raises(DataError, match=rf"{message}.*lower {knob} \(now 50.*; --set {knob}=N\).*Nothing was written"):
+        prepare(log, tmp_path / "work" / "store", protocol, source="test-log")
+    assert _tree(tmp_path) == [], "nothing is written"
+
+
+def _five_targets() -> pl.DataFrame:
+    """User 1's behaviours 2..6 are the only targets; user 2's one behaviour makes item 7 a negative."""
+    return pl.DataFrame(
+        {"user_id": [1] * 6 + [2], "item_id": [1, 2, 3, 4, 5, 6, 7], "timestamp": [10, 20, 30, 40, 50, 60, 5]}
+    )
+
+
+def test_an_empty_time_split_names_the_split_and_the_split_fractions(tmp_path: Path) -> None:
+    log = _five_targets()  # the 0.8 and 0.9 time quantiles of 5 targets are the same target: valid gets none
+    with pytest.raises(
+        DataError,
+        match=r"split\(s\) 'valid' \(train 8, valid 0, test 2\).*give 'valid' a larger share of split_fractions",
+    ):
+        prepare(log, tmp_path / "store", ProtocolConfig.for_protocol("T"), source="test-log")
+    assert _tree(tmp_path) == []
+
+
+def test_allow_empty_splits_writes_a_store_whose_split_is_empty(tmp_path: Path) -> None:
+    prepare(_five_targets(), tmp_path / "store", ProtocolConfig.for_protocol("T"), allow_empty_splits=True)
+    assert TrajectoryStore.open(tmp_path / "store").manifest["counts"]["samples"] == {"train": 8, "valid": 0, "test": 2}
+
+
+def test_a_split_with_no_share_of_the_time_split_may_be_empty(tmp_path: Path) -> None:
+    protocol = ProtocolConfig.for_protocol("T", split_fractions=(0.9, 0.0, 0.1))
+    prepare(make_log(num_users=5, events=10, tie_prob=0.0), tmp_path / "store", protocol)
+    store = TrajectoryStore.open(tmp_path / "store")
+    assert store.manifest["counts"]["samples"]["valid"] == 0 < store.manifest["counts"]["samples"]["test"]

@@ -136,8 +136,8 @@ def _first(mask: np.ndarray) -> int | None:
     return int(hits[0]) if hits.size else None
 
 
-def _read(path: Path) -> tuple[_SplitSamples, dict[str, str | None]]:
-    """Read and check one samples file; return it plus the id kind of each id column (None: no values)."""
+def _read(path: Path, split_name: str) -> tuple[_SplitSamples, dict[str, str | None]]:
+    """Read and check one split's samples file; return it plus the id kind of each id column (None: no values)."""
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: expected a Parquet file of samples ({', '.join(REQUIRED_COLUMNS)})."
@@ -166,7 +166,10 @@ def _read(path: Path) -> tuple[_SplitSamples, dict[str, str | None]]:
     columns = [*REQUIRED_COLUMNS, *present]
     frame = pl.read_parquet(path, columns=columns)
     if frame.height == 0:
-        raise DataError(f"{path}: expected at least one sample row, got an empty file.")
+        raise DataError(
+            f"{path}: expected at least one sample row, got an empty file (the {split_name} split); every split "
+            "needs samples, or training and evaluation fail later. Nothing was written."
+        )
     for c in columns:
         is_list = isinstance(schema[c], pl.List | pl.Array)
         if c in LIST_COLUMNS and not is_list:
@@ -366,7 +369,7 @@ def import_samples(
     out = Path(out)
     check_output(out, STORE, force)  # before any work: a refused --out costs nothing
     paths = {"train": Path(train), "valid": Path(valid), "test": Path(test)}
-    read = [_read(paths[s]) for s in SPLITS]
+    read = [_read(paths[s], s) for s in SPLITS]
     files, kinds = [r[0] for r in read], [r[1] for r in read]
     with_ts = [f.hist_ts is not None for f in files]
     if any(with_ts) and not all(with_ts):

@@ -27,6 +27,7 @@ from longrec.data.store import (
     FORMAT_VERSION,
     SAFE_NAME_RULE,
     SPLITS,
+    SampleSet,
     id_dtype,
     is_safe_name,
     vocab_sha,
@@ -74,6 +75,49 @@ def _check_vocab_names(extras: tuple[str, ...], source: str) -> None:
         )
 
 
+def _check_splits(samples: dict[str, SampleSet], protocol: ProtocolConfig, traj: Trajectories, source: str) -> None:
+    """Refuse a store with an empty split, naming the split and the protocol filters that emptied it.
+
+    A split that Protocol T gives no share (`split_fractions` 0) is empty on purpose and allowed.
+    """
+    on_purpose = {s for s, f in zip(SPLITS, protocol.split_fractions, strict=True) if protocol.name == "T" and f == 0}
+    empty = [s for s in SPLITS if len(samples[s]) == 0 and s not in on_purpose]
+    if not empty:
+        return
+    users = int(np.count_nonzero(np.diff(traj.offsets)))
+
+    def relevant(reason: str) -> bool:  # a filter of one split matters only when that split is empty
+        named = [s for s in SPLITS if s in reason.split()]
+        return not named or any(s in empty for s in named)
+
+    skipped = {reason: n for reason, n in traj.report.items() if n and relevant(reason)}
+    filters = "; ".join(
+        f"{reason}: {n:,}" + (f" of {users:,} users" if reason.startswith("users ") else "")
+        for reason, n in skipped.items()
+    )
+    fixes = []
+    if protocol.name == "T" and any(len(samples[s]) for s in SPLITS):  # samples exist, the time split left some out
+        fixes.append(
+            f"give {' and '.join(repr(s) for s in empty)} a larger share of split_fractions (now "
+            f"{protocol.split_fractions}: samples are split at time quantiles, so with few samples or tied times a "
+            "small share can hold none; a share of 0 leaves a split empty on purpose)"
+        )
+    else:
+        for knob in ("min_behaviours", "min_history"):
+            floor = 3 if knob == "min_behaviours" and protocol.name == "B" else 0  # B needs 3 behaviours per user
+            value = getattr(protocol, knob)
+            if value > floor and any(knob in reason for reason in skipped):
+                at_least = f", at least {floor} for protocol B" if floor else ""
+                fixes.append(f"lower {knob} (now {value}{at_least}; --set {knob}=N)")
+    raise DataError(
+        f"{source}: protocol {protocol.name} cut no samples for split(s) {', '.join(repr(s) for s in empty)} "
+        f"({', '.join(f'{s} {len(samples[s]):,}' for s in SPLITS)}) from {users:,} users with {traj.user.size:,} "
+        f"behaviours. Filters that skipped data: {filters or 'none'}. To fix it, "
+        + ", or ".join([*fixes, "prepare a larger log"])
+        + ". Nothing was written."
+    )
+
+
 def _dense(frame: pl.DataFrame, column: str, offset: int = 0) -> tuple[pl.Series, pl.Series]:
     """Dense ids (offset + 1..n in sorted order of raw values, 0 for null), Int32 or Int64 if the ids need it, + the
     vocabulary (raw values in id order)."""
@@ -113,6 +157,7 @@ def prepare(
     extra_fields: tuple[str, ...] | None = None,
     extra_manifest: dict[str, Any] | None = None,
     force: bool = False,
+    allow_empty_splits: bool = False,
 ) -> PrepareResult:
     """Prepare a canonical behaviour log into a trajectory store with samples.
 
@@ -126,9 +171,17 @@ def prepare(
         extra_manifest: more JSON-ready manifest sections, e.g. {"taxonomy_coverage": ...} from
             `longrec.data.unify`; a key that `prepare` writes itself is a ValueError.
         force: replace `out` when it holds a previous store (never a folder holding anything else).
+        allow_empty_splits: write the store even when the protocol cut no samples for a split (property tests on
+            tiny random logs); such a store cannot train or evaluate on that split. A Protocol T split whose
+            `split_fractions` share is 0 is empty on purpose and always allowed.
 
     Returns:
         The written manifest, with counts and every filter.
+
+    Raises:
+        DataError: the log fails `check_log`; an extra column's name is not a safe file name; or (unless
+            `allow_empty_splits`) the protocol cut no samples for a split: the message names the split, the filters
+            that skipped data and what to change. Nothing is written then.
 
     Example:
         >>> from longrec.data.loaders import load_log  # doctest: +SKIP
@@ -232,6 +285,8 @@ def prepare(
             "event_id": event_id[imp],
         }
     samples = build_samples(traj, protocol)
+    if not allow_empty_splits:
+        _check_splits(samples, protocol, traj, source)  # an empty split would fail training an epoch later
 
     with output_directory(out, STORE, force) as tmp:
         (tmp / "trajectories").mkdir()
