@@ -3,6 +3,7 @@ vocabulary, empty splits, single-class splits."""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from longrec.data.dataset import collate
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.schema import DataError
-from longrec.data.store import TrajectoryStore, id_dtype
+from longrec.data.store import SPLITS, TrajectoryStore, id_dtype
 from tests.conftest import make_log
 
 
@@ -164,3 +165,20 @@ def test_a_split_with_no_share_of_the_time_split_may_be_empty(tmp_path: Path) ->
     prepare(make_log(num_users=5, events=10, tie_prob=0.0), tmp_path / "store", protocol)
     store = TrajectoryStore.open(tmp_path / "store")
     assert store.manifest["counts"]["samples"]["valid"] == 0 < store.manifest["counts"]["samples"]["test"]
+
+
+def test_a_single_class_split_is_recorded_and_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    protocol = ProtocolConfig.for_protocol("T", negatives=0)  # every sample is a positive
+    with caplog.at_level(logging.WARNING, logger="longrec"):
+        prepare(make_log(num_users=5, events=10, tie_prob=0.0), tmp_path / "store", protocol, source="test-log")
+    counts = TrajectoryStore.open(tmp_path / "store").manifest["counts"]
+    assert all(counts["positives"][s] == counts["samples"][s] > 0 for s in SPLITS)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for split in SPLITS:
+        assert any(f"test-log: split '{split}' holds a single class" in m and "AUC" in m for m in warned), warned
+
+
+def test_splits_holding_both_classes_raise_no_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="longrec"):
+        prepare(make_log(num_users=5, events=10), tmp_path / "store", ProtocolConfig.for_protocol("T"))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

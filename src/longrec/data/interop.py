@@ -40,7 +40,7 @@ import polars as pl
 
 from longrec import __version__
 from longrec.data.schema import DataError, LogSchema
-from longrec.data.store import FORMAT_VERSION, SPLITS, SampleSet, id_dtype, vocab_sha, write_manifest
+from longrec.data.store import FORMAT_VERSION, SPLITS, SampleSet, id_dtype, split_counts, vocab_sha, write_manifest
 from longrec.files import STORE, check_output, output_directory
 
 __all__ = ["ID_MODES", "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "ImportResult", "import_samples"]
@@ -480,7 +480,6 @@ def import_samples(
             pl.DataFrame({"raw": vocab}).write_parquet(tmp / "vocab" / f"{name}.parquet")
         for split, sample_set in samples.items():
             sample_set.save(tmp / "samples" / split)
-        rows = {s: len(samples[s]) for s in SPLITS}
         manifest = {
             "format_version": FORMAT_VERSION,
             "longrec_version": __version__,
@@ -506,8 +505,7 @@ def import_samples(
                 "behaviours": int(item.size),
                 "impressions": 0,
                 "samples_total": N_all,
-                "samples": rows,
-                "positives": {s: int(samples[s].label.sum()) for s in SPLITS},
+                **split_counts(samples, {s: str(paths[s]) for s in SPLITS}),
             },
             "protocol": {"name": "samples"},
             "load_report": {"rows_read": N_all, "rows_kept": N_all, "dropped": {}},

@@ -30,6 +30,7 @@ from longrec.data.store import (
     SampleSet,
     id_dtype,
     is_safe_name,
+    split_counts,
     vocab_sha,
     write_manifest,
 )
@@ -334,8 +335,7 @@ def prepare(
                 "users": int(np.count_nonzero(np.diff(offsets))),
                 "behaviours": int(order.size),
                 "impressions": int(imp.size),
-                "samples": {s: len(samples[s]) for s in SPLITS},
-                "positives": {s: int(samples[s].label.sum()) for s in SPLITS},
+                **split_counts(samples, dict.fromkeys(SPLITS, source)),
             },
             "protocol": asdict(protocol),
             "load_report": report.to_dict(),

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,7 +52,10 @@ __all__ = [
     "TrajectoryStore",
     "id_dtype",
     "is_safe_name",
+    "split_counts",
 ]
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 HISTORY_ARRAYS = ("item", "timestamp", "category", "action", "domain", "scene", "extra", "event_id")
@@ -247,6 +251,31 @@ def vocab_sha(vocab_dir: Path) -> str:
         digest.update(path.name.encode())
         digest.update(pl.read_parquet(path)["raw"].cast(pl.String).str.join("\x1f").item().encode())
     return digest.hexdigest()[:16]
+
+
+def split_counts(samples: Mapping[str, SampleSet], sources: Mapping[str, str]) -> dict[str, dict[str, int]]:
+    """Samples and positives per split, for the manifest's "counts"; warns about each split of a single class.
+
+    `sources` names where each split's samples come from (the log, or a split's file), for the warning.
+
+    A split whose labels are all 0 or all 1 has no AUC (nor GAUC), so it cannot select or evaluate a CTR model. That
+    is not an error: a store cut with no negatives (protocol negatives = 0) is all positives on purpose, e.g. for a
+    next-item model. The counts let the training loop say so when it selects on such a split.
+    """
+    counts = {s: len(samples[s]) for s in SPLITS}
+    positives = {s: int(samples[s].label.sum()) for s in SPLITS}
+    for split in SPLITS:
+        n, pos = counts[split], positives[split]
+        if n and pos in (0, n):
+            logger.warning(
+                "%s: split '%s' holds a single class (%s samples, all %s): AUC is undefined on it, so it cannot "
+                "select or evaluate a CTR model. Check the labels, or the protocol's negatives.",
+                sources[split],
+                split,
+                f"{n:,}",
+                "positive" if pos else "negative",
+            )
+    return {"samples": counts, "positives": positives}
 
 
 def write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
