@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -290,6 +291,32 @@ def test_bad_files_name_file_row_column_expected_and_got(
     with pytest.raises(DataError, match=message):
         import_samples(paths["train"], paths["valid"], paths["test"], tmp_path / "store")
     assert not (tmp_path / "store").exists(), "nothing is written on error"
+
+
+def test_an_empty_file_is_refused_naming_the_split_it_was_given_for(tmp_path: Path) -> None:
+    part = {"a": _write(tmp_path / "part-a.parquet", ROWS), "b": _write(tmp_path / "part-b.parquet", ROWS)}
+    empty = _write(tmp_path / "part-c.parquet", {k: v[:0] for k, v in ROWS.items()})
+    with pytest.raises(
+        DataError, match=r"part-c\.parquet: expected at least one sample row, got an empty file \(the valid split\)"
+    ):
+        import_samples(part["a"], empty, part["b"], tmp_path / "store")
+    assert not (tmp_path / "store").exists(), "nothing is written on error"
+
+
+def test_a_single_class_split_is_imported_and_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    paths = _files(tmp_path, ROWS, valid=_rows_with(label=[0, 0, 0, 0]))
+    with caplog.at_level(logging.WARNING, logger="longrec"):
+        import_samples(paths["train"], paths["valid"], paths["test"], tmp_path / "store")
+    assert TrajectoryStore.open(tmp_path / "store").manifest["counts"]["positives"] == {
+        "train": 2,
+        "valid": 0,
+        "test": 2,
+    }
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        len(warned) == 1
+        and f"{paths['valid']}: split 'valid' holds a single class (4 samples, all negative)" in warned[0]
+    )
 
 
 def test_id_types_must_agree_across_files(tmp_path: Path) -> None:

@@ -364,7 +364,8 @@ def test_cli_prepares_several_sources_and_records_the_coverage(tmp_path, capsys)
 
 
 def test_cli_single_input_is_unchanged_and_an_input_joining_sources_needs_a_domain(tmp_path, capsys):
-    assert main(["prepare", str(ADS), "--format", "csv", "--out", str(tmp_path / "one")]) == 0
+    fractions = "split_fractions=[0.6, 0.2, 0.2]"  # 5 targets: the default 0.8/0.1/0.1 leaves valid empty
+    assert main(["prepare", str(ADS), "--format", "csv", "--set", fractions, "--out", str(tmp_path / "one")]) == 0
     manifest = TrajectoryStore.open(tmp_path / "one").manifest
     assert "taxonomy_coverage" not in manifest and manifest["schema"]["categorical"] == []
     args = ["prepare", str(CONTENT), "--format", "csv", "--source", f"{ADS}:csv:ad", "--out", str(tmp_path / "two")]

@@ -40,7 +40,7 @@ import polars as pl
 
 from longrec import __version__
 from longrec.data.schema import DataError, LogSchema
-from longrec.data.store import FORMAT_VERSION, SPLITS, SampleSet, vocab_sha, write_manifest
+from longrec.data.store import FORMAT_VERSION, SPLITS, SampleSet, id_dtype, split_counts, vocab_sha, write_manifest
 from longrec.files import STORE, check_output, output_directory
 
 __all__ = ["ID_MODES", "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "ImportResult", "import_samples"]
@@ -136,8 +136,8 @@ def _first(mask: np.ndarray) -> int | None:
     return int(hits[0]) if hits.size else None
 
 
-def _read(path: Path) -> tuple[_SplitSamples, dict[str, str | None]]:
-    """Read and check one samples file; return it plus the id kind of each id column (None: no values)."""
+def _read(path: Path, split_name: str) -> tuple[_SplitSamples, dict[str, str | None]]:
+    """Read and check one split's samples file; return it plus the id kind of each id column (None: no values)."""
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: expected a Parquet file of samples ({', '.join(REQUIRED_COLUMNS)})."
@@ -166,7 +166,10 @@ def _read(path: Path) -> tuple[_SplitSamples, dict[str, str | None]]:
     columns = [*REQUIRED_COLUMNS, *present]
     frame = pl.read_parquet(path, columns=columns)
     if frame.height == 0:
-        raise DataError(f"{path}: expected at least one sample row, got an empty file.")
+        raise DataError(
+            f"{path}: expected at least one sample row, got an empty file (the {split_name} split); every split "
+            "needs samples, or training and evaluation fail later. Nothing was written."
+        )
     for c in columns:
         is_list = isinstance(schema[c], pl.List | pl.Array)
         if c in LIST_COLUMNS and not is_list:
@@ -288,8 +291,8 @@ def _check_kept(split: _SplitSamples, column: str) -> np.ndarray:
     return values.astype(np.int64, copy=False)
 
 
-def _item_categories(items: np.ndarray, cats: np.ndarray, num_items: int) -> np.ndarray:
-    """Each item's most frequent category (ties: the smallest id; 0 = missing is ignored), [V_item, 1] int32.
+def _item_categories(items: np.ndarray, cats: np.ndarray, num_items: int, dtype: Any = np.int32) -> np.ndarray:
+    """Each item's most frequent category (ties: the smallest id; 0 = missing is ignored), [V_item, 1] `dtype`.
 
     One sort of (item, category) keys, so it stays fast on tens of millions of history rows."""
     real = cats > 0
@@ -302,7 +305,7 @@ def _item_categories(items: np.ndarray, cats: np.ndarray, num_items: int) -> np.
     segment = np.repeat(np.arange(first.size), np.diff(np.r_[first, item.size]))  # [Q] item index of each pair
     top = np.flatnonzero(counts == np.maximum.reduceat(counts, first)[segment])  # pairs at their item's max count
     best = top[np.r_[True, segment[top][1:] != segment[top][:-1]]]  # [I] the first (smallest category) of each
-    out = np.zeros((num_items, 1), dtype=np.int32)  # [V_item, 1]
+    out = np.zeros((num_items, 1), dtype=dtype)  # [V_item, 1]
     out[item[best], 0] = cat[best]
     return out
 
@@ -366,7 +369,7 @@ def import_samples(
     out = Path(out)
     check_output(out, STORE, force)  # before any work: a refused --out costs nothing
     paths = {"train": Path(train), "valid": Path(valid), "test": Path(test)}
-    read = [_read(paths[s]) for s in SPLITS]
+    read = [_read(paths[s], s) for s in SPLITS]
     files, kinds = [r[0] for r in read], [r[1] for r in read]
     with_ts = [f.hist_ts is not None for f in files]
     if any(with_ts) and not all(with_ts):
@@ -430,12 +433,13 @@ def import_samples(
     offsets = np.zeros(N_all + 2, dtype=np.int64)  # [U + 1], U = N_all + 1
     np.cumsum(lengths_all, out=offsets[2:])
     owner = np.concatenate([[0], *[p["user"] for p in parts]]).astype(np.int64)  # [U] real dense user
-    item = np.concatenate([p["item"] for p in parts]).astype(np.int32)  # [R_all]
-    category = np.concatenate([p["category"] for p in parts]).astype(np.int32)[:, None]  # [R_all, 1]
+    item_dtype, cat_dtype = id_dtype(num_items - 1, np.int32), id_dtype(num_categories - 1, np.int32)
+    item = np.concatenate([p["item"] for p in parts]).astype(item_dtype)  # [R_all]
+    category = np.concatenate([p["category"] for p in parts]).astype(cat_dtype)[:, None]  # [R_all, 1]
     timestamp = np.concatenate([p["timestamp"] for p in parts])  # [R_all]
     all_items = np.concatenate([item, *[p["target_item"] for p in parts]])  # [R_all + N_all] every item seen
     all_cats = np.concatenate([category[:, 0], *[p["target_cat"] for p in parts]])  # [R_all + N_all] its category
-    item_category = _item_categories(all_items, all_cats, num_items)  # [V_item, 1]
+    item_category = _item_categories(all_items, all_cats, num_items, cat_dtype)  # [V_item, 1]
     # Counts over pseudo-trajectories: a real behaviour shared by k samples of a user counts k times.
     item_count = np.bincount(item, minlength=num_items).astype(np.int64)  # [V_item]
     distinct = {
@@ -452,7 +456,7 @@ def import_samples(
             user=np.arange(first, first + n, dtype=np.int64),
             end=p["lengths"],
             target_item=p["target_item"].astype(np.int64),
-            target_category=p["target_cat"].astype(np.int32)[:, None],
+            target_category=p["target_cat"].astype(cat_dtype)[:, None],
             target_extra=np.zeros((n, 0), dtype=np.int32),
             target_time=p["target_ts"],
             label=p["label"],
@@ -476,7 +480,6 @@ def import_samples(
             pl.DataFrame({"raw": vocab}).write_parquet(tmp / "vocab" / f"{name}.parquet")
         for split, sample_set in samples.items():
             sample_set.save(tmp / "samples" / split)
-        rows = {s: len(samples[s]) for s in SPLITS}
         manifest = {
             "format_version": FORMAT_VERSION,
             "longrec_version": __version__,
@@ -502,8 +505,7 @@ def import_samples(
                 "behaviours": int(item.size),
                 "impressions": 0,
                 "samples_total": N_all,
-                "samples": rows,
-                "positives": {s: int(samples[s].label.sum()) for s in SPLITS},
+                **split_counts(samples, {s: str(paths[s]) for s in SPLITS}),
             },
             "protocol": {"name": "samples"},
             "load_report": {"rows_read": N_all, "rows_kept": N_all, "dropped": {}},

@@ -22,8 +22,18 @@ import polars as pl
 
 from longrec import __version__
 from longrec.data.protocols import ProtocolConfig, Trajectories, build_samples
-from longrec.data.schema import FilterReport, LogSchema, check_log
-from longrec.data.store import FORMAT_VERSION, SPLITS, vocab_sha, write_manifest
+from longrec.data.schema import DataError, FilterReport, LogSchema, check_log
+from longrec.data.store import (
+    FORMAT_VERSION,
+    SAFE_NAME_RULE,
+    SPLITS,
+    SampleSet,
+    id_dtype,
+    is_safe_name,
+    split_counts,
+    vocab_sha,
+    write_manifest,
+)
 from longrec.files import STORE, check_output, output_directory
 
 __all__ = ["PrepareResult", "prepare"]
@@ -55,20 +65,76 @@ def _report_args(d: dict[str, Any]) -> dict[str, Any]:
     return {"rows_read": d["rows_read"], "dropped": d["dropped"]}
 
 
+def _check_vocab_names(extras: tuple[str, ...], source: str) -> None:
+    """Refuse extra columns whose names are not safe file names: each is written to vocab/<name>.parquet."""
+    unsafe = [name for name in extras if not is_safe_name(name)]
+    if unsafe:
+        raise DataError(
+            f"{source}: column(s) {unsafe} cannot name vocabulary files in the store (vocab/<column>.parquet): "
+            f"allowed are {SAFE_NAME_RULE}. Rename them, or keep only the extra columns you need with "
+            "extra_fields (--extra-fields)."
+        )
+
+
+def _check_splits(samples: dict[str, SampleSet], protocol: ProtocolConfig, traj: Trajectories, source: str) -> None:
+    """Refuse a store with an empty split, naming the split and the protocol filters that emptied it.
+
+    A split that Protocol T gives no share (`split_fractions` 0) is empty on purpose and allowed.
+    """
+    on_purpose = {s for s, f in zip(SPLITS, protocol.split_fractions, strict=True) if protocol.name == "T" and f == 0}
+    empty = [s for s in SPLITS if len(samples[s]) == 0 and s not in on_purpose]
+    if not empty:
+        return
+    users = int(np.count_nonzero(np.diff(traj.offsets)))
+
+    def relevant(reason: str) -> bool:  # a filter of one split matters only when that split is empty
+        named = [s for s in SPLITS if s in reason.split()]
+        return not named or any(s in empty for s in named)
+
+    skipped = {reason: n for reason, n in traj.report.items() if n and relevant(reason)}
+    filters = "; ".join(
+        f"{reason}: {n:,}" + (f" of {users:,} users" if reason.startswith("users ") else "")
+        for reason, n in skipped.items()
+    )
+    fixes = []
+    if protocol.name == "T" and any(len(samples[s]) for s in SPLITS):  # samples exist, the time split left some out
+        fixes.append(
+            f"give {' and '.join(repr(s) for s in empty)} a larger share of split_fractions (now "
+            f"{protocol.split_fractions}: samples are split at time quantiles, so with few samples or tied times a "
+            "small share can hold none; a share of 0 leaves a split empty on purpose)"
+        )
+    else:
+        for knob in ("min_behaviours", "min_history"):
+            floor = 3 if knob == "min_behaviours" and protocol.name == "B" else 0  # B needs 3 behaviours per user
+            value = getattr(protocol, knob)
+            if value > floor and any(knob in reason for reason in skipped):
+                at_least = f", at least {floor} for protocol B" if floor else ""
+                fixes.append(f"lower {knob} (now {value}{at_least}; --set {knob}=N)")
+    raise DataError(
+        f"{source}: protocol {protocol.name} cut no samples for split(s) {', '.join(repr(s) for s in empty)} "
+        f"({', '.join(f'{s} {len(samples[s]):,}' for s in SPLITS)}) from {users:,} users with {traj.user.size:,} "
+        f"behaviours. Filters that skipped data: {filters or 'none'}. To fix it, "
+        + ", or ".join([*fixes, "prepare a larger log"])
+        + ". Nothing was written."
+    )
+
+
 def _dense(frame: pl.DataFrame, column: str, offset: int = 0) -> tuple[pl.Series, pl.Series]:
-    """Dense ids (1..n in sorted order of raw values, 0 for null) + the vocabulary (raw values in id order)."""
+    """Dense ids (offset + 1..n in sorted order of raw values, 0 for null), Int32 or Int64 if the ids need it, + the
+    vocabulary (raw values in id order)."""
     col = frame[column]
     vocab = col.drop_nulls().unique().sort()
     if vocab.len() == 0:
         return pl.Series(column, np.zeros(len(col), dtype=np.int32)), vocab.rename("raw")
-    ids = (col.rank("dense") + offset).fill_null(0).cast(pl.Int32)
+    dtype = pl.Int32 if id_dtype(offset + vocab.len(), np.int32) == np.int32 else pl.Int64
+    ids = (col.rank("dense").cast(dtype) + offset).fill_null(0).cast(dtype)
     return ids.rename(column), vocab.rename("raw")
 
 
 def _mode_table(keys: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
     """For each key in [0, size): the most frequent row of `values` [N, W] (ties: smallest row); zeros if none."""
     W = values.shape[1]
-    out = np.zeros((size, W), dtype=np.int32)  # [V, W]
+    out = np.zeros((size, W), dtype=values.dtype)  # [V, W]
     if W == 0 or keys.size == 0:
         return out
     frame = pl.DataFrame({"k": keys, **{f"v{j}": values[:, j] for j in range(W)}})
@@ -92,6 +158,7 @@ def prepare(
     extra_fields: tuple[str, ...] | None = None,
     extra_manifest: dict[str, Any] | None = None,
     force: bool = False,
+    allow_empty_splits: bool = False,
 ) -> PrepareResult:
     """Prepare a canonical behaviour log into a trajectory store with samples.
 
@@ -105,9 +172,17 @@ def prepare(
         extra_manifest: more JSON-ready manifest sections, e.g. {"taxonomy_coverage": ...} from
             `longrec.data.unify`; a key that `prepare` writes itself is a ValueError.
         force: replace `out` when it holds a previous store (never a folder holding anything else).
+        allow_empty_splits: write the store even when the protocol cut no samples for a split (property tests on
+            tiny random logs); such a store cannot train or evaluate on that split. A Protocol T split whose
+            `split_fractions` share is 0 is empty on purpose and always allowed.
 
     Returns:
         The written manifest, with counts and every filter.
+
+    Raises:
+        DataError: the log fails `check_log`; an extra column's name is not a safe file name; or (unless
+            `allow_empty_splits`) the protocol cut no samples for a split: the message names the split, the filters
+            that skipped data and what to change. Nothing is written then.
 
     Example:
         >>> from longrec.data.loaders import load_log  # doctest: +SKIP
@@ -119,15 +194,17 @@ def prepare(
     out = Path(out)
     check_output(out, STORE, force)  # before any work: a refused --out costs nothing
     lazy = frame.lazy()
-    schema = check_log(lazy, source)
     # Default: every extra id column except `source_category`, a domain's raw category that taxonomy mapping
     # (longrec.data.unify) has already turned into cat_*; embedding it again would duplicate the taxonomy.
-    extras = tuple(e for e in schema.extra if e != "source_category") if extra_fields is None else tuple(extra_fields)
-    unknown = [e for e in extras if e not in schema.extra]
+    inferred = LogSchema.infer(lazy.collect_schema().names())
+    extras = tuple(e for e in inferred.extra if e != "source_category") if extra_fields is None else tuple(extra_fields)
+    unknown = [e for e in extras if e not in inferred.extra]
     if unknown:
         raise ValueError(
-            f"extra_fields {unknown} are not extra columns of {source}. Its extra columns: {schema.extra}."
+            f"extra_fields {unknown} are not extra columns of {source}. Its extra columns: {inferred.extra}."
         )
+    _check_vocab_names(extras, source)  # before the log is read: each becomes vocab/<name>.parquet
+    schema = check_log(lazy, source)
     schema = LogSchema(
         taxonomy_levels=schema.taxonomy_levels,
         categorical=schema.categorical,
@@ -144,25 +221,29 @@ def prepare(
     # same raw id stay different categories.
     vocabs: dict[str, pl.Series] = {}
     encoded: dict[str, pl.Series] = {}
+    max_id: dict[str, int] = {}  # largest dense id of each column: its stored dtype must hold it
     for name in ("user_id", "item_id", *schema.categorical, *schema.extra, *(("goal",) if schema.has_goal else ())):
         encoded[name], vocabs[name] = _dense(log, name)
+        max_id[name] = vocabs[name].len()
     cat_offset = 0
     for name in schema.taxonomy:
         encoded[name], vocabs[name] = _dense(log, name, offset=cat_offset)
         cat_offset += vocabs[name].len()
+        max_id[name] = cat_offset
     M, E = schema.taxonomy_levels, len(extras)
     N_all = log.height
 
     def matrix(names: tuple[str, ...]) -> np.ndarray:
         if not names:
             return np.zeros((N_all, 0), dtype=np.int32)
-        return np.stack([encoded[n].to_numpy() for n in names], axis=1).astype(np.int32)  # [N, W]
+        dtype = id_dtype(max(max_id[n] for n in names), np.int32)
+        return np.stack([encoded[n].to_numpy() for n in names], axis=1).astype(dtype)  # [N, W]
 
     user = encoded["user_id"].to_numpy().astype(np.int64)
     item = encoded["item_id"].to_numpy().astype(np.int64)
     ts = log["timestamp"].cast(pl.Int64).to_numpy()
     category, extra = matrix(schema.taxonomy), matrix(extras)
-    small = {c: encoded[c].to_numpy().astype(np.int16) for c in schema.categorical}
+    small = {c: encoded[c].to_numpy().astype(id_dtype(max_id[c], np.int16)) for c in schema.categorical}
     is_imp = log["label"].is_not_null().to_numpy() if schema.has_label else np.zeros(N_all, dtype=bool)
     event_id = log["event_id"].cast(pl.Int64).fill_null(-1).to_numpy() if schema.has_event_id else np.full(N_all, -1)
     label = log["label"].to_numpy() if schema.has_label else None
@@ -177,6 +258,7 @@ def prepare(
     item_count = np.bincount(item[order], minlength=V).astype(np.int64)
     # Item attributes for negatives (and impressions without a path): the most frequent (path, extras) per item.
     attrs = _mode_table(item, np.concatenate([category, extra], axis=1), V)
+    item_category, item_extra = attrs[:, :M].astype(category.dtype), attrs[:, M:].astype(extra.dtype)
     traj = Trajectories(
         offsets=offsets,
         user=user[order],
@@ -185,8 +267,8 @@ def prepare(
         extra=extra[order],
         scene=small["scene"][order].astype(np.int64) if "scene" in small else np.zeros(order.size, np.int64),
         event_id=event_id[order],
-        item_category=attrs[:, :M],
-        item_extra=attrs[:, M:],
+        item_category=item_category,
+        item_extra=item_extra,
         item_count=item_count,
     )
     imp = np.flatnonzero(is_imp)
@@ -204,11 +286,13 @@ def prepare(
             "event_id": event_id[imp],
         }
     samples = build_samples(traj, protocol)
+    if not allow_empty_splits:
+        _check_splits(samples, protocol, traj, source)  # an empty split would fail training an epoch later
 
     with output_directory(out, STORE, force) as tmp:
         (tmp / "trajectories").mkdir()
         np.save(tmp / "trajectories" / "offsets.npy", offsets)
-        arrays: dict[str, np.ndarray] = {"item": item[order].astype(np.int32), "timestamp": ts[order]}
+        arrays: dict[str, np.ndarray] = {"item": item[order].astype(id_dtype(V - 1, np.int32)), "timestamp": ts[order]}
         if M:
             arrays["category"] = category[order]
         if E:
@@ -219,8 +303,8 @@ def prepare(
         for name, value in arrays.items():
             np.save(tmp / "trajectories" / f"{name}.npy", np.ascontiguousarray(value))
         (tmp / "items").mkdir()
-        np.save(tmp / "items" / "category.npy", np.ascontiguousarray(attrs[:, :M]))
-        np.save(tmp / "items" / "extra.npy", np.ascontiguousarray(attrs[:, M:]))
+        np.save(tmp / "items" / "category.npy", item_category)
+        np.save(tmp / "items" / "extra.npy", item_extra)
         np.save(tmp / "items" / "count.npy", item_count)
         (tmp / "vocab").mkdir()
         for name, vocab in vocabs.items():
@@ -251,8 +335,7 @@ def prepare(
                 "users": int(np.count_nonzero(np.diff(offsets))),
                 "behaviours": int(order.size),
                 "impressions": int(imp.size),
-                "samples": {s: len(samples[s]) for s in SPLITS},
-                "positives": {s: int(samples[s].label.sum()) for s in SPLITS},
+                **split_counts(samples, dict.fromkeys(SPLITS, source)),
             },
             "protocol": asdict(protocol),
             "load_report": report.to_dict(),

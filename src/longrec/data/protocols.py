@@ -83,11 +83,11 @@ class Trajectories:
     user: np.ndarray  # [N] int64 owner of each behaviour row
     item: np.ndarray  # [N] int64
     timestamp: np.ndarray  # [N] int64
-    extra: np.ndarray  # [N, E] int32 behaviour extra fields (copied into positives' target_extra)
+    extra: np.ndarray  # [N, E] int32 or wider: behaviour extra fields (copied into positives' target_extra)
     scene: np.ndarray  # [N] int64 (0 when absent)
     event_id: np.ndarray  # [N] int64 (-1 when absent)
-    item_category: np.ndarray  # [V_item, M] int32
-    item_extra: np.ndarray  # [V_item, E] int32
+    item_category: np.ndarray  # [V_item, M] int32 or wider
+    item_extra: np.ndarray  # [V_item, E] int32 or wider (the dtype of `extra`)
     item_count: np.ndarray  # [V_item] int64
     impressions: dict[str, np.ndarray] | None = None  # user, item, timestamp, label, goal, scene, extra, event_id
     report: dict[str, int] = field(default_factory=dict)  # what the protocol skipped, by reason

@@ -7,13 +7,17 @@ Layout of a prepared directory (the LongCTR / FuxiCTR layout: samples index into
     trajectories/<field>.npy      one array per field, rows sorted by (user, timestamp): item [N] int32,
                                   timestamp [N] int64, category [N, M] int32, action/domain/scene [N] int16,
                                   extra [N, E] int32, event_id [N] int64 (when the log has event ids: joins
-                                  retrieved behaviours to ground truth)
+                                  retrieved behaviours to ground truth). Id arrays are widened when their
+                                  vocabulary needs it (`id_dtype`: int16 -> int32 -> int64); readers take
+                                  whatever integer dtype is stored
     trajectories/owner.npy        optional int64 [U]: the real dense user of each trajectory, when trajectories
                                   are per-sample histories (`longrec.data.interop`); Batch.user holds it
     items/category.npy            int32 [V_item, M]: each item's (most frequent) taxonomy path, for negatives
-    items/extra.npy               int32 [V_item, E]: each item's (most frequent) extra ids
+    items/extra.npy               int32 [V_item, E]: each item's (most frequent) extra ids (both: the dtype of
+                                  the trajectory's category / extra array)
     items/count.npy               int64 [V_item]: behaviours per item, for frequency-proportional negatives
-    vocab/<name>.parquet          raw values in dense-id order: dense id = row + 1 (0 = padding / unknown)
+    vocab/<name>.parquet          raw values in dense-id order: dense id = row + 1 (0 = padding / unknown); <name>
+                                  is a column name, so it must be a safe file name (`is_safe_name`)
     samples/<split>/<field>.npy   user, end, target_item, target_category, target_extra, target_time, label, goal,
                                   scene, event_id; a sample's history is trajectory[:end] (behaviours strictly
                                   before target_time)
@@ -26,6 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +45,17 @@ from longrec.files import atomic_write_text
 __all__ = [
     "FORMAT_VERSION",
     "HISTORY_ARRAYS",
+    "SAFE_NAME_RULE",
     "SAMPLE_ARRAYS",
     "SPLITS",
     "SampleSet",
     "TrajectoryStore",
+    "id_dtype",
+    "is_safe_name",
+    "split_counts",
 ]
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 HISTORY_ARRAYS = ("item", "timestamp", "category", "action", "domain", "scene", "extra", "event_id")
@@ -60,6 +72,29 @@ SAMPLE_ARRAYS = (
     "event_id",
 )
 SPLITS = ("train", "valid", "test")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+SAFE_NAME_RULE = "ASCII letters, digits, '_', '.' and '-', not starting with '.' or '-', at most 128 characters"
+
+
+def is_safe_name(name: str) -> bool:
+    """Whether `name` (a column, field or split name) may name a file or folder inside the store.
+
+    A safe name holds no path separator, is not '.' or '..', does not start with '.' (hidden files, traversal) or
+    '-' (read as an option by shell tools), and stays short enough for any file system: see `SAFE_NAME_RULE`.
+    """
+    return _SAFE_NAME.fullmatch(name) is not None
+
+
+def id_dtype(max_id: int, narrowest: type[np.signedinteger[Any]] = np.int16) -> np.dtype[Any]:
+    """The narrowest of int16, int32 and int64, no narrower than `narrowest`, that holds dense ids 0..max_id.
+
+    The store keeps id arrays narrow (item, category and extra ids at least int32, action/domain/scene at least
+    int16) and widens one only when its vocabulary does not fit, so an id never wraps to a negative number.
+    """
+    for dtype in (np.int16, np.int32, np.int64):
+        if np.dtype(dtype).itemsize >= np.dtype(narrowest).itemsize and max_id <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"a vocabulary of {max_id:,} ids does not fit int64; expected at most {np.iinfo(np.int64).max:,}.")
 
 
 def _load(path: Path, mmap_mode: Any) -> np.ndarray:
@@ -79,8 +114,8 @@ class SampleSet:
     user: np.ndarray  # [N] int64 dense user id
     end: np.ndarray  # [N] int64 number of the user's behaviours strictly before target_time
     target_item: np.ndarray  # [N] int64
-    target_category: np.ndarray  # [N, M] int32 (M may be 0)
-    target_extra: np.ndarray  # [N, E] int32 (E may be 0)
+    target_category: np.ndarray  # [N, M] int32 or wider (`id_dtype`; M may be 0)
+    target_extra: np.ndarray  # [N, E] int32 or wider (`id_dtype`; E may be 0)
     target_time: np.ndarray  # [N] int64 epoch seconds of the cutoff
     label: np.ndarray  # [N] float32 in {0, 1}
     goal: np.ndarray  # [N] int64 goal id (0 when the data has one goal)
@@ -119,9 +154,9 @@ class TrajectoryStore:
     manifest: dict[str, Any]
     offsets: np.ndarray  # [U + 1] int64
     arrays: dict[str, np.ndarray]  # HISTORY_ARRAYS present in this store, rows sorted by (user, timestamp)
-    item_category: np.ndarray  # [V_item, M] int32
+    item_category: np.ndarray  # [V_item, M] int32 or wider
     item_count: np.ndarray  # [V_item] int64
-    item_extra: np.ndarray  # [V_item, E] int32
+    item_extra: np.ndarray  # [V_item, E] int32 or wider
     owner: np.ndarray | None = None  # [U] int64 real dense user of each trajectory; None: trajectory = user
     _samples: dict[str, SampleSet] = field(default_factory=dict, repr=False)
 
@@ -194,6 +229,8 @@ class TrajectoryStore:
 
     def samples(self, split: str) -> SampleSet:
         """The samples of one split ('train', 'valid' or 'test'), memory-mapped."""
+        if not is_safe_name(split):
+            raise ValueError(f"split name {split!r} cannot name a folder in {self.root}: expected {SAFE_NAME_RULE}.")
         if split not in self._samples:
             directory = self.root / "samples" / split
             if not directory.is_dir():
@@ -213,6 +250,8 @@ class TrajectoryStore:
 
     def vocab(self, name: str) -> pl.Series:
         """Raw values of a vocabulary in dense-id order (dense id = position + 1)."""
+        if not is_safe_name(name):
+            raise ValueError(f"vocabulary name {name!r} cannot name a file in {self.root}: expected {SAFE_NAME_RULE}.")
         return pl.read_parquet(self.root / "vocab" / f"{name}.parquet")["raw"]
 
 
@@ -223,6 +262,31 @@ def vocab_sha(vocab_dir: Path) -> str:
         digest.update(path.name.encode())
         digest.update(pl.read_parquet(path)["raw"].cast(pl.String).str.join("\x1f").item().encode())
     return digest.hexdigest()[:16]
+
+
+def split_counts(samples: Mapping[str, SampleSet], sources: Mapping[str, str]) -> dict[str, dict[str, int]]:
+    """Samples and positives per split, for the manifest's "counts"; warns about each split of a single class.
+
+    `sources` names where each split's samples come from (the log, or a split's file), for the warning.
+
+    A split whose labels are all 0 or all 1 has no AUC (nor GAUC), so it cannot select or evaluate a CTR model. That
+    is not an error: a store cut with no negatives (protocol negatives = 0) is all positives on purpose, e.g. for a
+    next-item model. The counts let the training loop say so when it selects on such a split.
+    """
+    counts = {s: len(samples[s]) for s in SPLITS}
+    positives = {s: int(samples[s].label.sum()) for s in SPLITS}
+    for split in SPLITS:
+        n, pos = counts[split], positives[split]
+        if n and pos in (0, n):
+            logger.warning(
+                "%s: split '%s' holds a single class (%s samples, all %s): AUC is undefined on it, so it cannot "
+                "select or evaluate a CTR model. Check the labels, or the protocol's negatives.",
+                sources[split],
+                split,
+                f"{n:,}",
+                "positive" if pos else "negative",
+            )
+    return {"samples": counts, "positives": positives}
 
 
 def write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
