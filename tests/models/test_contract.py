@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from longrec.data.batch import Batch, check_batch
 from longrec.models import MODELS, build_model, data_params, model_config
+from longrec.models.contract import CAPABILITIES, AuxiliaryHead, capabilities, check_contract
 
 
 def select(batch: Batch, rows: slice) -> Batch:
@@ -39,8 +40,8 @@ def test_ids_under_padding_are_ignored(model, batch) -> None:
 def test_every_parameter_gets_a_gradient(model, batch) -> None:
     model.train()
     loss = F.binary_cross_entropy_with_logits(model(batch), batch.label)
-    aux = getattr(model, "aux_logits", None)  # the train loop adds the auxiliary head's BCE the same way
-    aux_logits = aux(batch) if aux is not None else None
+    # the train loop adds the auxiliary head's BCE the same way
+    aux_logits = model.aux_logits(batch) if isinstance(model, AuxiliaryHead) else None
     if aux_logits is not None:
         loss = loss + F.binary_cross_entropy_with_logits(aux_logits, batch.label)
     loss.backward()
@@ -118,3 +119,44 @@ def test_unknown_or_missing_config_fields_are_named() -> None:
 def test_torch_compile_matches_eager(model, batch) -> None:
     compiled = torch.compile(model)
     torch.testing.assert_close(compiled(batch), model(batch), rtol=1e-5, atol=1e-5)
+
+
+# Capabilities a model declares by implementing them; the loop, analysis and serving ask for them by type.
+EXPECTED_CAPABILITIES = {
+    "dare": {"search_embeddings", "attention_weights", "auxiliary_head"},
+    "din": {"search_embeddings", "attention_weights"},
+    "dsi_tin": {"search_embeddings", "attention_weights", "field_attribution"},
+    "eta": {"search_embeddings", "attention_weights"},
+    "mean_pool": set(),
+    "sdim": {"search_embeddings"},
+    "stacked_tin": {"search_embeddings", "attention_weights"},
+    "td_sasrec": {"own_loss"},
+    "tin": {"search_embeddings", "attention_weights"},
+    "twin": {"search_embeddings", "attention_weights", "auxiliary_head"},
+    "vista": {"extra_loss", "cached_user_state"},
+    "vql": {"extra_loss", "cached_user_state"},
+}
+
+
+def test_every_model_has_exactly_the_capabilities_it_is_known_for(model_name, model) -> None:
+    assert set(MODELS) == set(EXPECTED_CAPABILITIES), "a new model: add its capabilities here"
+    assert capabilities(type(model)) == EXPECTED_CAPABILITIES[model_name]
+    for name, protocol in CAPABILITIES.items():
+        assert isinstance(model, protocol) == (name in EXPECTED_CAPABILITIES[model_name]), name
+
+
+def test_a_model_that_half_implements_or_mis_signs_a_capability_is_refused_at_registration() -> None:
+    class HalfAux(torch.nn.Module):
+        def aux_logits(self, batch):  # type: ignore[no-untyped-def]
+            return None
+
+    class WrongLoss(torch.nn.Module):
+        def loss(self, batch, extra):  # type: ignore[no-untyped-def]
+            return None
+
+    with pytest.raises(TypeError, match=r"'half' \(HalfAux\) defines \['aux_logits'\] of capability AuxiliaryHead"):
+        check_contract("half", HalfAux)
+    with pytest.raises(
+        TypeError, match=r"WrongLoss\)\.loss takes \(batch, extra\); capability OwnLoss expects \(batch\)"
+    ):
+        check_contract("wrong", WrongLoss)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longrec.data.batch import Batch
+from longrec.models.contract import AuxiliaryHead
 from longrec.models.layers import PReLU, dot_scores, fast_paths, lookup, reference_paths, weighted_sum
 from longrec.search import search_stage
 from longrec.search.config import SearchConfig
@@ -17,8 +18,7 @@ def loss_and_grads(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[s
     """BCE (+ the auxiliary head's BCE, as the train loop adds it) and the gradient of every parameter."""
     model.zero_grad(set_to_none=True)
     loss = F.binary_cross_entropy_with_logits(model(batch), batch.label)
-    aux = getattr(model, "aux_logits", None)
-    aux_logits = aux(batch) if aux is not None else None
+    aux_logits = model.aux_logits(batch) if isinstance(model, AuxiliaryHead) else None
     if aux_logits is not None:
         loss = loss + F.binary_cross_entropy_with_logits(aux_logits, batch.label)
     loss.backward()
@@ -147,3 +147,27 @@ def test_fast_attention_gradients_come_in_the_layout_of_the_keys_and_values() ->
     (from_scores,) = torch.autograd.grad(dot_scores(query, keys), keys, torch.ones(3, 7))
     (from_pooling,) = torch.autograd.grad(weighted_sum(weights, keys), keys, torch.ones(3, 5))
     assert from_scores.is_contiguous() and from_pooling.is_contiguous()
+
+
+def test_reference_paths_and_key_collection_are_scoped_to_the_thread_that_enters_them() -> None:
+    import threading
+
+    from longrec.models.layers import collect_keys, fast_paths, key_collection, reference_paths
+
+    seen: dict[str, tuple[bool, bool]] = {}
+    inside, done = threading.Event(), threading.Event()
+
+    def other() -> None:
+        inside.wait(timeout=10)
+        seen["other"] = (fast_paths(), key_collection())
+        done.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    with reference_paths(), collect_keys():
+        seen["inside"] = (fast_paths(), key_collection())
+        inside.set()
+        done.wait(timeout=10)
+    thread.join(timeout=10)
+    assert seen == {"inside": (False, True), "other": (True, False)}
+    assert (fast_paths(), key_collection()) == (True, False), "restored after the block"

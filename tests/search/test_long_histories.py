@@ -23,6 +23,7 @@ import longrec.search as search
 import longrec.search.exact as exact
 from longrec.data.batch import Batch
 from longrec.models import MODELS, build_model, data_params
+from longrec.models.contract import capabilities
 from longrec.search import (
     CHUNKED_SEARCHERS,
     SEARCHERS,
@@ -265,7 +266,9 @@ def test_soft_search_ties_go_to_the_more_recent_behaviour(batch: Batch) -> None:
     assert (positions[:, 1:] < positions[:, :-1])[ties].all(), "among equal scores, the more recent comes first"
 
 
-@pytest.mark.parametrize("name", sorted(n for n, (_, cls) in MODELS.items() if hasattr(cls, "search_embeddings")))
+@pytest.mark.parametrize(
+    "name", sorted(n for n, (_, cls) in MODELS.items() if "search_embeddings" in capabilities(cls))
+)
 def test_every_models_search_keys_are_per_behaviour(name: str) -> None:
     """The contract chunked search relies on: the keys of a column range = those columns of the whole keys."""
     batch = long_batch(L=300)

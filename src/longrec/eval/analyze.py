@@ -29,6 +29,7 @@ from longrec.data.batch import Batch
 from longrec.data.dataset import make_loader
 from longrec.data.store import TrajectoryStore
 from longrec.files import write_json
+from longrec.models.contract import AttentionWeights, FieldAttribution, SearchEmbedder
 from longrec.models.tin import time_gap_bucket
 from longrec.search import NEEDS_EMBEDDINGS, SEARCHERS
 from longrec.search.config import SearchConfig
@@ -42,12 +43,6 @@ NUM_GAP_BUCKETS = 24
 MAX_POSITION = 200
 
 
-def _weights(model: torch.nn.Module, batch: Batch) -> torch.Tensor | None:
-    """The model's attention weights, [B, L] or [B, G, L] (G modules, heads or layers); None when it has none."""
-    fn = getattr(model, "attention_weights", None)
-    return None if fn is None else fn(batch)
-
-
 @torch.no_grad()
 def attention_profile(model: torch.nn.Module, batches: list[Batch], num_goals: int) -> dict[str, Any] | None:
     """Mean attention weight per (goal, relative position) and per (goal, time-gap bucket) over real behaviours, and
@@ -55,8 +50,10 @@ def attention_profile(model: torch.nn.Module, batches: list[Batch], num_goals: i
     history ("mean_gap_days": one number per goal that moves the way the learned decay does — smaller for a goal
     whose attention decays faster).
 
-    Returns None when the model exposes no `attention_weights`.
+    Returns None when the model has no `AttentionWeights` capability.
     """
+    if not isinstance(model, AttentionWeights):
+        return None
     pos_sum = np.zeros((num_goals, MAX_POSITION + 1))
     pos_n = np.zeros_like(pos_sum)
     gap_sum = np.zeros((num_goals, NUM_GAP_BUCKETS))
@@ -65,9 +62,7 @@ def attention_profile(model: torch.nn.Module, batches: list[Batch], num_goals: i
     rows_with_history = np.zeros(num_goals)
     groups: list[np.ndarray] = []
     for batch in batches:
-        w_all = _weights(model, batch)  # [B, L] or [B, G, L]
-        if w_all is None:
-            return None
+        w_all = model.attention_weights(batch)  # [B, L] or [B, G, L] (G modules, heads or layers)
         w = w_all.mean(1) if w_all.dim() == 3 else w_all  # [B, L]
         mask = batch.history_mask.numpy()  # [B, L]
         goal = (batch.goal if batch.goal is not None else torch.zeros(len(batch), dtype=torch.long)).numpy()
@@ -86,7 +81,7 @@ def attention_profile(model: torch.nn.Module, batches: list[Batch], num_goals: i
         row_gap = (w_real * batch.history_time_delta.numpy()).sum(1)[has] / total[has] / 86_400  # [B'] days
         np.add.at(weighted_gap, goal[has], row_gap)
         np.add.at(rows_with_history, goal[has], 1)
-        if hasattr(model, "group_names"):
+        if isinstance(model, FieldAttribution):  # one row of the weights per named module
             g = w_all.numpy()  # [B, G, L], one row per named module
             groups.append(np.stack([np.bincount(pos, g[:, j][mask], MAX_POSITION + 1) for j in range(g.shape[1])]))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -100,7 +95,7 @@ def attention_profile(model: torch.nn.Module, batches: list[Batch], num_goals: i
         if groups:
             total = np.sum(groups, axis=0)  # [G, P]
             out["group_position_mean"] = (total / pos_n.sum(0)[None, :]).tolist()
-            out["group_names"] = list(getattr(model, "group_names", [f"group {j}" for j in range(total.shape[0])]))
+            out["group_names"] = list(model.group_names) if isinstance(model, FieldAttribution) else []
     return out
 
 
@@ -112,14 +107,13 @@ def field_shares(model: torch.nn.Module, batches: list[Batch]) -> list[dict[str,
     behaviour moves no weight: softmax ignores it); shares are that spread summed over histories, over the sum of all
     terms'. Returns one {field: share} per module (fields outside a module's group left out), or None when the model
     has no `field_scores`."""
-    scores = getattr(model, "field_scores", None)
-    if scores is None:
+    if not isinstance(model, FieldAttribution):
         return None
     spread: dict[str, torch.Tensor] = {}
     for batch in batches:
         mask = batch.history_mask.unsqueeze(1)  # [B, 1, L]
         count = mask.sum(-1).clamp(min=1)  # [B, 1] real behaviours (1 for an empty history: its terms are all 0)
-        for field, term in scores(batch).items():  # [B, G, L]
+        for field, term in model.field_scores(batch).items():  # [B, G, L]
             centred = (term - term.sum(-1, keepdim=True) / count.unsqueeze(-1)) * mask  # [B, G, L]
             deviation = (centred.abs().sum(-1) / count).sum(0)  # [G]
             spread[field] = spread[field] + deviation if field in spread else deviation
@@ -152,12 +146,12 @@ def retrieval_example(model: torch.nn.Module, batch: Batch, row: int, config: Se
         methods.append(config.method)
     kept: dict[str, list[bool]] = {}
     for method in methods:
-        if method in NEEDS_EMBEDDINGS and not hasattr(model, "search_embeddings"):
+        if method in NEEDS_EMBEDDINGS and not isinstance(model, SearchEmbedder):
             continue
         cfg = SearchConfig(**{**config.__dict__, "method": method})
         query = keys = None
-        if method in NEEDS_EMBEDDINGS:
-            query, keys = model.search_embeddings(one)  # type: ignore[operator]
+        if method in NEEDS_EMBEDDINGS and isinstance(model, SearchEmbedder):
+            query, keys = model.search_embeddings(one)
         k = min(config.k, one.history.shape[1])
         positions, ok = SEARCHERS[method](one, k, query, keys, cfg)
         chosen = torch.zeros_like(mask)
@@ -220,7 +214,7 @@ def analyze(
             files.append(plots.group_attention(profile, out, title=title))
         shares = field_shares(model, batches)
         if shares is not None:
-            names = list(getattr(model, "group_names", [f"module {g}" for g in range(len(shares))]))
+            names = list(model.group_names) if isinstance(model, FieldAttribution) else []
             result["field_shares"] = {"modules": names, "shares": shares}
             files.append(plots.field_shares(names, shares, out, title=title))
     else:

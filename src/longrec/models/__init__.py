@@ -1,7 +1,9 @@
 """CTR models: one family per file, one `forward(batch) -> logits [B]` contract, and the `MODELS` registry.
 
 Every model takes one frozen config dataclass, lists the optional `Batch` fields it needs in `model.reads`, and is
-built the same way by `build_model(name, **params)`. A line in `MODELS` enrolls a model in the contract tests.
+built the same way by `build_model(name, **params)`. A line in `MODELS` enrolls a model in the contract tests; its
+optional capabilities (own loss, auxiliary head, search embeddings, attention introspection, cached user state) are
+the protocols of `longrec.models.contract`, checked here when the registry is built.
 
 Shape legend: `B` batch · `L` history length, padded (10²–10⁵) · `K` behaviours kept by search (K ≤ L) · `D`
 embedding dim · `F` side-info fields · `M` taxonomy levels · `T` goals (advertising targets) · `C` candidates · `S`
@@ -17,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from longrec.models.contract import check_contract
 from longrec.models.dare import DARE, DAREConfig
 from longrec.models.din import DIN, DINConfig
 from longrec.models.dsi_tin import DSITIN, DSITINConfig
@@ -73,6 +76,10 @@ MODELS: dict[str, tuple[type[Any], type[nn.Module]]] = {
     "vista": (VISTAConfig, VISTA),
     "vql": (VQLConfig, VQL),
 }
+
+
+for _name, (_, _cls) in MODELS.items():  # registration is where a model's capabilities are checked, once
+    check_contract(_name, _cls)
 
 
 def _entry(name: str) -> tuple[type[Any], type[nn.Module]]:

@@ -5,7 +5,8 @@ scores and pooling, and config checks.
 decomposed scorer and the TWIN/DARE `forward_with_aux`) each have a fast CPU implementation and a plain one that reads
 like the paper; the plain one is the test oracle (same outputs and gradients within fp32 tolerance:
 tests/models/test_fast_paths.py, tests/train/test_train_step.py). `reference_paths()` switches every fast path off for
-a block of code, which is how those tests and `benchmarks/bench_throughput.py` run the plain path.
+a block of code (a context variable: only the thread that entered the block sees it), which is how those tests and
+`benchmarks/bench_throughput.py` run the plain path.
 
 **Key collection** (`collect_keys()`, off by default; `train.key_collection`): `lookup` first collects the distinct ids
 of each table (`unique_ids`), gathers each distinct row once and scatters the rows back to every position; the
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -49,40 +51,41 @@ __all__ = [
     "weighted_sum",
 ]
 
-_FAST_PATHS = True
-_KEY_COLLECTION = False
+# Execution options of the shared blocks, scoped: each is set only inside a `with` block (`reference_paths()`,
+# `collect_keys()`) and only for the thread (or asyncio task) that entered it, never process-wide, so one caller's
+# oracle run or key collection cannot change another's model.
+_FAST_PATHS: ContextVar[bool] = ContextVar("longrec_fast_paths", default=True)
+_KEY_COLLECTION: ContextVar[bool] = ContextVar("longrec_key_collection", default=False)
 
 
 def fast_paths() -> bool:
-    """Whether the fast paths are on (the default); `reference_paths()` turns them off."""
-    return _FAST_PATHS
+    """Whether the fast paths are on (the default); `reference_paths()` turns them off inside its block."""
+    return _FAST_PATHS.get()
 
 
 @contextmanager
 def reference_paths() -> Iterator[None]:
-    """Run the block on the plain reference paths (the oracle of every fast path), then restore the setting."""
-    global _FAST_PATHS
-    saved, _FAST_PATHS = _FAST_PATHS, False
+    """Run the block on the plain reference paths (the oracle of every fast path), in this thread only."""
+    token = _FAST_PATHS.set(False)
     try:
         yield
     finally:
-        _FAST_PATHS = saved
+        _FAST_PATHS.reset(token)
 
 
 def key_collection() -> bool:
-    """Whether `lookup` collects the distinct ids first (off by default); `collect_keys()` turns it on."""
-    return _KEY_COLLECTION
+    """Whether `lookup` collects the distinct ids first (off by default); `collect_keys()` turns it on in its block."""
+    return _KEY_COLLECTION.get()
 
 
 @contextmanager
 def collect_keys(enabled: bool = True) -> Iterator[None]:
-    """Run the block with key collection on (or off, `enabled=False`) in `lookup`, then restore the setting."""
-    global _KEY_COLLECTION
-    saved, _KEY_COLLECTION = _KEY_COLLECTION, enabled
+    """Run the block with key collection on (or off, `enabled=False`) in `lookup`, in this thread only."""
+    token = _KEY_COLLECTION.set(enabled)
     try:
         yield
     finally:
-        _KEY_COLLECTION = saved
+        _KEY_COLLECTION.reset(token)
 
 
 def _autocast_on(x: Tensor) -> bool:
@@ -164,7 +167,7 @@ def lookup(tables: Sequence[nn.Embedding], ids: Sequence[Tensor]) -> Tensor:
         parts = [table(i) if i.dim() == lead else table(i).flatten(-2) for table, i in zip(tables, ids, strict=True)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)  # [*S, J·D]
     columns = [i if i.dim() > lead else i.unsqueeze(-1) for i in ids]  # [*S, 1] or [*S, M] each
-    if _KEY_COLLECTION:
+    if key_collection():
         return _collected_lookup(tables, columns)
     if sum(c.numel() for c in columns) < sum(t.num_embeddings for t in tables):
         return _GatherTables.apply(columns, [_padding(t) for t in tables], *(t.weight for t in tables))  # [*S, J·D]

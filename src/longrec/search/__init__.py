@@ -32,6 +32,7 @@ Shapes: B batch, L history length, K kept behaviours, D search embedding dim, c 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +53,7 @@ __all__ = [
     "NEEDS_EMBEDDINGS",
     "SEARCHERS",
     "ChunkedSearcher",
+    "SearchEmbedder",
     "Searcher",
     "chunk_size",
     "exact_topk",
@@ -64,6 +66,16 @@ __all__ = [
     "soft",
     "topk_positions",
 ]
+
+
+@runtime_checkable
+class SearchEmbedder(Protocol):
+    """A model that steers embedding search with its own embeddings (soft, simhash, sdim, hard+soft)."""
+
+    def search_embeddings(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """query [B, D] and keys [B, L, D]: a behaviour's score is <keys[b, i], query[b]>."""
+        ...
+
 
 Searcher = Callable[[Batch, int, Tensor | None, Tensor | None, SearchConfig], tuple[Tensor, Tensor]]
 # (start column, query [B, D], keys [B, c, D]) for consecutive chunks of the history, as `history_chunks` yields.
@@ -244,12 +256,12 @@ def search_stage(batch: Batch, model: nn.Module | None, config: SearchConfig) ->
     query = keys = None
     positions = kept = None
     if config.method in NEEDS_EMBEDDINGS:
-        embed = getattr(model, "search_embeddings", None)
-        if embed is None:
+        if not isinstance(model, SearchEmbedder):
             raise ValueError(
                 f"search.method = '{config.method}' needs a model with search_embeddings(batch); "
                 f"{type(model).__name__} has none. Use a hard searcher (latest, category, ...) or 'none'."
             )
+        embed = model.search_embeddings
         with torch.no_grad():
             if config.method == "soft" and shares_one_history(batch):  # one user, C candidates
                 positions, kept = _shared_soft_search(batch, embed, k, max(config.chunk, 0))

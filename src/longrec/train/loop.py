@@ -53,6 +53,7 @@ from longrec.data.device import DevicePrefetcher, autocast, resolve_device
 from longrec.data.store import TrajectoryStore
 from longrec.eval.evaluate import evaluate, metrics_lines
 from longrec.files import atomic_write_text, dumps_json, write_json
+from longrec.models.contract import AuxiliaryHead, ExtraLoss, OwnLoss, SearchEmbedder
 from longrec.models.layers import fast_paths
 from longrec.search import search_stage
 from longrec.search.config import SearchConfig
@@ -127,12 +128,17 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=lr, fused=fast_paths())
 
 
-# The model methods a training or evaluation step calls; `compile_model` compiles the ones a model has.
-COMPILED_METHODS = ("forward_with_aux", "forward_with_extra_loss", "aux_logits", "search_embeddings", "loss")
+# The capabilities whose methods a training or evaluation step calls; `compile_model` compiles a model's.
+COMPILED_CAPABILITIES: dict[type, tuple[str, ...]] = {
+    AuxiliaryHead: ("forward_with_aux", "aux_logits"),
+    ExtraLoss: ("forward_with_extra_loss",),
+    SearchEmbedder: ("search_embeddings",),
+    OwnLoss: ("loss",),
+}
 
 
 def compile_model(model: torch.nn.Module) -> torch.nn.Module:
-    """`torch.compile` the model in place: its `forward` and every method of `COMPILED_METHODS` it has.
+    """`torch.compile` the model in place: its `forward` and the step's methods of its capabilities.
 
     In place (`nn.Module.compile` plus compiled bound methods set on the instance), so parameter names, the state dict
     and checkpoints stay those of the eager model. The first steps pay the compilation (seconds to a minute on a CPU;
@@ -150,10 +156,10 @@ def compile_model(model: torch.nn.Module) -> torch.nn.Module:
             "$CXX, g++, c++, clang++ is on PATH. Install one (e.g. apt-get install g++) or set train.compile=false."
         )
     model.compile()
-    for name in COMPILED_METHODS:
-        method = getattr(model, name, None)
-        if callable(method):
-            setattr(model, name, torch.compile(method))
+    for capability, names in COMPILED_CAPABILITIES.items():
+        if isinstance(model, capability):
+            for name in names:
+                setattr(model, name, torch.compile(getattr(model, name)))
     return model
 
 
@@ -188,9 +194,8 @@ def train_step(
     # A model with its own training loss (TD-SASRec's sampled softmax over in-batch candidates) uses it instead of
     # BCE (its in-batch candidates couple the rows of the batch).
     device = batch.history.device
-    own = getattr(model, "loss", None)
     with autocast(precision, device):
-        own_loss = own(search_stage(batch, model, search)) if callable(own) else None
+        own_loss = model.loss(search_stage(batch, model, search)) if isinstance(model, OwnLoss) else None
     if own_loss is not None:
         own_loss = own_loss.float()
         loss = own_loss + l2 * l2_penalty(model) if l2 else own_loss
@@ -199,23 +204,21 @@ def train_step(
         optimizer.step()
         return loss.detach()
     # Fast path: a model that can serve search, the main head and the aux head from one lookup does (TWIN, DARE).
-    fused = getattr(model, "forward_with_aux", None) if fast_paths() else None
     with autocast(precision, device):
-        both = fused(batch, search) if fused is not None else None
-        extra_loss = None
+        both = model.forward_with_aux(batch, search) if isinstance(model, AuxiliaryHead) and fast_paths() else None
+        extra_loss = aux_logits = None
         if both is not None:
             logits, aux_logits = both  # [B] each
         else:
             searched = search_stage(batch, model, search)
             # A model with a regulariser computed in the same forward (VISTA's reconstruction, VQL's codebook and
             # commitment losses) returns it beside the logits; it is added to the training loss, never to the logloss.
-            with_extra = getattr(model, "forward_with_extra_loss", None)
-            if with_extra is not None:
-                logits, extra_loss = with_extra(searched)  # [B], scalar
+            if isinstance(model, ExtraLoss):
+                logits, extra_loss = model.forward_with_extra_loss(searched)  # [B], scalar
             else:
                 logits = model(searched)  # [B]
-            aux = getattr(model, "aux_logits", None)
-            aux_logits = aux(batch) if aux is not None else None  # [B] full-history attention head, or None
+            # [B] full-history attention head, or None
+            aux_logits = model.aux_logits(batch) if isinstance(model, AuxiliaryHead) else None
     # The losses in fp32, whatever precision the forward ran in.
     logits = logits.float()  # [B]
     aux_logits = aux_logits.float() if aux_logits is not None else None  # [B]

@@ -1,0 +1,153 @@
+"""The model contract: what every model provides, and the optional capabilities a model may add.
+
+**Every model** (an entry of `MODELS`) is an `nn.Module` built from one frozen config dataclass, with
+`reads: tuple[str, ...]` (the optional `Batch` fields it needs, checked at the edge by `check_batch`) and
+`forward(batch) -> logits [B]`, pure: no device moves, no optimizer, no loss.
+
+**Optional capabilities** are `typing.Protocol`s, declared here once. A model has a capability when it defines the
+protocol's methods with the protocol's parameters; `check_contract` verifies that for every registered model when
+`longrec.models` is imported (a misspelt or mis-signed capability method is an error then, not a silent skip in the
+loop), and the callers ask by type, `isinstance(model, OwnLoss)`, never with ad-hoc `getattr` probes:
+
+| capability | methods | used by |
+| --- | --- | --- |
+| `SearchEmbedder` | `search_embeddings(batch) -> (query [B, D], keys [B, L, D])` | soft/simhash/sdim search |
+| `OwnLoss` | `loss(batch) -> Tensor or None` (None: the loop's BCE) | `train_step` (TD-SASRec) |
+| `AuxiliaryHead` | `aux_logits(batch) -> [B] or None`, `forward_with_aux(batch, search)` | `train_step` (TWIN, DARE) |
+| `ExtraLoss` | `forward_with_extra_loss(batch) -> (logits [B], loss [])` | `train_step` (VISTA, VQL) |
+| `AttentionWeights` | `attention_weights(batch) -> [B, L] or [B, G, L]` | `longrec analyze` |
+| `FieldAttribution` | `field_scores(batch) -> {field: [B, G, L]}`, `group_names` | `longrec analyze` (DSI-TIN) |
+| `CachedUserState` | `user_state(batch) -> [B, ...]`, `score_with_state(state, batch)` | `UserStateCache` (VISTA/VQL) |
+
+`SearchEmbedder` is defined by its consumer, the search stage (`longrec.search`, which sits below the models), and
+re-exported here. Shapes: B batch, L history length, D search dim, G attention groups (modules, heads or layers).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor, nn
+
+from longrec.data.batch import Batch
+from longrec.search import SearchEmbedder
+from longrec.search.config import SearchConfig
+
+__all__ = [
+    "CAPABILITIES",
+    "AttentionWeights",
+    "AuxiliaryHead",
+    "CachedUserState",
+    "ExtraLoss",
+    "FieldAttribution",
+    "OwnLoss",
+    "SearchEmbedder",
+    "capabilities",
+    "check_contract",
+]
+
+
+@runtime_checkable
+class OwnLoss(Protocol):
+    """A model whose training loss is its own (TD-SASRec's sampled softmax couples the rows of a batch)."""
+
+    def loss(self, batch: Batch) -> Tensor | None: ...
+
+
+@runtime_checkable
+class AuxiliaryHead(Protocol):
+    """A second head on full-history attention, trained with the same labels (TWIN/DARE), and a fused fast path that
+    serves search, the main head and the auxiliary head from one lookup (None when it does not apply)."""
+
+    def aux_logits(self, batch: Batch) -> Tensor | None: ...
+
+    def forward_with_aux(self, batch: Batch, search: SearchConfig) -> tuple[Tensor, Tensor] | None: ...
+
+
+@runtime_checkable
+class ExtraLoss(Protocol):
+    """A regulariser computed in the same forward (VISTA's reconstruction, VQL's codebook and commitment losses),
+    added to the training loss, never to the reported logloss."""
+
+    def forward_with_extra_loss(self, batch: Batch) -> tuple[Tensor, Tensor]: ...
+
+
+@runtime_checkable
+class AttentionWeights(Protocol):
+    """Attention weights over the (unsearched) history, for analysis."""
+
+    def attention_weights(self, batch: Batch) -> Tensor: ...
+
+
+@runtime_checkable
+class FieldAttribution(Protocol):
+    """Attention logits split by side-information field, per named attention group (DSI-TIN)."""
+
+    group_names: list[str]
+
+    def field_scores(self, batch: Batch) -> dict[str, Tensor]: ...
+
+
+@runtime_checkable
+class CachedUserState(Protocol):
+    """A user side computed once per user and cached between requests: forward == score_with_state(user_state)."""
+
+    def user_state(self, batch: Batch) -> Tensor: ...
+
+    def score_with_state(self, state: Tensor, batch: Batch) -> Tensor: ...
+
+
+CAPABILITIES: dict[str, type] = {
+    "search_embeddings": SearchEmbedder,
+    "own_loss": OwnLoss,
+    "auxiliary_head": AuxiliaryHead,
+    "extra_loss": ExtraLoss,
+    "attention_weights": AttentionWeights,
+    "field_attribution": FieldAttribution,
+    "cached_user_state": CachedUserState,
+}
+
+
+def _members(protocol: type) -> dict[str, Any]:
+    """The protocol's methods (name -> function) and attributes (name -> None)."""
+    names = {n for n in vars(protocol) if not n.startswith("_")} | set(getattr(protocol, "__annotations__", {}))
+    return {n: vars(protocol).get(n) if callable(vars(protocol).get(n)) else None for n in names}
+
+
+def _parameters(function: Any) -> list[str]:
+    return [p.name for p in inspect.signature(function).parameters.values()][1:]  # without self
+
+
+def capabilities(cls: type[nn.Module]) -> frozenset[str]:
+    """The names (keys of `CAPABILITIES`) of the capabilities model class `cls` implements: all of a protocol's
+    methods and attributes present."""
+    return frozenset(
+        name for name, protocol in CAPABILITIES.items() if all(hasattr(cls, m) for m in _members(protocol))
+    )
+
+
+def check_contract(name: str, cls: type[nn.Module]) -> None:
+    """Refuse a model class that half-implements a capability or implements one with other parameters.
+
+    Raises:
+        TypeError: naming the model, the capability, the method, and the expected and found parameters.
+    """
+    for protocol in CAPABILITIES.values():
+        members = _members(protocol)
+        present = [m for m in members if hasattr(cls, m)]
+        if present and len(present) < len(members):
+            missing = sorted(set(members) - set(present))
+            raise TypeError(
+                f"model '{name}' ({cls.__name__}) defines {present} of capability {protocol.__name__} but not "
+                f"{missing}: implement all of it, or rename the method."
+            )
+        for member, function in members.items():
+            if function is None or not present:
+                continue
+            expected, found = _parameters(function), _parameters(getattr(cls, member))
+            if found != expected:
+                raise TypeError(
+                    f"model '{name}' ({cls.__name__}).{member} takes ({', '.join(found)}); capability "
+                    f"{protocol.__name__} expects ({', '.join(expected)})."
+                )
