@@ -69,11 +69,11 @@ from bench_throughput import MODELS, prepare_store
 from longrec.config import SearchConfig
 from longrec.data.batch import Batch
 from longrec.data.dataset import collate, epoch_batches, make_loader
-from longrec.data.loaders import load_log
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import TrajectoryStore
 from longrec.data.synthetic import SyntheticConfig, generate
+from longrec.ingest import load_log
 from longrec.models.layers import collect_keys
 from longrec.search import search_stage
 from longrec.train.device import DevicePrefetcher, autocast

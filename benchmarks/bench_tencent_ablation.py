@@ -54,13 +54,13 @@ from _common import SHARED_DATA, machine, markdown_table, update_readme_section,
 
 from longrec.config import SearchConfig, load_config
 from longrec.data.dataset import collate, make_loader
-from longrec.data.loaders import load_log
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import TrajectoryStore
 from longrec.data.synthetic import SyntheticConfig, generate
 from longrec.eval.analyze import attention_profile, field_shares, load_run
 from longrec.eval.metrics import recall_at_k
+from longrec.ingest import load_log
 from longrec.search import SEARCHERS, search_stage
 from longrec.search.hierarchical import match_depth
 from longrec.train.loop import build_model_for_store, train

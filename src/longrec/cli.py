@@ -117,7 +117,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, str]:
-    from longrec.data.loaders import load_log
+    from longrec.ingest import load_log
     from longrec.settings import parse_overrides
 
     options = parse_overrides(args.option) if args.option else {}
@@ -301,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a SyntheticConfig field")
     p.set_defaults(func=_cmd_synth)
 
-    from longrec.data.loaders import LOADERS
     from longrec.data.protocols import PROTOCOLS
+    from longrec.ingest import LOADERS
 
     p = add("prepare", "Check a behaviour log, build dense ids and the trajectory store, and cut protocol samples.")
     p.add_argument(

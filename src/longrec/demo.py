@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from longrec.config import load_config
-from longrec.data.loaders import load_log
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.synthetic import SyntheticConfig, generate
 from longrec.files import atomic_write_text
+from longrec.ingest import load_log
 from longrec.train.loop import train
 
 __all__ = ["DEMO_MODELS", "run_demo"]

@@ -17,10 +17,10 @@ from longrec.config import load_config
 from longrec.data.batch import check_batch
 from longrec.data.dataset import collate
 from longrec.data.interop import import_samples
-from longrec.data.schema import DataError
 from longrec.data.store import TrajectoryStore
 from longrec.eval.evaluate import evaluate
 from longrec.eval.metrics import gauc
+from longrec.ingest.schema import DataError
 from longrec.train.loop import build_model_for_store, train
 
 # Hand-written rows: different lengths, an empty history, ids kept as given (item 0 never appears).

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
 from longrec.data import synthetic
-from longrec.data.schema import CATEGORICAL_COLUMNS, check_log
 from longrec.data.synthetic import ACTIONS, MECHANISMS, SyntheticConfig, SyntheticLog, generate
 from longrec.files import OutputError
+from longrec.ingest.schema import CATEGORICAL_COLUMNS, check_log
 
 # A tiny world with many collisions: few categories/SPUs and a large ad share, so every mechanism fires.
 TINY = SyntheticConfig(

@@ -11,10 +11,8 @@ import polars as pl
 import pytest
 
 from longrec.cli import main
-from longrec.data.loaders import load_kuairec, load_synthetic, load_table, load_taobao
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
-from longrec.data.schema import DataError
 from longrec.data.store import TrajectoryStore
 from longrec.data.unify import (
     Source,
@@ -24,6 +22,10 @@ from longrec.data.unify import (
     read_taxonomy_map,
     unify,
 )
+from longrec.ingest.alibaba import load_taobao
+from longrec.ingest.kuaishou import load_kuairec
+from longrec.ingest.schema import DataError
+from longrec.ingest.table import load_synthetic, load_table
 from longrec.settings import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -22,9 +22,9 @@ import polars as pl
 
 from longrec import __version__
 from longrec.data.protocols import ProtocolConfig, Trajectories, build_samples
-from longrec.data.schema import FilterReport, LogSchema, check_log
 from longrec.data.store import FORMAT_VERSION, SPLITS, vocab_sha, write_manifest
 from longrec.files import STORE, check_output, output_directory
+from longrec.ingest.schema import FilterReport, LogSchema, check_log
 
 __all__ = ["PrepareResult", "prepare"]
 
@@ -96,7 +96,7 @@ def prepare(
     """Prepare a canonical behaviour log into a trajectory store with samples.
 
     Args:
-        frame: the log with canonical columns (see `longrec.data.schema`).
+        frame: the log with canonical columns (see `longrec.ingest.schema`).
         out: the store directory: new, empty, or a previous store (replaced atomically, only with `force`).
         protocol: which samples to cut (`ProtocolConfig.for_protocol('A')`, ...).
         source: the log's name, quoted in errors and the manifest.
@@ -110,7 +110,7 @@ def prepare(
         The written manifest, with counts and every filter.
 
     Example:
-        >>> from longrec.data.loaders import load_log  # doctest: +SKIP
+        >>> from longrec.ingest import load_log  # doctest: +SKIP
         >>> log = load_log("UserBehavior.csv", "taobao", actions=("pv",))  # doctest: +SKIP
         >>> protocol = ProtocolConfig.for_protocol("A")
         >>> prepare(log.frame, "data/taobao", protocol, load_report=log.report)  # doctest: +SKIP

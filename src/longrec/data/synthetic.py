@@ -2,7 +2,7 @@
 
 No public dataset has merged ad + content trajectories, several advertising goals *and* known reasons for each label,
 so this seeded generator provides them (SPEC §1, "Synthetic generator"). It writes a canonical behaviour log
-(`longrec.data.schema`): behaviour rows plus labelled impression rows, whose labels depend only on the behaviours
+(`longrec.ingest.schema`): behaviour rows plus labelled impression rows, whose labels depend only on the behaviours
 strictly before the impression, through the planted mechanisms below.
 
 **World.** A 3-level unified taxonomy industry (`cat_1`) ⊃ category (`cat_2`) ⊃ SPU (`cat_3`), ids 1-based and

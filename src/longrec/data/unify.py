@@ -1,7 +1,7 @@
 """Unified commercial trajectories: several behaviour sources -> one canonical log, one taxonomy (SPEC §1).
 
 Ad behaviours alone are sparse, so a user's trajectory merges several ad scenarios *and* content domains. `unify`
-takes several `Source`s (each a canonical log from `longrec.data.loaders`, plus the domain and scene it stands for)
+takes several `Source`s (each a canonical log from a `longrec.ingest` loader, plus the domain and scene it stands for)
 and a taxonomy mapping table, and returns one lazy canonical log that `prepare` turns into one time-sorted
 trajectory per user, with a `CoverageReport` of how well each domain's categories map onto the unified taxonomy.
 
@@ -32,7 +32,7 @@ result never depends on anything but the order of the sources.
 **Cost.** The coverage report is one streaming pass over the merged frame; `prepare` reads the sources again.
 
 Example:
-    >>> from longrec.data.loaders import load_log  # doctest: +SKIP
+    >>> from longrec.ingest import load_log  # doctest: +SKIP
     >>> sources = [
     ...     Source(load_log("ub.csv.gz", "taobao", actions=("pv",)), domain="ad", scene="browse"),
     ...     Source(load_log("ub.csv.gz", "taobao", actions=("cart", "fav", "buy")), domain="ad", scene="transact"),
@@ -59,8 +59,9 @@ from typing import Any, NamedTuple
 
 import polars as pl
 
-from longrec.data.loaders import LOADERS, LoadedLog, load_log
-from longrec.data.schema import (
+from longrec.ingest import LOADERS, load_log
+from longrec.ingest.reading import LoadedLog
+from longrec.ingest.schema import (
     CATEGORICAL_COLUMNS,
     REQUIRED_COLUMNS,
     RESERVED_COLUMNS,
@@ -266,7 +267,7 @@ def read_taxonomy_map(mapping: PathLike | pl.DataFrame, levels: int | None = Non
 class Source:
     """One behaviour source: a canonical log and the domain/scene it stands for."""
 
-    log: LoadedLog | pl.LazyFrame | pl.DataFrame  # canonical columns (see longrec.data.schema)
+    log: LoadedLog | pl.LazyFrame | pl.DataFrame  # canonical columns (see longrec.ingest.schema)
     domain: str | None = None  # every row's domain; None: the log's own `domain` column
     scene: str | None = None  # every row's scene (app surface); None: the log's own `scene` column, if any
     category: str | None = None  # column looked up in the map; None: 'source_category' if present (and a map given)

@@ -10,20 +10,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from longrec.data import loaders
-from longrec.data.loaders import (
-    LOADERS,
-    TAOBAO_WINDOW,
-    load_amazon,
-    load_kuairand,
-    load_kuairec,
-    load_log,
-    load_movielens,
-    load_table,
-    load_taobao,
-    load_tmall,
-)
-from longrec.data.schema import DataError, check_log
+from longrec.ingest import LOADERS, load_log, reading
+from longrec.ingest.alibaba import TAOBAO_WINDOW, load_taobao, load_tmall
+from longrec.ingest.amazon import load_amazon
+from longrec.ingest.kuaishou import load_kuairand, load_kuairec
+from longrec.ingest.movielens import load_movielens
+from longrec.ingest.schema import DataError, check_log
+from longrec.ingest.table import load_table
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO / ".." / "shared" / "data"
@@ -48,7 +41,7 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def collect(log: loaders.LoadedLog) -> pl.DataFrame:
+def collect(log: reading.LoadedLog) -> pl.DataFrame:
     frame = log.collect()
     assert tuple(frame.columns) == log.schema.columns
     assert frame.height == log.report.rows_kept
@@ -91,7 +84,7 @@ def test_taobao_time_slice():
 
 def test_large_compressed_file_is_streamed_through_a_temp_file(monkeypatch, tmp_path):
     in_memory = load_taobao(shared(TAOBAO_927), window=None).collect()
-    monkeypatch.setattr(loaders, "_IN_MEMORY_BYTES", 1 << 16)
+    monkeypatch.setattr(reading, "_IN_MEMORY_BYTES", 1 << 16)
     log = load_taobao(TAOBAO_927, window=None, tmp_dir=tmp_path)
     (temp,) = log.temp_files
     assert temp.parent == tmp_path and temp.stat().st_size > 1 << 16

@@ -1,6 +1,6 @@
 """The behaviour-log schema: one record per event, the same columns whatever the source format.
 
-Every loader in `longrec.data.loaders` turns its format into a table with these canonical columns; `prepare`
+Every loader in `longrec.ingest` turns its format into a table with these canonical columns; `prepare`
 only ever sees canonical columns. Required: `user_id`, `item_id`, `timestamp` (integer epoch seconds). Optional:
 
 - `domain` (ad, content, ...), `scene` (app surface), `action` (click, view, cart, buy, ...): categorical strings;
