@@ -103,7 +103,7 @@ def prepare(
         load_report: rows the loader filtered, recorded in the manifest.
         extra_fields: extra id columns to keep; None keeps every extra column of the schema but `source_category`.
         extra_manifest: more JSON-ready manifest sections, e.g. {"taxonomy_coverage": ...} from
-            `longrec.data.unify`; a key that `prepare` writes itself is a ValueError.
+            `longrec.ingest.unify`; a key that `prepare` writes itself is a ValueError.
         force: replace `out` when it holds a previous store (never a folder holding anything else).
 
     Returns:
@@ -121,7 +121,7 @@ def prepare(
     lazy = frame.lazy()
     schema = check_log(lazy, source)
     # Default: every extra id column except `source_category`, a domain's raw category that taxonomy mapping
-    # (longrec.data.unify) has already turned into cat_*; embedding it again would duplicate the taxonomy.
+    # (longrec.ingest.unify) has already turned into cat_*; embedding it again would duplicate the taxonomy.
     extras = tuple(e for e in schema.extra if e != "source_category") if extra_fields is None else tuple(extra_fields)
     unknown = [e for e in extras if e not in schema.extra]
     if unknown:

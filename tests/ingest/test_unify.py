@@ -14,18 +14,13 @@ from longrec.cli import main
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import TrajectoryStore
-from longrec.data.unify import (
-    Source,
-    SourceSpec,
-    parse_source,
-    read_sources_file,
-    read_taxonomy_map,
-    unify,
-)
 from longrec.ingest.alibaba import load_taobao
 from longrec.ingest.kuaishou import load_kuairec
 from longrec.ingest.schema import DataError
+from longrec.ingest.sources import SourceSpec, parse_source, read_sources_file
 from longrec.ingest.table import load_synthetic, load_table
+from longrec.ingest.taxonomy import read_taxonomy_map
+from longrec.ingest.unify import Source, unify
 from longrec.settings import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
