@@ -39,9 +39,9 @@ from longrec.data.dataset import collate
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import TrajectoryStore
-from longrec.data.synthetic import SyntheticConfig, generate
 from longrec.eval.metrics import ndcg_at_k
 from longrec.ingest import load_log
+from longrec.ingest.synthetic import SyntheticConfig, generate
 from longrec.search import NEEDS_EMBEDDINGS, SEARCHERS
 from longrec.train.checkpoint import load_checkpoint
 from longrec.train.loop import build_model_for_store, train

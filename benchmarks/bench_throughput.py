@@ -53,8 +53,8 @@ from longrec.data.dataset import collate, epoch_batches, make_loader
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import TrajectoryStore
-from longrec.data.synthetic import SyntheticConfig, generate
 from longrec.ingest import load_log
+from longrec.ingest.synthetic import SyntheticConfig, generate
 from longrec.models.layers import reference_paths
 from longrec.train.loop import build_model_for_store, make_optimizer, reuse_freed_memory, train, train_step
 

@@ -95,8 +95,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from longrec.data.synthetic import SyntheticConfig, generate
     from longrec.files import SYNTHETIC, check_output
+    from longrec.ingest.synthetic import SyntheticConfig, generate
     from longrec.settings import ConfigError, fill_dataclass, parse_overrides
 
     problems: list[str] = []

@@ -17,9 +17,9 @@ from typing import Any
 from longrec.config import load_config
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
-from longrec.data.synthetic import SyntheticConfig, generate
 from longrec.files import atomic_write_text
 from longrec.ingest import load_log
+from longrec.ingest.synthetic import SyntheticConfig, generate
 from longrec.train.loop import train
 
 __all__ = ["DEMO_MODELS", "run_demo"]

@@ -235,7 +235,7 @@ def test_table_parquet_keeps_dtypes_and_converts_datetimes(tmp_path):
 
 
 def test_synthetic_log_directory_is_read_as_stored(tmp_path):
-    from longrec.data.synthetic import SyntheticConfig, generate
+    from longrec.ingest.synthetic import SyntheticConfig, generate
 
     generate(SyntheticConfig(num_users=30, events_per_user=20, impressions_per_user=2)).write(tmp_path / "synth")
     log = load_log(tmp_path / "synth", "synthetic")

@@ -130,7 +130,7 @@ def test_a_user_in_only_one_source_keeps_a_trajectory(tmp_path):
 
 
 def test_synthetic_map_rederives_the_generators_unified_columns(tmp_path):
-    from longrec.data.synthetic import SyntheticConfig, generate
+    from longrec.ingest.synthetic import SyntheticConfig, generate
 
     config = SyntheticConfig(num_users=20, events_per_user=30, impressions_per_user=2)
     generate(config).write(tmp_path / "synth")
@@ -370,7 +370,7 @@ def test_cli_single_input_is_unchanged_and_an_input_joining_sources_needs_a_doma
 
 
 def test_cli_single_synthetic_input_with_its_map(tmp_path, capsys):
-    from longrec.data.synthetic import SyntheticConfig, generate
+    from longrec.ingest.synthetic import SyntheticConfig, generate
 
     generate(SyntheticConfig(num_users=20, events_per_user=20, impressions_per_user=2)).write(tmp_path / "raw")
     args = ["prepare", str(tmp_path / "raw"), "--format", "synthetic", "--out", str(tmp_path / "store")]

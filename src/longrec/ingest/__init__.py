@@ -3,8 +3,9 @@
 One module per source family reads its formats: `alibaba` (Taobao UserBehavior, Tmall), `movielens`, `amazon`,
 `kuaishou` (KuaiRec, KuaiRand) and `table` (any CSV or Parquet with a column mapping; `longrec synth` output). They
 share the machinery of `reading`. `unify` merges several loaded sources into one log with one taxonomy (the
-mapping table in `taxonomy`, sources on disk in `sources`). Nothing here imports `longrec.data` or anything above
-it: `prepare` (in `longrec.data`) turns the canonical log into a store.
+mapping table in `taxonomy`, sources on disk in `sources`), and `synthetic` generates logs with planted mechanisms
+and their ground truth. Nothing here imports `longrec.data` or anything above it: `prepare` (in `longrec.data`)
+turns the canonical log into a store.
 
 Every loader returns a `LoadedLog`: a polars LazyFrame with canonical columns (`user_id`, `item_id`, `timestamp`, then
 the optional ones), its `LogSchema`, and a `FilterReport` that counts every row a filter removed. The frame stays

@@ -214,7 +214,7 @@ def load_table(
 
 
 def load_synthetic(path: PathLike, *, tmp_dir: PathLike | None = None) -> LoadedLog:
-    """A log written by `longrec synth` (`longrec.data.synthetic`): its directory, or the `log.parquet` in it.
+    """A log written by `longrec synth` (`longrec.ingest.synthetic`): its directory, or the `log.parquet` in it.
 
     The columns are canonical already (behaviours plus labelled impression rows, `event_id`, extra fields such as
     brand); they are checked and read as stored, like `load_table` on a Parquet file.
