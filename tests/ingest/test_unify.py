@@ -305,8 +305,18 @@ def test_parse_source_specs():
 def test_csv_source_without_a_mapping_is_read_as_stored():
     source = SourceSpec(str(ADS), "csv").load()
     assert source.log.schema.columns == ("user_id", "item_id", "timestamp", "action", "source_category")
+    assert source.log.report.unused_columns == []
+    # With a mapping, load_table's own rules: same-named canonical columns are read, the others reported by name.
     mapped = SourceSpec(str(ADS), "csv", options={"mapping": {"user_id": "user_id"}}).load()
-    assert mapped.log.schema.columns == ("user_id", "item_id", "timestamp")  # load_table's own rules
+    assert mapped.log.schema.columns == ("user_id", "item_id", "timestamp", "action")
+    assert mapped.log.report.unused_columns == ["source_category"]
+
+
+def test_the_merged_report_names_each_sources_unused_columns():
+    mapped = SourceSpec(str(ADS), "csv", domain="ad", options={"mapping": {"user_id": "user_id"}}).load()
+    report = unify([tiny_sources()[1], mapped]).report
+    assert report.unused_columns == ["source_category (source 2)"]
+    assert "  unused column(s), not read into the log: source_category (source 2)" in report.lines()
 
 
 def test_sources_file_lists_every_problem(tmp_path):
@@ -363,7 +373,9 @@ def test_cli_prepares_several_sources_and_records_the_coverage(tmp_path, capsys)
 def test_cli_single_input_is_unchanged_and_an_input_joining_sources_needs_a_domain(tmp_path, capsys):
     assert main(["prepare", str(ADS), "--format", "csv", "--out", str(tmp_path / "one")]) == 0
     manifest = TrajectoryStore.open(tmp_path / "one").manifest
-    assert "taxonomy_coverage" not in manifest and manifest["schema"]["categorical"] == []
+    # load_table's rules, not a source's read-as-stored: 'action' is read by its name, 'source_category' reported.
+    assert "taxonomy_coverage" not in manifest and manifest["schema"]["categorical"] == ["action"]
+    assert manifest["load_report"]["unused_columns"] == ["source_category"]
     args = ["prepare", str(CONTENT), "--format", "csv", "--source", f"{ADS}:csv:ad", "--out", str(tmp_path / "two")]
     assert main(args) == 2
     assert "content.csv has no domain: give the source a domain" in capsys.readouterr().err

@@ -52,7 +52,7 @@ class PrepareResult:
 
 
 def _report_args(d: dict[str, Any]) -> dict[str, Any]:
-    return {"rows_read": d["rows_read"], "dropped": d["dropped"]}
+    return {"rows_read": d["rows_read"], "dropped": d["dropped"], "unused_columns": d.get("unused_columns", [])}
 
 
 def _dense(frame: pl.DataFrame, column: str, offset: int = 0) -> tuple[pl.Series, pl.Series]:

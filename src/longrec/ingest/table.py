@@ -25,7 +25,14 @@ from longrec.ingest.reading import (
     _Source,
     _with_hints,
 )
-from longrec.ingest.schema import CATEGORICAL_COLUMNS, REQUIRED_COLUMNS, DataError, LogSchema, taxonomy_columns
+from longrec.ingest.schema import (
+    CATEGORICAL_COLUMNS,
+    REQUIRED_COLUMNS,
+    RESERVED_COLUMNS,
+    DataError,
+    LogSchema,
+    taxonomy_columns,
+)
 
 __all__ = ["load_synthetic", "load_table"]
 
@@ -79,6 +86,14 @@ def load_table(
 ) -> LoadedLog:
     """Any CSV or Parquet log, with a column mapping to the canonical names.
 
+    Which file columns are read: those the mapping and `extra` name; a required canonical name the mapping leaves out
+    is looked up under its own name; and a file column named exactly like an optional canonical column (domain,
+    scene, action, label, goal, event_id, and cat_1..cat_M from cat_1 on, while the mapping names no taxonomy) is read
+    as that column, unless the mapping or `extra` already reads it or names another column for it. Every other file
+    column is not read, and is listed by name in `report.unused_columns` (a line of `report.lines()`, which
+    `longrec prepare` prints): nothing is dropped silently. To keep a column named like a canonical one as an extra
+    field instead, name it in `extra` (e.g. extra={"raw_label": "label"}).
+
     CSV ids (and categories, extra fields) become Int64 when every value is an integer, else stay strings;
     Parquet columns keep their dtype. Timestamps become Int64 epoch seconds.
 
@@ -86,10 +101,11 @@ def load_table(
         path: a .csv/.tsv/.txt file (optionally compressed) or a .parquet file.
         mapping: canonical name -> column in the file, e.g. {"user_id": "uid", "item_id": "iid", "timestamp": "ts",
             "cat_1": "category"}. Canonical names: user_id, item_id, timestamp, domain, scene, action, goal, label,
-            cat_1..cat_M, or "taxonomy" for one column holding a whole path (see taxonomy_separator). A required
-            name missing from the mapping is looked up under its own name.
+            cat_1..cat_M, or "taxonomy" for one column holding a whole path (see taxonomy_separator). Names it
+            leaves out are looked up under their own name (see above).
         extra: extra id fields to keep (brand, seller, ...): column names, or {output name: column}.
-        taxonomy_levels: M; with mapping["taxonomy"], the path is cut or null-padded to M levels (default 3).
+        taxonomy_levels: M; with mapping["taxonomy"], the path is cut or null-padded to M levels (default 3);
+            with the file's own cat_1..cat_k columns, the first M are read.
         taxonomy_separator: the separator inside mapping["taxonomy"] values, e.g. " > " or "|".
         separator: CSV field separator (one character).
         has_header: whether the CSV's first line names its columns.
@@ -100,7 +116,7 @@ def load_table(
         tmp_dir: where a large compressed file is decompressed.
 
     Returns:
-        The canonical columns named by the mapping, plus the extra fields.
+        The canonical columns read, plus the extra fields; `report.unused_columns` lists the file columns not read.
 
     Example:
         >>> mapping = {"user_id": "uid", "item_id": "iid", "timestamp": "ts"}
@@ -148,6 +164,22 @@ def load_table(
         )
         names = _columns_of(source, source.scan())
         dtypes = dict.fromkeys(names, pl.String())
+    # A file column named like an optional canonical column is that column, unless something else reads it already.
+    taken = {*mapping.values(), *extra_map.values()}
+    optional = (*CATEGORICAL_COLUMNS, *RESERVED_COLUMNS)
+    adopted = [c for c in optional if c not in mapping and c in names and c not in taken]
+    if not cat_keys and "taxonomy" not in mapping:  # the file's own cat_1, cat_2, ... (at most taxonomy_levels)
+        most = len(names) if taxonomy_levels is None else taxonomy_levels
+        while len(cat_keys) < most and (level := f"cat_{len(cat_keys) + 1}") in names and level not in taken:
+            cat_keys.append(level)
+        adopted += cat_keys
+    mapping.update((c, c) for c in adopted)
+
+    def expected(name: str, what: str) -> str:
+        if name not in adopted:
+            return what
+        return f"{what} (read as '{name}' because of its name; extra={{'{name}_raw': '{name}'}} keeps it as is)"
+
     wanted = [*mapping.values(), *extra_map.values()]
     missing = [c for c in wanted if c not in names]
     if missing:
@@ -183,15 +215,18 @@ def load_table(
         raise ValueError(f"taxonomy_levels={taxonomy_levels} but the mapping names {levels} level(s) {cat_keys}.")
     fields += [_Field(name, col) for name, col in extra_map.items()]
     if "label" in mapping:
-        fields.append(_Field("label", mapping["label"], _label_parse(dtypes[mapping["label"]]), "0 or 1"))
+        fields.append(
+            _Field("label", mapping["label"], _label_parse(dtypes[mapping["label"]]), expected("label", "0 or 1"))
+        )
     if "goal" in mapping:
         fields.append(_Field("goal", mapping["goal"], lambda r: r.cast(pl.String)))
     if "event_id" in mapping:
-        fields.append(_Field("event_id", mapping["event_id"], None, "an event id", True))
+        fields.append(_Field("event_id", mapping["event_id"], None, expected("event_id", "an event id"), True))
         if is_csv:
             auto_int.append("event_id")
     probes = {c: pl.col(c).is_not_null() & _as_int(pl.col(c)).is_null() for c in auto_int}
     frame, report, not_int = _read(source, fields, probes=probes, what="the mapping")
+    report.unused_columns = [c for c in names if c not in {f.raw for f in fields}]
     casts = [_as_int(pl.col(c)).alias(c) for c in auto_int if not not_int[c]]
     if casts:
         frame = frame.with_columns(casts)

@@ -369,6 +369,7 @@ def unify(
             report.rows_read += s.log.report.rows_read
             for reason, n in s.log.report.dropped.items():
                 report.drop(f"source {i} ({name}): {reason}", n)
+            report.unused_columns += [f"{column} (source {i})" for column in s.log.report.unused_columns]
         else:
             report.rows_read += source_rows[i - 1]
     return Unified(merged.select(columns), coverage, report)
