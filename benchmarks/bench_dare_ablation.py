@@ -35,12 +35,12 @@ import torch
 from _common import SHARED_DATA, config_from, machine, machine_line, markdown_table, update_readme_section, write_json
 
 from longrec.data.dataset import collate
-from longrec.data.loaders import load_log
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import TrajectoryStore
-from longrec.data.synthetic import SyntheticConfig, generate
 from longrec.eval.metrics import ndcg_at_k
+from longrec.ingest import load_log
+from longrec.ingest.synthetic import SyntheticConfig, generate
 from longrec.run import load_run, train
 from longrec.search import NEEDS_EMBEDDINGS, SEARCHERS
 from longrec.search.config import SearchConfig

@@ -31,7 +31,7 @@ import polars as pl
 
 CHILD = """
 import json, resource, sys, time
-from longrec.data.loaders import load_log
+from longrec.ingest import load_log
 
 def peak_mb():
     # VmHWM belongs to this process image; ru_maxrss would also count the parent's RSS at fork (kept across exec).

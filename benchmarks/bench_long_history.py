@@ -1,7 +1,7 @@
 """Long histories (10^2 -> 10^5 behaviours): who still uses the far past, VQL's quantization error, memory per sample.
 
 A. **Accuracy vs L with long-range planted relevance.** Synthetic data with mechanisms (a) (recent same-SPU ad
-   behaviours with a time decay) and (g) (long-range memories, `longrec.data.synthetic`): each user's oldest
+   behaviours with a time decay) and (g) (long-range memories, `longrec.ingest.synthetic`): each user's oldest
    behaviours are a few *memory* ad behaviours of SPUs that occur nowhere else, half the impressions show a
    memory-SPU item, and the label gets +w_g only when a same-SPU behaviour lies more than `--g-min-back` behaviours
    before the impression. A window of the most recent `--g-min-back` behaviours therefore holds no evidence about a
@@ -61,9 +61,9 @@ from longrec.data.dataset import collate, make_loader
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import SampleSet, TrajectoryStore
-from longrec.data.synthetic import SyntheticConfig, generate
 from longrec.eval.evaluate import predict
 from longrec.eval.metrics import auc
+from longrec.ingest.synthetic import SyntheticConfig, generate
 from longrec.models import build_model_for_sizes
 from longrec.models.vql import attention_error
 from longrec.search import search_stage

@@ -38,7 +38,7 @@ The JSON also keeps every round's rate and the median over steps of the paired t
 Models and search as in bench_throughput.py (Protocol A: dim 16, DIN over the whole history, TWIN/DARE soft search
 K = 20 + auxiliary loss; Adam lr 0.01, L2 1e-6), `torch.set_num_threads(--threads)`, `reuse_freed_memory()` as
 `longrec train` does. Data: the Taobao slice under Protocol A (bench_throughput's `prepare_store`; user filter 50
-behaviours), a synthetic store with long histories (`longrec.data.synthetic`, ~1500 behaviours per user, Protocol T)
+behaviours), a synthetic store with long histories (`longrec.ingest.synthetic`, ~1500 behaviours per user, Protocol T)
 and a "wide" synthetic store (twice the users, 4 impressions each, 2M content items under a flat popularity), where a
 batch touches a small share of a large item table. The default run takes 5-10 minutes on a 2-core machine, depending
 on its load; --quick (DARE only, small batches, no compile) about a minute.
@@ -69,11 +69,11 @@ from bench_throughput import MODELS, prepare_store
 from longrec.data.batch import Batch
 from longrec.data.dataset import collate, epoch_batches, make_loader
 from longrec.data.device import DevicePrefetcher, autocast
-from longrec.data.loaders import load_log
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import TrajectoryStore
-from longrec.data.synthetic import SyntheticConfig, generate
+from longrec.ingest import load_log
+from longrec.ingest.synthetic import SyntheticConfig, generate
 from longrec.models import build_model_for_sizes
 from longrec.models.layers import collect_keys
 from longrec.search import search_stage

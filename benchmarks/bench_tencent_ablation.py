@@ -2,7 +2,7 @@
 planted, and only there?
 
 Each study pairs a module with its ablation on two synthetic datasets that differ in one planted mechanism (SPEC §1,
-`longrec.data.synthetic`): "planted" = the base mechanism (a) plus the study's mechanism; "absent" = (a) alone (the
+`longrec.ingest.synthetic`): "planted" = the base mechanism (a) plus the study's mechanism; "absent" = (a) alone (the
 same base for every study, so the absent runs are comparable across studies). A module that helps on "planted" and
 not on "absent" has found its mechanism; one that does not help where its mechanism is planted is a finding.
 
@@ -53,13 +53,13 @@ import torch
 from _common import SHARED_DATA, config_from, machine, markdown_table, update_readme_section, write_json
 
 from longrec.data.dataset import collate, make_loader
-from longrec.data.loaders import load_log
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import TrajectoryStore
-from longrec.data.synthetic import SyntheticConfig, generate
 from longrec.eval.analyze import attention_profile, field_shares
 from longrec.eval.metrics import recall_at_k
+from longrec.ingest import load_log
+from longrec.ingest.synthetic import SyntheticConfig, generate
 from longrec.models import build_model_for_sizes
 from longrec.run import load_run, train
 from longrec.search import SEARCHERS, search_stage

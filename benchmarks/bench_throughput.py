@@ -49,11 +49,11 @@ import torch
 from _common import SHARED_DATA, config_from, machine, machine_line, markdown_table, update_readme_section, write_json
 
 from longrec.data.dataset import collate, epoch_batches, make_loader
-from longrec.data.loaders import load_log
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import TrajectoryStore
-from longrec.data.synthetic import SyntheticConfig, generate
+from longrec.ingest import load_log
+from longrec.ingest.synthetic import SyntheticConfig, generate
 from longrec.models import build_model_for_sizes
 from longrec.models.layers import reference_paths
 from longrec.run import train

@@ -32,11 +32,11 @@ EXAMPLES = {
   longrec prepare log.parquet --format parquet --out data/mine \\
       --option mapping='{user_id = "uid", item_id = "iid", timestamp = "ts"}'
   # several sources -> one trajectory per user, categories mapped onto one taxonomy (docs/unify.md):
-  longrec prepare --source tests/data/fixtures/unify/ads.csv:csv:ad:feed \\
-      --source tests/data/fixtures/unify/content.csv:csv:content:video \\
-      --taxonomy-map tests/data/fixtures/unify/taxonomy_map.csv --out data/unified
+  longrec prepare --source tests/ingest/fixtures/unify/ads.csv:csv:ad:feed \\
+      --source tests/ingest/fixtures/unify/content.csv:csv:content:video \\
+      --taxonomy-map tests/ingest/fixtures/unify/taxonomy_map.csv --out data/unified
   longrec prepare data/synth-raw --format synthetic --taxonomy-map data/synth-raw/taxonomy_map.csv --out data/synth
-  longrec prepare --sources tests/data/fixtures/unify/taobao_scenes.toml --out data/taobao-scenes""",
+  longrec prepare --sources tests/ingest/fixtures/unify/taobao_scenes.toml --out data/taobao-scenes""",
     "import-samples": """examples:
   longrec import-samples --train train.parquet --valid valid.parquet --test test.parquet --out data/interop
   longrec train configs/din_synthetic.toml --out runs/din-interop --set data.path=data/interop
@@ -95,8 +95,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from longrec.data.synthetic import SyntheticConfig, generate
     from longrec.files import SYNTHETIC, check_output
+    from longrec.ingest.synthetic import SyntheticConfig, generate
     from longrec.settings import ConfigError, fill_dataclass, parse_overrides
 
     problems: list[str] = []
@@ -117,7 +117,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, str]:
-    from longrec.data.loaders import load_log
+    from longrec.ingest import load_log
     from longrec.settings import parse_overrides
 
     options = parse_overrides(args.option) if args.option else {}
@@ -126,8 +126,9 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, str]:
 
 
 def _unify(args: argparse.Namespace) -> tuple[Any, Any, str, Any]:
-    """INPUT (if any), the --sources file and every --source, merged by `longrec.data.unify`."""
-    from longrec.data.unify import SourceSpec, parse_source, read_sources_file, unify
+    """INPUT (if any), the --sources file and every --source, merged by `longrec.ingest.unify`."""
+    from longrec.ingest.sources import SourceSpec, parse_source, read_sources_file
+    from longrec.ingest.unify import unify
     from longrec.settings import parse_overrides
 
     specs, taxonomy_map, levels = [], args.taxonomy_map, args.taxonomy_levels
@@ -276,8 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a SyntheticConfig field")
     p.set_defaults(func=_cmd_synth)
 
-    from longrec.data.loaders import LOADERS
     from longrec.data.protocols import PROTOCOLS
+    from longrec.ingest import LOADERS
 
     p = add("prepare", "Check a behaviour log, build dense ids and the trajectory store, and cut protocol samples.")
     p.add_argument(

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from longrec.config import Config
-from longrec.data.loaders import load_log
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
-from longrec.data.synthetic import SyntheticConfig, generate
 from longrec.files import DEMO, check_output, write_json
+from longrec.ingest import load_log
+from longrec.ingest.synthetic import SyntheticConfig, generate
 from longrec.run import train
 
 __all__ = ["DEMO_MODELS", "run_demo"]

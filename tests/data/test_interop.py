@@ -18,10 +18,10 @@ from longrec.config import load_config
 from longrec.data.batch import check_batch
 from longrec.data.dataset import collate
 from longrec.data.interop import import_samples
-from longrec.data.schema import DataError
 from longrec.data.store import TrajectoryStore
 from longrec.eval.evaluate import evaluate
 from longrec.eval.metrics import gauc
+from longrec.ingest.schema import DataError
 from longrec.models import build_model_for_sizes
 from longrec.run import train
 

@@ -20,7 +20,7 @@ from longrec.data.dataset import collate
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import TrajectoryStore
-from longrec.data.synthetic import SyntheticConfig, SyntheticLog, generate
+from longrec.ingest.synthetic import SyntheticConfig, SyntheticLog, generate
 
 # Long-range relevance at a small scale: 600 behaviours per user, only behaviours more than 50 back count.
 LONG = SyntheticConfig(
@@ -74,7 +74,7 @@ def test_batch_bytes_per_behaviour_is_what_collate_allocates(long_store: Traject
 
 
 def test_configs_without_g_generate_what_they_did_before_g_existed() -> None:
-    # The TINY world of test_synthetic.py; the digest was taken before (g) was added (and equals it after).
+    # The TINY world of tests/ingest/test_synthetic.py; the digest was taken before (g) was added (and equals it after).
     tiny = SyntheticConfig(
         num_users=12,
         events_per_user=60,

@@ -14,8 +14,8 @@ import pytest
 from longrec.data.dataset import collate
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
-from longrec.data.schema import DataError
 from longrec.data.store import SPLITS, TrajectoryStore, id_dtype
+from longrec.ingest.schema import DataError
 from tests.conftest import make_log
 
 

@@ -39,9 +39,9 @@ import numpy as np
 import polars as pl
 
 from longrec import __version__
-from longrec.data.schema import DataError, LogSchema
 from longrec.data.store import FORMAT_VERSION, SPLITS, SampleSet, id_dtype, split_counts, vocab_sha, write_manifest
 from longrec.files import STORE, check_output, output_directory
+from longrec.ingest.schema import DataError, LogSchema
 
 __all__ = ["ID_MODES", "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "ImportResult", "import_samples"]
 

@@ -22,7 +22,6 @@ import polars as pl
 
 from longrec import __version__
 from longrec.data.protocols import ProtocolConfig, Trajectories, build_samples
-from longrec.data.schema import DataError, FilterReport, LogSchema, check_log
 from longrec.data.store import (
     FORMAT_VERSION,
     SAFE_NAME_RULE,
@@ -35,6 +34,7 @@ from longrec.data.store import (
     write_manifest,
 )
 from longrec.files import STORE, check_output, output_directory
+from longrec.ingest.schema import DataError, FilterReport, LogSchema, check_log
 
 __all__ = ["PrepareResult", "prepare"]
 
@@ -62,7 +62,7 @@ class PrepareResult:
 
 
 def _report_args(d: dict[str, Any]) -> dict[str, Any]:
-    return {"rows_read": d["rows_read"], "dropped": d["dropped"]}
+    return {"rows_read": d["rows_read"], "dropped": d["dropped"], "unused_columns": d.get("unused_columns", [])}
 
 
 def _check_vocab_names(extras: tuple[str, ...], source: str) -> None:
@@ -163,14 +163,14 @@ def prepare(
     """Prepare a canonical behaviour log into a trajectory store with samples.
 
     Args:
-        frame: the log with canonical columns (see `longrec.data.schema`).
+        frame: the log with canonical columns (see `longrec.ingest.schema`).
         out: the store directory: new, empty, or a previous store (replaced atomically, only with `force`).
         protocol: which samples to cut (`ProtocolConfig.for_protocol('A')`, ...).
         source: the log's name, quoted in errors and the manifest.
         load_report: rows the loader filtered, recorded in the manifest.
         extra_fields: extra id columns to keep; None keeps every extra column of the schema but `source_category`.
         extra_manifest: more JSON-ready manifest sections, e.g. {"taxonomy_coverage": ...} from
-            `longrec.data.unify`; a key that `prepare` writes itself is a ValueError.
+            `longrec.ingest.unify`; a key that `prepare` writes itself is a ValueError.
         force: replace `out` when it holds a previous store (never a folder holding anything else).
         allow_empty_splits: write the store even when the protocol cut no samples for a split (property tests on
             tiny random logs); such a store cannot train or evaluate on that split. A Protocol T split whose
@@ -185,7 +185,7 @@ def prepare(
             that skipped data and what to change. Nothing is written then.
 
     Example:
-        >>> from longrec.data.loaders import load_log  # doctest: +SKIP
+        >>> from longrec.ingest import load_log  # doctest: +SKIP
         >>> log = load_log("UserBehavior.csv", "taobao", actions=("pv",))  # doctest: +SKIP
         >>> protocol = ProtocolConfig.for_protocol("A")
         >>> prepare(log.frame, "data/taobao", protocol, load_report=log.report)  # doctest: +SKIP
@@ -195,7 +195,7 @@ def prepare(
     check_output(out, STORE, force)  # before any work: a refused --out costs nothing
     lazy = frame.lazy()
     # Default: every extra id column except `source_category`, a domain's raw category that taxonomy mapping
-    # (longrec.data.unify) has already turned into cat_*; embedding it again would duplicate the taxonomy.
+    # (longrec.ingest.unify) has already turned into cat_*; embedding it again would duplicate the taxonomy.
     inferred = LogSchema.infer(lazy.collect_schema().names())
     extras = tuple(e for e in inferred.extra if e != "source_category") if extra_fields is None else tuple(extra_fields)
     unknown = [e for e in extras if e not in inferred.extra]

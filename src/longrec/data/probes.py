@@ -1,6 +1,6 @@
 """Small planted tasks, as in-memory `Batch`es, that isolate one mechanism a model claims to learn.
 
-The synthetic log (`longrec.data.synthetic`) plants its mechanisms inside a realistic trajectory, where several
+The synthetic log (`longrec.ingest.synthetic`) plants its mechanisms inside a realistic trajectory, where several
 effects overlap. A probe task plants one rule and nothing else, on a few dozen items, so a model and its ablation can
 be trained to convergence in seconds and compared on exactly the ability that separates them. They back the
 mechanism tests and `benchmarks/bench_stacked_chain.py`, which both train with `fit_probe`.

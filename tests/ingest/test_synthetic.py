@@ -15,10 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
-from longrec.data import synthetic
-from longrec.data.schema import CATEGORICAL_COLUMNS, check_log
-from longrec.data.synthetic import ACTIONS, MECHANISMS, SyntheticConfig, SyntheticLog, generate
 from longrec.files import OutputError
+from longrec.ingest.schema import CATEGORICAL_COLUMNS, check_log
+from longrec.ingest.synthetic import ACTIONS, MECHANISMS, SyntheticConfig, SyntheticLog, generate, generator
+from longrec.ingest.synthetic.behaviour import Events
+from longrec.ingest.synthetic.mechanisms import Mechanism, Planted, SortedIndex
+from longrec.ingest.synthetic.world import World
 
 # A tiny world with many collisions: few categories/SPUs and a large ad share, so every mechanism fires.
 TINY = SyntheticConfig(
@@ -212,7 +214,7 @@ def _check_against_oracle(data: SyntheticLog) -> None:
 
 
 def test_chunked_generation_keeps_ids_and_ground_truth_consistent(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(synthetic, "_CHUNK_EVENTS", 150)  # ~3 users per chunk instead of all at once
+    monkeypatch.setattr(generator, "_CHUNK_EVENTS", 150)  # ~3 users per chunk instead of all at once
     data = generate(TINY)
     assert data.stats["chunks"] > 3
     assert data.log["event_id"].to_list() == list(range(data.log.height))
@@ -334,6 +336,39 @@ def test_noise_field_exists_only_with_c_and_changes_nothing_else() -> None:
     assert with_noise.log["noise_tag"].is_between(1, TINY.num_noise_tags).all()
     assert with_noise.log.drop("noise_tag").equals(without.log)
     assert with_noise.truth.equals(without.truth)
+
+
+def _plant_recent_behaviour(cfg: SyntheticConfig, world: World, events: Events, rng: np.random.Generator) -> Planted:
+    """A mechanism (h) written the way the package docstring says: +2 when the user has any earlier behaviour; the
+    relevant behaviour is the latest one."""
+    index = SortedIndex.build(events.beh_user, events.beh_rel, np.arange(events.num_behaviours), events.radix)
+    lo, hi = index.before(events.imp_user, events.imp_rel)  # [P]
+    hit = np.flatnonzero(hi > lo)  # [h]
+    return Planted(2.0 * (hi > lo), (hit, events.beh_event[index.row[hi[hit] - 1]]))
+
+
+def test_a_mechanism_registered_in_one_line_gets_its_truth_columns_and_leaves_other_configs_alone(
+    tiny: SyntheticLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(MECHANISMS, "h", Mechanism(_plant_recent_behaviour, "test: the latest behaviour, +2"))
+    assert generate(TINY).truth.equals(tiny.truth)  # registered but off: the frames of before
+    planted = generate(dataclasses.replace(TINY, mechanisms=(*TINY.mechanisms, "h")))
+    truth = planted.truth
+    assert "term_h" in truth.columns and "relevant_h" in truth.columns and "term_h" not in tiny.truth.columns
+    assert set(truth["term_h"].unique()) <= {0.0, 2.0}
+    shift = planted.planted["bias"] - tiny.planted["bias"]  # the bias is recalibrated for the new term
+    np.testing.assert_allclose(truth["logit"] - truth["term_h"], tiny.truth["logit"] + shift, rtol=0, atol=1e-9)
+    assert planted.log.drop("label").equals(tiny.log.drop("label"))  # (h) draws nothing: only the labels move
+    assert planted.metadata()["mechanisms"]["h"] == {"on": True, "doc": "test: the latest behaviour, +2"}
+    rows = planted.log.select("event_id", "user_id", "timestamp")
+    pairs = truth.select(
+        "event_id", "user_id", "timestamp", "term_h", pl.col("relevant_h").list.first().alias("latest")
+    )
+    joined = pairs.join(rows, left_on="latest", right_on="event_id", suffix="_b", how="left")
+    assert ((joined["term_h"] == 2.0) == joined["latest"].is_not_null()).all()
+    hit = joined.filter(pl.col("latest").is_not_null())
+    assert (hit["user_id"] == hit["user_id_b"]).all() and (hit["timestamp_b"] < hit["timestamp"]).all()
+    assert all(set(h) <= set(r) for h, r in zip(truth["relevant_h"], truth["relevant"], strict=True))
 
 
 def test_write_produces_the_files(tmp_path: Path, tiny: SyntheticLog) -> None:

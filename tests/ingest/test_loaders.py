@@ -10,20 +10,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from longrec.data import loaders
-from longrec.data.loaders import (
-    LOADERS,
-    TAOBAO_WINDOW,
-    load_amazon,
-    load_kuairand,
-    load_kuairec,
-    load_log,
-    load_movielens,
-    load_table,
-    load_taobao,
-    load_tmall,
-)
-from longrec.data.schema import DataError, check_log
+from longrec.ingest import LOADERS, load_log, reading
+from longrec.ingest.alibaba import TAOBAO_WINDOW, load_taobao, load_tmall
+from longrec.ingest.amazon import load_amazon
+from longrec.ingest.kuaishou import load_kuairand, load_kuairec
+from longrec.ingest.movielens import load_movielens
+from longrec.ingest.schema import DataError, check_log
+from longrec.ingest.table import load_table
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO / ".." / "shared" / "data"
@@ -48,7 +41,7 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def collect(log: loaders.LoadedLog) -> pl.DataFrame:
+def collect(log: reading.LoadedLog) -> pl.DataFrame:
     frame = log.collect()
     assert tuple(frame.columns) == log.schema.columns
     assert frame.height == log.report.rows_kept
@@ -91,7 +84,7 @@ def test_taobao_time_slice():
 
 def test_large_compressed_file_is_streamed_through_a_temp_file(monkeypatch, tmp_path):
     in_memory = load_taobao(shared(TAOBAO_927), window=None).collect()
-    monkeypatch.setattr(loaders, "_IN_MEMORY_BYTES", 1 << 16)
+    monkeypatch.setattr(reading, "_IN_MEMORY_BYTES", 1 << 16)
     log = load_taobao(TAOBAO_927, window=None, tmp_dir=tmp_path)
     (temp,) = log.temp_files
     assert temp.parent == tmp_path and temp.stat().st_size > 1 << 16
@@ -241,8 +234,70 @@ def test_table_parquet_keeps_dtypes_and_converts_datetimes(tmp_path):
     }
 
 
+def labelled_csv(path: Path) -> Path:
+    """Three users, four behaviours and one labelled impression each; 'label' and 'action' named like canonical
+    columns, 'price' like none."""
+    rows = ["user,item,ts,label,action,price"]
+    for user in (1, 2, 3):
+        rows += [f"{user},{10 + k},{1000 * user + 10 * k},,view,{k}.5" for k in range(4)]
+        rows.append(f"{user},{20 + user},{1000 * user + 45},{user % 2},impression,9.9")
+    return write(path, "\n".join(rows) + "\n")
+
+
+MAPPING = {"user_id": "user", "item_id": "item", "timestamp": "ts"}
+
+
+def test_table_reads_a_column_named_like_a_canonical_one_and_reports_every_column_it_does_not_read(tmp_path):
+    log = load_log(labelled_csv(tmp_path / "log.csv"), "csv", mapping=MAPPING)
+    events = collect(log)
+    assert log.schema.columns == ("user_id", "item_id", "timestamp", "action", "label")
+    assert events.filter(pl.col("label").is_not_null())["action"].to_list() == ["impression"] * 3
+    assert events["label"].drop_nulls().to_list() == [1, 0, 1]
+    assert log.report.unused_columns == ["price"]
+    assert "  unused column(s), not read into the log: price" in log.report.lines()
+    assert log.report.to_dict()["unused_columns"] == ["price"]
+
+
+def test_table_reads_a_same_named_column_only_when_nothing_else_reads_it(tmp_path):
+    path = write(tmp_path / "log.csv", "user,item,ts,label,clicked,action\n1,2,3,7,1,view\n")
+    log = load_table(path, mapping={**MAPPING, "label": "clicked"}, extra={"raw_action": "action"})
+    assert log.schema.columns == ("user_id", "item_id", "timestamp", "raw_action", "label")
+    assert collect(log).row(0) == (1, 2, 3, "view", 1)
+    assert log.report.unused_columns == ["label"]  # the mapping names another column for the label
+    write(path, "user_id,item_id,timestamp,cat_1,cat_2,cat_4,taxonomy\n1,2,3,a,b,d,a>b\n")
+    assert load_table(path).schema.taxonomy == ("cat_1", "cat_2")  # from cat_1 on, without gaps
+    assert load_table(path).report.unused_columns == ["cat_4", "taxonomy"]
+    assert load_table(path, taxonomy_levels=1).report.unused_columns == ["cat_2", "cat_4", "taxonomy"]
+    mapped = load_table(path, mapping={"taxonomy": "taxonomy"}, taxonomy_separator=">", taxonomy_levels=2)
+    assert collect(mapped).row(0)[3:] == ("a", "b") and mapped.report.unused_columns == ["cat_1", "cat_2", "cat_4"]
+
+
+def test_a_bad_value_in_a_column_read_by_its_name_says_why_it_is_read(tmp_path):
+    path = write(tmp_path / "log.csv", "user,item,ts,label\n1,2,3,yes\n")
+    pattern = r"log\.csv line 2, column 'label': expected 0 or 1 \(read as 'label' because of its name; extra="
+    with pytest.raises(DataError, match=pattern):
+        load_table(path, mapping=MAPPING)
+    assert load_table(path, mapping=MAPPING, extra={"label_raw": "label"}).schema.extra == ("label_raw",)
+
+
+def test_prepare_prints_the_csv_columns_it_did_not_read(tmp_path, capsys):
+    from longrec.cli import main
+    from longrec.data.store import TrajectoryStore
+
+    path = labelled_csv(tmp_path / "log.csv")
+    mapping = 'mapping={user_id = "user", item_id = "item", timestamp = "ts"}'
+    args = ["--format", "csv", "--option", mapping, "--set", "split_fractions=[0.34, 0.33, 0.33]"]  # 3 impressions
+    assert main(["prepare", str(path), *args, "--out", str(tmp_path / "store")]) == 0
+    out = capsys.readouterr().out
+    assert "12 behaviours, 3 labelled impressions" in out  # the label column was read, not dropped
+    assert "  load:   unused column(s), not read into the log: price" in out
+    manifest = TrajectoryStore.open(tmp_path / "store").manifest
+    assert manifest["schema"]["categorical"] == ["action"] and manifest["schema"]["has_label"]
+    assert manifest["load_report"]["unused_columns"] == ["price"]
+
+
 def test_synthetic_log_directory_is_read_as_stored(tmp_path):
-    from longrec.data.synthetic import SyntheticConfig, generate
+    from longrec.ingest.synthetic import SyntheticConfig, generate
 
     generate(SyntheticConfig(num_users=30, events_per_user=20, impressions_per_user=2)).write(tmp_path / "synth")
     log = load_log(tmp_path / "synth", "synthetic")

@@ -11,19 +11,16 @@ import polars as pl
 import pytest
 
 from longrec.cli import main
-from longrec.data.loaders import load_kuairec, load_synthetic, load_table, load_taobao
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
-from longrec.data.schema import DataError
 from longrec.data.store import TrajectoryStore
-from longrec.data.unify import (
-    Source,
-    SourceSpec,
-    parse_source,
-    read_sources_file,
-    read_taxonomy_map,
-    unify,
-)
+from longrec.ingest.alibaba import load_taobao
+from longrec.ingest.kuaishou import load_kuairec
+from longrec.ingest.schema import DataError
+from longrec.ingest.sources import SourceSpec, parse_source, read_sources_file
+from longrec.ingest.table import load_synthetic, load_table
+from longrec.ingest.taxonomy import read_taxonomy_map
+from longrec.ingest.unify import Source, unify
 from longrec.settings import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,7 +130,7 @@ def test_a_user_in_only_one_source_keeps_a_trajectory(tmp_path):
 
 
 def test_synthetic_map_rederives_the_generators_unified_columns(tmp_path):
-    from longrec.data.synthetic import SyntheticConfig, generate
+    from longrec.ingest.synthetic import SyntheticConfig, generate
 
     config = SyntheticConfig(num_users=20, events_per_user=30, impressions_per_user=2)
     generate(config).write(tmp_path / "synth")
@@ -308,8 +305,18 @@ def test_parse_source_specs():
 def test_csv_source_without_a_mapping_is_read_as_stored():
     source = SourceSpec(str(ADS), "csv").load()
     assert source.log.schema.columns == ("user_id", "item_id", "timestamp", "action", "source_category")
+    assert source.log.report.unused_columns == []
+    # With a mapping, load_table's own rules: same-named canonical columns are read, the others reported by name.
     mapped = SourceSpec(str(ADS), "csv", options={"mapping": {"user_id": "user_id"}}).load()
-    assert mapped.log.schema.columns == ("user_id", "item_id", "timestamp")  # load_table's own rules
+    assert mapped.log.schema.columns == ("user_id", "item_id", "timestamp", "action")
+    assert mapped.log.report.unused_columns == ["source_category"]
+
+
+def test_the_merged_report_names_each_sources_unused_columns():
+    mapped = SourceSpec(str(ADS), "csv", domain="ad", options={"mapping": {"user_id": "user_id"}}).load()
+    report = unify([tiny_sources()[1], mapped]).report
+    assert report.unused_columns == ["source_category (source 2)"]
+    assert "  unused column(s), not read into the log: source_category (source 2)" in report.lines()
 
 
 def test_sources_file_lists_every_problem(tmp_path):
@@ -367,14 +374,16 @@ def test_cli_single_input_is_unchanged_and_an_input_joining_sources_needs_a_doma
     fractions = "split_fractions=[0.6, 0.2, 0.2]"  # 5 targets: the default 0.8/0.1/0.1 leaves valid empty
     assert main(["prepare", str(ADS), "--format", "csv", "--set", fractions, "--out", str(tmp_path / "one")]) == 0
     manifest = TrajectoryStore.open(tmp_path / "one").manifest
-    assert "taxonomy_coverage" not in manifest and manifest["schema"]["categorical"] == []
+    # load_table's rules, not a source's read-as-stored: 'action' is read by its name, 'source_category' reported.
+    assert "taxonomy_coverage" not in manifest and manifest["schema"]["categorical"] == ["action"]
+    assert manifest["load_report"]["unused_columns"] == ["source_category"]
     args = ["prepare", str(CONTENT), "--format", "csv", "--source", f"{ADS}:csv:ad", "--out", str(tmp_path / "two")]
     assert main(args) == 2
     assert "content.csv has no domain: give the source a domain" in capsys.readouterr().err
 
 
 def test_cli_single_synthetic_input_with_its_map(tmp_path, capsys):
-    from longrec.data.synthetic import SyntheticConfig, generate
+    from longrec.ingest.synthetic import SyntheticConfig, generate
 
     generate(SyntheticConfig(num_users=20, events_per_user=20, impressions_per_user=2)).write(tmp_path / "raw")
     args = ["prepare", str(tmp_path / "raw"), "--format", "synthetic", "--out", str(tmp_path / "store")]

@@ -1,6 +1,6 @@
 """The behaviour-log schema: one record per event, the same columns whatever the source format.
 
-Every loader in `longrec.data.loaders` turns its format into a table with these canonical columns; `prepare`
+Every loader in `longrec.ingest` turns its format into a table with these canonical columns; `prepare`
 only ever sees canonical columns. Required: `user_id`, `item_id`, `timestamp` (integer epoch seconds). Optional:
 
 - `domain` (ad, content, ...), `scene` (app surface), `action` (click, view, cart, buy, ...): categorical strings;
@@ -99,10 +99,12 @@ class LogSchema:
 
 @dataclass
 class FilterReport:
-    """Rows a loader or `prepare` removed, by reason. Nothing is dropped without a line here."""
+    """Rows a loader or `prepare` removed, by reason, and file columns it did not read. Nothing is dropped without a
+    line here."""
 
     rows_read: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    unused_columns: list[str] = field(default_factory=list)  # file columns not read into the log (load_table)
 
     def drop(self, reason: str, count: int) -> None:
         if count:
@@ -116,10 +118,17 @@ class FilterReport:
         """Human-readable summary, one line per reason."""
         out = [f"read {self.rows_read:,} rows, kept {self.rows_kept:,}"]
         out += [f"  dropped {n:,} rows: {reason}" for reason, n in self.dropped.items()]
+        if self.unused_columns:
+            out.append(f"  unused column(s), not read into the log: {', '.join(self.unused_columns)}")
         return out
 
     def to_dict(self) -> dict[str, object]:
-        return {"rows_read": self.rows_read, "rows_kept": self.rows_kept, "dropped": dict(self.dropped)}
+        return {
+            "rows_read": self.rows_read,
+            "rows_kept": self.rows_kept,
+            "dropped": dict(self.dropped),
+            "unused_columns": list(self.unused_columns),
+        }
 
 
 def _first_bad_row(frame: pl.DataFrame, bad: pl.Expr) -> tuple[int, object] | None:

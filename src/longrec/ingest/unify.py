@@ -1,16 +1,11 @@
-"""Unified commercial trajectories: several behaviour sources -> one canonical log, one taxonomy (SPEC §1).
+"""Unified commercial trajectories: several behaviour sources -> one canonical log, one taxonomy.
 
 Ad behaviours alone are sparse, so a user's trajectory merges several ad scenarios *and* content domains. `unify`
-takes several `Source`s (each a canonical log from `longrec.data.loaders`, plus the domain and scene it stands for)
-and a taxonomy mapping table, and returns one lazy canonical log that `prepare` turns into one time-sorted
-trajectory per user, with a `CoverageReport` of how well each domain's categories map onto the unified taxonomy.
-
-**The mapping table** (CSV or Parquet; docs/unify.md) has columns `domain, source_category, cat_1, ..., cat_M`: the
-domain's own category -> its unified path, coarse to fine. An empty level is one the domain cannot reach (content
-never reaches the SPU level). A path has no gaps (`cat_2` set needs `cat_1` set), a key has one path, and the unified
-taxonomy is a tree (each node has one parent), because `prepare` gives every level its own id block and hierarchical
-search matches on it; any violation is a `DataError` naming the file, line, column, expected and got. Other columns
-(names, comments) are ignored. `longrec synth` writes such a table as `taxonomy_map.csv`.
+takes several `Source`s (each a canonical log from a `longrec.ingest` loader, plus the domain and scene it stands for)
+and a taxonomy mapping table (`longrec.ingest.taxonomy`), and returns one lazy canonical log that `prepare` turns
+into one time-sorted trajectory per user, with a `CoverageReport` of how well each domain's categories map onto the
+unified taxonomy. Sources still on disk (`SourceSpec`, `--source`, `--sources` files) are read by
+`longrec.ingest.sources`.
 
 **Each source** gets its `domain` (and `scene`, when given) as constant columns, replacing any it had. Its categories
 come either from the table, looked up by (domain, value of its category column; compared as text, so 7 and "7" are
@@ -32,7 +27,7 @@ result never depends on anything but the order of the sources.
 **Cost.** The coverage report is one streaming pass over the merged frame; `prepare` reads the sources again.
 
 Example:
-    >>> from longrec.data.loaders import load_log  # doctest: +SKIP
+    >>> from longrec.ingest import load_log  # doctest: +SKIP
     >>> sources = [
     ...     Source(load_log("ub.csv.gz", "taobao", actions=("pv",)), domain="ad", scene="browse"),
     ...     Source(load_log("ub.csv.gz", "taobao", actions=("cart", "fav", "buy")), domain="ad", scene="transact"),
@@ -43,365 +38,36 @@ Example:
 
 from __future__ import annotations
 
-import bz2
-import csv
-import difflib
-import gzip
 import logging
-import lzma
-import os
-import re
-import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import polars as pl
 
-from longrec.data.loaders import LOADERS, LoadedLog, load_log
-from longrec.data.schema import (
-    CATEGORICAL_COLUMNS,
-    REQUIRED_COLUMNS,
-    RESERVED_COLUMNS,
-    DataError,
-    FilterReport,
-    check_log,
-)
+from longrec.ingest.reading import LoadedLog, PathLike, _with_hints
+from longrec.ingest.schema import CATEGORICAL_COLUMNS, REQUIRED_COLUMNS, FilterReport, check_log
+from longrec.ingest.taxonomy import _CAT, MAP_KEYS, TaxonomyMap, _cat_levels, _resize, read_taxonomy_map
 
-__all__ = [
-    "CoverageReport",
-    "DomainCoverage",
-    "Source",
-    "SourceSpec",
-    "SourcesFile",
-    "TaxonomyMap",
-    "Unified",
-    "parse_source",
-    "read_sources_file",
-    "read_taxonomy_map",
-    "unify",
-]
+__all__ = ["CoverageReport", "DomainCoverage", "Source", "Unified", "unify"]
 
 logger = logging.getLogger(__name__)
 
-PathLike = str | os.PathLike[str]
-
-MAP_KEYS = ("domain", "source_category")
 NULL_DOMAIN = "(null)"  # how a null domain is named in the report
-_CAT = re.compile(r"^cat_(\d+)$")
 # Row status in the coverage pass.
 _MAPPED, _UNMAPPED, _NO_CATEGORY = 0, 1, 2
-
-
-def _cat_levels(names: Sequence[str]) -> list[int]:
-    """Sorted level numbers m of the `cat_m` columns among `names`."""
-    return sorted(int(match.group(1)) for n in names if (match := _CAT.match(n)))
-
-
-def _hint(name: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else "")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The taxonomy mapping table.
-
-
-@dataclass(frozen=True)
-class TaxonomyMap:
-    """A checked taxonomy mapping table: (domain, source_category) -> unified path cat_1..cat_M."""
-
-    table: pl.DataFrame  # domain (str), source_category (str), cat_1..cat_M; one row per key
-    source: str  # the file name (or "DataFrame"), quoted in the report
-    duplicates: int = 0  # rows that repeated another row's key with the same path (dropped)
-
-    @property
-    def levels(self) -> int:
-        return len(_cat_levels(self.table.columns))
-
-    def entries(self) -> dict[str, int]:
-        """Keys per domain."""
-        counts = self.table.group_by("domain").len().sort("domain")
-        return dict(zip(counts["domain"].to_list(), counts["len"].to_list(), strict=True))
-
-
-def _as_int_if_all_int(column: pl.Series) -> pl.Series:
-    """A text column whose non-null values are all integers becomes Int64 (like `load_table` on CSV)."""
-    as_int = column.cast(pl.Int64, strict=False)
-    return as_int if as_int.null_count() == column.null_count() else column
-
-
-def _resize(table: pl.DataFrame, levels: int) -> pl.DataFrame:
-    """Keep the coarsest `levels` levels of a map; levels it lacks are null (no domain reaches them)."""
-    if levels < 1:
-        raise ValueError(f"taxonomy levels must be a positive int. Got {levels} instead.")
-    have = len(_cat_levels(table.columns))
-    cats = [pl.col(f"cat_{m}") if m <= have else pl.lit(None, pl.Int64).alias(f"cat_{m}") for m in range(1, levels + 1)]
-    return table.select(*MAP_KEYS, *cats)
-
-
-def read_taxonomy_map(mapping: PathLike | pl.DataFrame, levels: int | None = None) -> TaxonomyMap:
-    """Read and check a taxonomy mapping table.
-
-    Args:
-        mapping: a CSV file (optionally compressed; every value read as text, a level whose values are all integers
-            becomes Int64), a Parquet file (.parquet/.pq; dtypes kept), or a DataFrame with the same columns.
-        levels: M, the unified depth to keep: finer levels of the file are cut, missing ones are null. None: all of
-            the file's levels.
-
-    Returns:
-        The checked table, one row per (domain, source_category).
-
-    Raises:
-        FileNotFoundError: no such file.
-        DataError: a missing column, an empty key, a path with a gap or without cat_1, a key mapped to two different
-            paths, or a node with two parents; the message names the file, the line (CSV, 1-based with the header)
-            or row (0-based), the column, what was expected and what was found.
-    """
-    if isinstance(mapping, pl.DataFrame):
-        name, frame, is_csv = "taxonomy map (DataFrame)", mapping, False
-    else:
-        path = Path(mapping)
-        if not path.is_file():
-            raise FileNotFoundError(f"Taxonomy map {str(mapping)!r} does not exist (or is not a file).")
-        name = str(mapping)
-        suffixes = [s.lower() for s in path.suffixes]
-        is_csv = not (suffixes and suffixes[-1] in (".parquet", ".pq"))
-        try:
-            frame = pl.read_csv(path, infer_schema=False) if is_csv else pl.read_parquet(path)
-        except (pl.exceptions.PolarsError, OSError) as exc:
-            kind = "CSV" if is_csv else "Parquet"
-            raise DataError(f"{name}: expected a {kind} taxonomy map, got a read error: {exc}.") from exc
-
-    def where(row: int) -> str:
-        return f"{name} line {row + 2}" if is_csv else f"{name} row {row} (0-based)"
-
-    found = frame.columns
-    numbers = _cat_levels(found)
-    missing = [c for c in (*MAP_KEYS, "cat_1") if c not in found]
-    if missing:
-        raise DataError(
-            f"{name} is missing column(s) {', '.join(_hint(c, found) for c in missing)}. Found: "
-            f"{', '.join(found) or 'no columns'}. "
-            "A taxonomy map has columns domain, source_category, cat_1, ..., cat_M."
-        )
-    if numbers != list(range(1, len(numbers) + 1)):
-        gap = next(m for m in range(1, numbers[-1] + 1) if m not in numbers)
-        raise DataError(
-            f"{name} has level columns {', '.join(f'cat_{m}' for m in numbers)}: expected cat_1..cat_M without gaps, "
-            f"got no cat_{gap}."
-        )
-    if frame.height == 0:
-        raise DataError(f"{name}: expected at least one mapping row, got 0 rows.")
-    cats = [f"cat_{m}" for m in numbers]
-
-    def text(col: str) -> pl.Expr:
-        value = pl.col(col).cast(pl.String)
-        return pl.when(value != "").then(value)  # an empty text value is a missing one
-
-    frame = frame.select(
-        *(text(c).alias(c) for c in (*MAP_KEYS, *cats) if c in MAP_KEYS or frame.schema[c] == pl.String),
-        *(c for c in cats if frame.schema[c] != pl.String),
-    ).select(*MAP_KEYS, *cats)
-    if is_csv:
-        frame = frame.with_columns(_as_int_if_all_int(frame[c]) for c in cats)
-    frame = frame.with_row_index("_row")
-
-    def first(bad: pl.Expr) -> dict[str, Any] | None:
-        hit = frame.filter(bad).head(1)
-        return hit.row(0, named=True) if hit.height else None
-
-    for col, what in (("domain", "a domain name"), ("source_category", "a source category")):
-        if (row := first(pl.col(col).is_null())) is not None:
-            raise DataError(f"{where(row['_row'])}, column '{col}': expected {what}, got an empty value.")
-    if (row := first(pl.col("cat_1").is_null())) is not None:
-        raise DataError(
-            f"{where(row['_row'])}, column 'cat_1': expected the coarsest unified category (every mapped path "
-            "starts at cat_1), got an empty value."
-        )
-    for m in range(2, len(cats) + 1):
-        if (row := first(pl.col(f"cat_{m - 1}").is_null() & pl.col(f"cat_{m}").is_not_null())) is not None:
-            raise DataError(
-                f"{where(row['_row'])}, column 'cat_{m}': expected an empty value because cat_{m - 1} is empty (a "
-                f"path runs coarse to fine without gaps), got {row[f'cat_{m}']!r}."
-            )
-
-    def path_of(row: dict[str, Any]) -> str:
-        return " > ".join(str(row[c]) for c in cats if row[c] is not None)
-
-    # One path per key: exact repeats are harmless (dropped, counted); different paths are an error.
-    unique = frame.unique([*MAP_KEYS, *cats], keep="first", maintain_order=True)
-    conflict = unique.filter(pl.len().over(MAP_KEYS) > 1)
-    if conflict.height:
-        d, k = conflict.row(0)[1:3]
-        a, b = conflict.filter((pl.col("domain") == d) & (pl.col("source_category") == k)).head(2).rows(named=True)
-        raise DataError(
-            f"{where(b['_row'])}: domain {b['domain']!r}, source_category {b['source_category']!r} is mapped twice: "
-            f"expected one path, got {path_of(a)!r} at {where(a['_row'])} and {path_of(b)!r} here."
-        )
-    # A tree: every node of level m >= 2 has one parent (prepare gives each level its own id block, so a node with two
-    # parents would be one category under two coarser ones).
-    for m in range(2, len(cats) + 1):
-        child, parent = f"cat_{m}", f"cat_{m - 1}"
-        nodes = unique.filter(pl.col(child).is_not_null()).unique([child, parent], keep="first", maintain_order=True)
-        clash = nodes.filter(pl.len().over(child) > 1)
-        if clash.height:
-            a, b = clash.filter(pl.col(child) == clash[child][0]).head(2).rows(named=True)
-            raise DataError(
-                f"{where(b['_row'])}, column '{parent}': {child} = {b[child]!r} already has the parent "
-                f"{a[parent]!r} at {where(a['_row'])}, got {b[parent]!r}; every unified category needs one parent."
-            )
-    table = unique.drop("_row")
-    if levels is not None:
-        table = _resize(table, levels)
-    return TaxonomyMap(table=table, source=name, duplicates=frame.height - unique.height)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Sources.
 
 
 @dataclass(frozen=True)
 class Source:
     """One behaviour source: a canonical log and the domain/scene it stands for."""
 
-    log: LoadedLog | pl.LazyFrame | pl.DataFrame  # canonical columns (see longrec.data.schema)
+    log: LoadedLog | pl.LazyFrame | pl.DataFrame  # canonical columns (see longrec.ingest.schema)
     domain: str | None = None  # every row's domain; None: the log's own `domain` column
     scene: str | None = None  # every row's scene (app surface); None: the log's own `scene` column, if any
     category: str | None = None  # column looked up in the map; None: 'source_category' if present (and a map given)
     item_prefix: str | None = None  # item ids become text f"{prefix}{id}", to keep id spaces of domains apart
     name: str | None = None  # quoted in errors and the report; default the loaded file, or "source N"
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """A source still on disk: a file, its format and loader options, and the `Source` settings."""
-
-    path: str
-    format: str
-    options: dict[str, Any] = field(default_factory=dict)
-    domain: str | None = None
-    scene: str | None = None
-    category: str | None = None
-    item_prefix: str | None = None
-
-    def load(self) -> Source:
-        """Load the file with `load_log(path, format, **options)`.
-
-        A csv/parquet source without a `mapping`, `extra` or `columns` option is read as stored: its canonical
-        columns, and every other column (such as `source_category`) as an extra field.
-        """
-        options = dict(self.options)
-        if self.format in ("csv", "parquet") and not {"mapping", "extra", "columns"} & set(options):
-            names = _header(Path(self.path), self.format, options.get("separator", ","))
-            canonical = {*REQUIRED_COLUMNS, *CATEGORICAL_COLUMNS, *RESERVED_COLUMNS}
-            options["mapping"] = {c: c for c in names if c in canonical or _CAT.match(c)}
-            options["extra"] = [c for c in names if c not in options["mapping"] and not c.startswith("_")]
-        log = load_log(self.path, self.format, **options)
-        return Source(log, self.domain, self.scene, self.category, self.item_prefix)
-
-
-def _header(path: Path, format: str, separator: str) -> list[str]:
-    """The column names of a CSV (optionally compressed) or Parquet file, without reading its rows."""
-    if not path.is_file():
-        raise FileNotFoundError(f"Log file {str(path)!r} does not exist (or is not a file).")
-    if format == "parquet":
-        return list(pl.scan_parquet(path).collect_schema().names())
-    openers: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
-    opener = openers.get(path.suffix.lower(), open)
-    with opener(path, "rt", encoding="utf-8", newline="") as stream:
-        return next(csv.reader(stream, delimiter=separator), [])
-
-
-def parse_source(text: str) -> SourceSpec:
-    """`PATH:FORMAT[:DOMAIN[:SCENE]]` (the `--source` option) -> a spec without loader options.
-
-    The format is the first field after the path that names a format, so a path may hold ':'. An empty DOMAIN
-    (`PATH:FORMAT::SCENE`) takes the log's own domain column.
-    """
-    parts = text.split(":")
-    for i in range(1, len(parts)):
-        if parts[i] in LOADERS and len(parts) - i - 1 <= 2 and ":".join(parts[:i]):
-            domain, scene = (*parts[i + 1 :], None, None)[:2]
-            return SourceSpec(":".join(parts[:i]), parts[i], domain=domain or None, scene=scene or None)
-    raise ValueError(
-        f"--source {text!r}: expected PATH:FORMAT[:DOMAIN[:SCENE]] with FORMAT one of {', '.join(sorted(LOADERS))}. "
-        "Loader options go in a --sources file."
-    )
-
-
-@dataclass(frozen=True)
-class SourcesFile:
-    """A `--sources` TOML file: the sources and, optionally, the taxonomy map and depth."""
-
-    sources: list[SourceSpec]
-    taxonomy_map: str | None = None
-    taxonomy_levels: int | None = None
-
-
-_FILE_KEYS = ("source", "taxonomy_map", "taxonomy_levels")
-_SOURCE_KEYS = ("path", "format", "options", "domain", "scene", "category", "item_prefix")
-
-
-def _unknown_key(where: str, key: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
-    return f"{where}: unknown key ({hint})"
-
-
-def read_sources_file(path: PathLike) -> SourcesFile:
-    """Read a sources TOML file (docs/unify.md): `[[source]]` tables with path, format, options, domain, scene,
-    category, item_prefix; top-level `taxonomy_map` and `taxonomy_levels`. Paths are relative to the working
-    directory, as on the command line.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ConfigError: every problem at once (bad TOML, unknown keys with did-you-mean, wrong types, unknown format).
-    """
-    from longrec.settings import ConfigError
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"Sources file {str(path)!r} does not exist (or is not a file).")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"not valid TOML: {exc}"], str(path)) from exc
-    problems: list[str] = []
-    problems += [_unknown_key(key, key, _FILE_KEYS) for key in data if key not in _FILE_KEYS]
-    tables = data.get("source", [])
-    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
-        problems.append("source: expected one or more [[source]] tables, got " + (repr(tables) if tables else "none"))
-        tables = []
-    specs: list[SourceSpec] = []
-    for i, table in enumerate(tables, start=1):
-        at = f"source {i}"
-        problems += [_unknown_key(f"{at}.{key}", key, _SOURCE_KEYS) for key in table if key not in _SOURCE_KEYS]
-        for key in ("path", "format"):
-            if not isinstance(table.get(key), str) or not table[key]:
-                problems.append(f"{at}.{key}: expected a non-empty string, got {table.get(key)!r}")
-        for key in ("domain", "scene", "category", "item_prefix"):
-            if key in table and not isinstance(table[key], str):
-                problems.append(f"{at}.{key}: expected a string, got {type(table[key]).__name__} {table[key]!r}")
-        if "options" in table and not isinstance(table["options"], dict):
-            problems.append(f"{at}.options: expected a table of loader options, got {table['options']!r}")
-        fmt = table.get("format")
-        if isinstance(fmt, str) and fmt and fmt not in LOADERS:
-            close = difflib.get_close_matches(fmt, list(LOADERS), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            problems.append(f"{at}.format: unknown format {fmt!r}{hint}; known: {', '.join(sorted(LOADERS))}")
-        if not problems:
-            specs.append(SourceSpec(**{k: table[k] for k in _SOURCE_KEYS if k in table}))
-    taxonomy_map = data.get("taxonomy_map")
-    if taxonomy_map is not None and not isinstance(taxonomy_map, str):
-        problems.append(f"taxonomy_map: expected a file name, got {taxonomy_map!r}")
-    levels = data.get("taxonomy_levels")
-    if levels is not None and (not isinstance(levels, int) or isinstance(levels, bool) or levels < 1):
-        problems.append(f"taxonomy_levels: expected a positive int, got {levels!r}")
-    if problems:
-        raise ConfigError(problems, str(path))
-    return SourcesFile(specs, taxonomy_map, levels)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -546,7 +212,7 @@ def _source_frame(
     if key is not None and table is None:
         raise ValueError(f"{name} names category column '{key}' but no taxonomy map was given.")
     if key is not None and key not in names:
-        raise ValueError(f"{name} has no category column {_hint(key, names)}. Its columns: {', '.join(names)}.")
+        raise ValueError(f"{name} has no category column {_with_hints([key], names)}. Its columns: {', '.join(names)}.")
     own = _cat_levels(names)
     cats = [f"cat_{m}" for m in range(1, levels + 1)]
     lazy = lazy.with_columns(_source=pl.lit(index, pl.Int32))
@@ -703,6 +369,7 @@ def unify(
             report.rows_read += s.log.report.rows_read
             for reason, n in s.log.report.dropped.items():
                 report.drop(f"source {i} ({name}): {reason}", n)
+            report.unused_columns += [f"{column} (source {i})" for column in s.log.report.unused_columns]
         else:
             report.rows_read += source_rows[i - 1]
     return Unified(merged.select(columns), coverage, report)
