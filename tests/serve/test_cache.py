@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from longrec.data.batch import Batch
 from longrec.models import build_model
@@ -203,3 +205,57 @@ def test_a_one_user_request_is_looked_up_once_and_scores_like_recomputing() -> N
     assert counting.calls == [1] and (cache.misses, cache.hits, len(cache)) == (1, 1, 1)
     with torch.no_grad():
         torch.testing.assert_close(model.score_with_state(again, request), model(request), rtol=1e-6, atol=1e-6)
+
+
+def one_row(times: list[int], length: int, target_time: int, timestamps: bool) -> Batch:
+    """User 0's history: the behaviours at `times` (sorted), the last `length` columns of them, left-padded."""
+    kept = times[-length:] if length else []
+    history = torch.zeros(1, length, dtype=torch.long)
+    delta = torch.zeros(1, length)
+    if kept:
+        history[0, length - len(kept) :] = torch.arange(len(kept)) % 49 + 1
+        delta[0, length - len(kept) :] = (target_time - torch.tensor(kept, dtype=torch.long)).float()
+    return Batch(
+        history=history,
+        history_mask=history != 0,
+        target=torch.tensor([1]),
+        history_time_delta=delta if timestamps else None,
+        target_time=torch.tensor([target_time]) if timestamps else None,
+        user=torch.tensor([0]),
+    )
+
+
+def stale_by_counting(newest: float | None, length: int, batch: Batch, refresh_after_new: int) -> bool:
+    """The reference: count every behaviour of the row newer than the state's (O(L)), as the cache did before."""
+    mask = batch.history_mask[0]  # [L]
+    if newest is not None and batch.target_time is not None and batch.history_time_delta is not None:
+        times = batch.target_time.double() - batch.history_time_delta[0].double()  # [L]
+        slack = 1.0 + batch.history_time_delta[0].double() * 2.0**-22  # [L]
+        new = int(((times > newest + slack) & mask).sum())
+    else:
+        new = int(mask.sum()) - length
+    return new >= refresh_after_new
+
+
+@settings(max_examples=100, deadline=None)
+@given(gaps=st.lists(st.sampled_from([0, 1, 2, 3, 4, 10**7]), min_size=1, max_size=20), data=st.data())
+def test_the_refresh_check_on_two_columns_decides_as_counting_the_whole_history(gaps: list[int], data) -> None:
+    # One user's time-sorted trajectory (ties, steps of seconds, gaps of months); the cached state saw its first
+    # `seen` events and the request holds its first `held` events, both left-padded to L, each with its own target
+    # time (float32 deltas of years round by several seconds). Every refresh_after_new from 1 to L + 2 is checked.
+    times = (T0 + torch.tensor(gaps).cumsum(0)).tolist()
+    L = data.draw(st.integers(1, 12), label="L")
+    seen = data.draw(st.integers(0, len(times)), label="seen")
+    held = min(max(seen + data.draw(st.integers(-2, L + 2), label="held - seen"), 0), len(times))
+    state_time, request_time = (times[-1] + data.draw(st.sampled_from([0, 10**8]), label="wait") for _ in "ab")
+    state_row = one_row(times[:seen], L, state_time, timestamps=True)
+    request = one_row(times[:held], L, request_time, data.draw(st.booleans(), label="request has timestamps"))
+    cache = UserStateCache(capacity=1)
+    cache.put(state_row, torch.zeros(1, 2), "v1", now=0.0)
+    entry = cache._entries[(0, "v1")]
+    for refresh_after_new in range(1, L + 3):
+        cache.refresh_after_new = refresh_after_new
+        history = cache._read_histories(request, [0])[0]
+        assert history.length == int(request.history_mask.sum())
+        expected = stale_by_counting(entry.newest, entry.length, request, refresh_after_new)
+        assert cache._is_stale(entry, history, now=0.0) == expected, f"refresh_after_new={refresh_after_new}"

@@ -19,6 +19,14 @@ behaviours more than 1 s, plus float32 rounding, after the newest one the state 
 of real behaviours, which stops at the padded length L. Without any rule a state is reused until evicted or
 invalidated. **Eviction**: least recently used, at `capacity` users × versions.
 
+**Layout and cost.** The cache trusts the `Batch` layout (`longrec.data.batch`) and does not check it: histories are
+left-padded (the real behaviours of a row are its last `length` columns; `collate` pads on the left and
+`longrec.search.one_user_request` views one such row) and in chronological order, oldest first, so column L - 1 is
+the newest behaviour and `history_time_delta` does not increase along the real columns (`prepare` sorts each
+trajectory by timestamp). The behaviours newer than a cached state are therefore the last columns of the row, and at
+least `refresh_after_new` = R of them are new exactly when column L - R is a real behaviour newer than the state's
+newest. A lookup reads columns L - 1 and L - R and binary-searches the mask for the length: O(log L) per user, not O(L).
+
 A state is computed from one history, so every row of one user in a batch must carry the same history (a serving
 batch: one user, C candidates); `put` and `state_for` reject a batch whose rows of one user disagree. Counters count
 distinct users per lookup: `hits` (fresh entry), `misses` (no entry for this user and version), `refreshes` (an
@@ -49,12 +57,28 @@ class StatefulModel(Protocol):
     def user_state(self, batch: Batch) -> Tensor: ...
 
 
+# float32 deltas of up to years round by a few seconds: a behaviour is new when it is more than 1 s plus 2^-22 of its
+# delta after the newest one a state saw.
+_ROUNDING_PER_SECOND = 2.0**-22
+
+
 @dataclass(frozen=True)
 class _Entry:
     state: Tensor  # [...] one user's state, e.g. [S, E]
     computed_at: float  # the caller's wall time when it was computed
     length: int  # real behaviours in the history it was computed from
     newest: float | None  # epoch seconds of that history's most recent behaviour; None without timestamps
+
+
+@dataclass(frozen=True)
+class _History:
+    """What a lookup reads of one row's history: columns L - 1 and L - R and the length, in O(log L)."""
+
+    length: int  # real behaviours
+    timed: bool  # the batch has target_time and history_time_delta
+    newest: float | None  # epoch seconds of column L - 1; None when not timed or without behaviours
+    recent: float | None  # epoch seconds of column L - R, the R-th newest; None when not timed, R > L or padding
+    recent_delta: float  # its history_time_delta; 0 when recent is None
 
 
 def _rows(batch: Batch, rows: Tensor) -> Batch:
@@ -113,14 +137,13 @@ class UserStateCache:
         """
         users = self._users(batch)
         first = self._first_rows(users)  # user -> first row
-        length = batch.history_mask.sum(dim=1)  # [B]
-        times = self._behaviour_times(batch)  # [B, L] float64, or None
+        histories = self._read_histories(batch, list(first.values()))
         found: dict[int, Tensor] = {}
-        for user, b in first.items():
+        for user, history in zip(first, histories, strict=True):
             entry = self._entries.get((user, version))
             if entry is None:
                 self.misses += 1
-            elif self._is_stale(entry, batch, b, int(length[b]), times, now):
+            elif self._is_stale(entry, history, now):
                 self.refreshes += 1
             else:
                 self.hits += 1
@@ -148,11 +171,10 @@ class UserStateCache:
                 f"Got {list(states.shape)} instead."
             )
         self._check_one_history_per_user(batch, users)
-        length = batch.history_mask.sum(dim=1)  # [B]
-        times = self._behaviour_times(batch)  # [B, L] float64, or None
-        for user, b in self._first_rows(users).items():
-            newest = float(times[b, -1]) if times is not None and int(length[b]) > 0 else None  # column L-1: newest
-            self._entries[(user, version)] = _Entry(states[b].detach().clone(), now, int(length[b]), newest)
+        first = self._first_rows(users)
+        histories = self._read_histories(batch, list(first.values()))
+        for (user, b), h in zip(first.items(), histories, strict=True):
+            self._entries[(user, version)] = _Entry(states[b].detach().clone(), now, h.length, h.newest)
             self._entries.move_to_end((user, version))
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
@@ -176,8 +198,8 @@ class UserStateCache:
         """
         users = self._users(batch)
         if shares_one_history(batch) and len(set(users)) == 1:  # one user, C candidates (`one_user_request`)
-            one = _rows(batch, torch.zeros(1, dtype=torch.long, device=batch.history.device))  # [1, L] history
-            state = self.state_for(model, one, version, now)  # [1, ...]: O(L) bookkeeping, not O(C·L)
+            one = Batch(**{name: value[:1] for name, value in batch.fields().items()})  # [1, L] views, no copy
+            state = self.state_for(model, one, version, now)  # [1, ...]: O(log L) bookkeeping, not O(C·L)
             return state.expand(len(users), *state.shape[1:])  # [B, ...] a view
         self._check_one_history_per_user(batch, users)
         cached, fresh = self.get(batch, version, now)  # [B, ...] or None, [B]
@@ -197,18 +219,41 @@ class UserStateCache:
         out[torch.tensor(rows, device=out.device)] = computed[index]  # [B, ...]
         return out
 
-    def _is_stale(self, entry: _Entry, batch: Batch, b: int, length: int, times: Tensor | None, now: float) -> bool:
+    def _is_stale(self, entry: _Entry, history: _History, now: float) -> bool:
         if self.max_age_s is not None and now - entry.computed_at > self.max_age_s:
             return True
         if self.refresh_after_new is None:
             return False
-        if entry.newest is not None and times is not None and batch.history_time_delta is not None:
-            # float32 deltas of up to years round by a few seconds: 1 s plus 2^-22 of the gap as slack.
-            slack = 1.0 + batch.history_time_delta[b].double() * 2.0**-22  # [L]
-            new = int(((times[b] > entry.newest + slack) & batch.history_mask[b]).sum())
-        else:
-            new = length - entry.length
-        return new >= self.refresh_after_new
+        if entry.newest is not None and history.timed:
+            # The new behaviours are the row's last columns (time-sorted), so at least R are new iff the R-th newest
+            # is: a behaviour more than 1 s plus its float32 rounding after the newest one the state saw.
+            slack = 1.0 + history.recent_delta * _ROUNDING_PER_SECOND
+            return history.recent is not None and history.recent > entry.newest + slack
+        return history.length - entry.length >= self.refresh_after_new
+
+    def _read_histories(self, batch: Batch, rows: list[int]) -> list[_History]:
+        """What the refresh policy reads of `rows`' histories: columns L - 1 and L - R, and the length, O(log L)."""
+        L = batch.history.shape[1]
+        one = torch.ones(1, 1, dtype=torch.uint8, device=batch.history_mask.device)
+        # Left padding: a mask row is False...False True...True, so bisection finds its first real column.
+        lengths = [
+            L - int(torch.searchsorted(batch.history_mask[b : b + 1].contiguous().view(torch.uint8), one)) for b in rows
+        ]
+        mask, deltas, target_time = batch.history_mask, batch.history_time_delta, batch.target_time
+        if L == 0 or deltas is None or target_time is None:
+            return [_History(n, False, None, None, 0.0) for n in lengths]
+
+        def column(j: int) -> tuple[list[float | None], list[float]]:
+            """Epoch seconds of column j in each of `rows` (None on padding), and its delta (0 on padding)."""
+            delta = deltas[:, j].double()  # [B]
+            time, real, seconds = (target_time.double() - delta).tolist(), mask[:, j].tolist(), delta.tolist()
+            return [time[b] if real[b] else None for b in rows], [seconds[b] if real[b] else 0.0 for b in rows]
+
+        newest, _ = column(L - 1)
+        R = self.refresh_after_new
+        recent, recent_delta = column(L - R) if R is not None and R <= L else ([None] * len(rows), [0.0] * len(rows))
+        columns = zip(lengths, newest, recent, recent_delta, strict=True)
+        return [_History(n, True, t, r, dr) for n, t, r, dr in columns]
 
     @staticmethod
     def _users(batch: Batch) -> list[int]:
@@ -226,15 +271,10 @@ class UserStateCache:
             first.setdefault(user, b)
         return first
 
-    @staticmethod
-    def _behaviour_times(batch: Batch) -> Tensor | None:
-        """Epoch seconds of each behaviour [B, L] float64 (target_time - delta), or None without timestamps."""
-        if batch.target_time is None or batch.history_time_delta is None:
-            return None
-        return batch.target_time.double().unsqueeze(1) - batch.history_time_delta.double()  # [B, L]
-
     def _check_one_history_per_user(self, batch: Batch, users: list[int]) -> None:
         first = self._first_rows(users)
+        if len(first) == len(users):  # no user has two rows: nothing to compare (and a lookup stays O(log L))
+            return
         index = torch.tensor([first[u] for u in users], device=batch.history.device)  # [B], each row's first row
         differs = (batch.history != batch.history[index]).any(1) | (
             batch.history_mask != batch.history_mask[index]
