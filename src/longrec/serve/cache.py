@@ -17,7 +17,12 @@ history gained at least `refresh_after_new` behaviours since it was computed; No
 counted by timestamp when the batch has `target_time` and `history_time_delta` (behaviour time = target_time - delta;
 behaviours more than 1 s, plus float32 rounding, after the newest one the state saw), else as the growth in the number
 of real behaviours, which stops at the padded length L. Without any rule a state is reused until evicted or
-invalidated. **Eviction**: least recently used, at `capacity` users × versions.
+invalidated. **Never a newer history**: a request is not served a state computed from a history newer than its
+own (one whose newest behaviour is more than 1 s, plus float32 rounding, after the request's, or as recent with more
+real behaviours), which would leak behaviours the request does not hold into its score: it gets a state computed from
+its own history, and `put` keeps the newer entry rather than replace it with an older one. Without timestamps
+"newer" is "more real behaviours", which stops at the padded length L. **Eviction**: least recently used, at
+`capacity` users × versions.
 
 **Layout and cost.** The cache trusts the `Batch` layout (`longrec.data.batch`) and does not check it: histories are
 left-padded (the real behaviours of a row are its last `length` columns; `collate` pads on the left and
@@ -27,9 +32,16 @@ trajectory by timestamp). The behaviours newer than a cached state are therefore
 least `refresh_after_new` = R of them are new exactly when column L - R is a real behaviour newer than the state's
 newest. A lookup reads columns L - 1 and L - R and binary-searches the mask for the length: O(log L) per user, not O(L).
 
+**Threads.** Every public method may be called from many threads at once: one lock guards the entries and the
+counters, and it is never held while a model runs, so concurrent misses of different users compute in parallel.
+Two concurrent misses of one user may both compute; the entry left is the one from the newer history (the later
+`put` on a tie), and each request is served the state it computed. The counters are plain attributes updated under
+the lock: their sums are exact once no call is in flight.
+
 A state is computed from one history, so every row of one user in a batch must carry the same history (a serving
 batch: one user, C candidates); `put` and `state_for` reject a batch whose rows of one user disagree. Counters count
-distinct users per lookup: `hits` (fresh entry), `misses` (no entry for this user and version), `refreshes` (an
+distinct users per lookup, and `hits + misses + refreshes` is the number of lookups: `hits` (fresh entry), `misses`
+(no entry for this user and version, or only one computed from a newer history than the request's), `refreshes` (an
 entry that was too old or behind the history) and `evictions`. States are stored detached, on the device they were
 computed on; the cache is in-process (a dict of tensors), for inference only (no gradient flows through it).
 
@@ -38,6 +50,7 @@ Shapes: B batch, L history length, S summary tokens, E state width, U distinct u
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
@@ -57,8 +70,8 @@ class StatefulModel(Protocol):
     def user_state(self, batch: Batch) -> Tensor: ...
 
 
-# float32 deltas of up to years round by a few seconds: a behaviour is new when it is more than 1 s plus 2^-22 of its
-# delta after the newest one a state saw.
+# float32 deltas of up to years round by a few seconds: two behaviour times differ when they are more than 1 s plus
+# 2^-22 of their deltas apart.
 _ROUNDING_PER_SECOND = 2.0**-22
 
 
@@ -68,6 +81,7 @@ class _Entry:
     computed_at: float  # the caller's wall time when it was computed
     length: int  # real behaviours in the history it was computed from
     newest: float | None  # epoch seconds of that history's most recent behaviour; None without timestamps
+    newest_delta: float  # that behaviour's history_time_delta (its rounding grows with it); 0 without timestamps
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,7 @@ class _History:
     length: int  # real behaviours
     timed: bool  # the batch has target_time and history_time_delta
     newest: float | None  # epoch seconds of column L - 1; None when not timed or without behaviours
+    newest_delta: float  # its history_time_delta; 0 when newest is None
     recent: float | None  # epoch seconds of column L - R, the R-th newest; None when not timed, R > L or padding
     recent_delta: float  # its history_time_delta; 0 when recent is None
 
@@ -85,8 +100,19 @@ def _rows(batch: Batch, rows: Tensor) -> Batch:
     return Batch(**{name: value[rows] for name, value in batch.fields().items()})
 
 
+def _newer(entry: _Entry, history: _History) -> bool:
+    """Whether `entry` was computed from a newer history than `history`, one with behaviours `history` lacks."""
+    if entry.newest is not None and history.newest is not None:
+        tolerance = 1.0 + (entry.newest_delta + history.newest_delta) * _ROUNDING_PER_SECOND
+        if abs(entry.newest - history.newest) > tolerance:
+            return entry.newest > history.newest
+    return entry.length > history.length  # as new (or untimed): the one with more behaviours
+
+
 class UserStateCache:
     """LRU cache of per-user model states keyed by (user id, model version), with an age / new-behaviour refresh.
+
+    Safe to share between threads (see the module docstring).
 
     Args:
         capacity: the most entries kept (users × versions); the least recently used goes first.
@@ -109,23 +135,29 @@ class UserStateCache:
             )
         self.capacity, self.max_age_s, self.refresh_after_new = capacity, max_age_s, refresh_after_new
         self._entries: OrderedDict[tuple[int, str], _Entry] = OrderedDict()
+        self._lock = threading.Lock()  # guards _entries and the counters; never held while a model runs
         self.hits = self.misses = self.refreshes = self.evictions = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        with self._lock:
+            return len(self._entries)
 
     def __contains__(self, key: tuple[int, str]) -> bool:
-        return key in self._entries
+        with self._lock:
+            return key in self._entries
 
     def invalidate(self, version: str | None = None) -> int:
         """Drop every entry of `version` (every entry when None); return how many were dropped."""
-        keys = [k for k in self._entries if version is None or k[1] == version]
-        for key in keys:
-            del self._entries[key]
+        with self._lock:
+            keys = [k for k in self._entries if version is None or k[1] == version]
+            for key in keys:
+                del self._entries[key]
         return len(keys)
 
     def get(self, batch: Batch, version: str, now: float) -> tuple[Tensor | None, Tensor]:
         """Look up the fresh cached states of the batch's users (updates the counters and the LRU order).
+
+        A state computed from a newer history than a row's is not fresh for that row (counted as a miss).
 
         Args:
             batch: reads `user` [B] and the history fields the refresh policy needs (mask, target_time, time delta).
@@ -139,16 +171,17 @@ class UserStateCache:
         first = self._first_rows(users)  # user -> first row
         histories = self._read_histories(batch, list(first.values()))
         found: dict[int, Tensor] = {}
-        for user, history in zip(first, histories, strict=True):
-            entry = self._entries.get((user, version))
-            if entry is None:
-                self.misses += 1
-            elif self._is_stale(entry, history, now):
-                self.refreshes += 1
-            else:
-                self.hits += 1
-                self._entries.move_to_end((user, version))
-                found[user] = entry.state
+        with self._lock:
+            for user, history in zip(first, histories, strict=True):
+                entry = self._entries.get((user, version))
+                if entry is None or _newer(entry, history):
+                    self.misses += 1
+                elif self._is_stale(entry, history, now):
+                    self.refreshes += 1
+                else:
+                    self.hits += 1
+                    self._entries.move_to_end((user, version))
+                    found[user] = entry.state
         fresh = torch.tensor([u in found for u in users], dtype=torch.bool)  # [B]
         if not found:
             return None, fresh
@@ -160,6 +193,8 @@ class UserStateCache:
 
     def put(self, batch: Batch, states: Tensor, version: str, now: float) -> None:
         """Store states [B, ...] (one per row; the first row of each user is kept) computed at wall time `now`.
+
+        An entry computed from a newer history than the row's stays: an older history never replaces a newer one.
 
         Raises:
             ValueError: no `batch.user`, a states/batch size mismatch, or rows of one user with different histories.
@@ -173,17 +208,27 @@ class UserStateCache:
         self._check_one_history_per_user(batch, users)
         first = self._first_rows(users)
         histories = self._read_histories(batch, list(first.values()))
-        for (user, b), h in zip(first.items(), histories, strict=True):
-            self._entries[(user, version)] = _Entry(states[b].detach().clone(), now, h.length, h.newest)
-            self._entries.move_to_end((user, version))
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
-            self.evictions += 1
+        entries = {
+            user: (_Entry(states[b].detach().clone(), now, h.length, h.newest, h.newest_delta), h)
+            for (user, b), h in zip(first.items(), histories, strict=True)
+        }
+        with self._lock:
+            for user, (entry, history) in entries.items():
+                held = self._entries.get((user, version))
+                if held is not None and _newer(held, history):
+                    continue
+                self._entries[(user, version)] = entry
+                self._entries.move_to_end((user, version))
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+                self.evictions += 1
 
     def state_for(self, model: StatefulModel, batch: Batch, version: str, now: float) -> Tensor:
         """The user states of the batch [B, ...]: cached where fresh, computed (once per user) and cached elsewhere.
 
-        Only the missing or stale users' histories go through `model.user_state`, as one sub-batch, without gradient.
+        Only the missing or stale users' histories go through `model.user_state`, as one sub-batch, without gradient
+        and without holding the cache's lock. A row whose cached state comes from a newer history than its own gets a
+        state computed from its own history.
 
         Args:
             model: has `user_state(batch) -> [B, ...]`.
@@ -241,7 +286,7 @@ class UserStateCache:
         ]
         mask, deltas, target_time = batch.history_mask, batch.history_time_delta, batch.target_time
         if L == 0 or deltas is None or target_time is None:
-            return [_History(n, False, None, None, 0.0) for n in lengths]
+            return [_History(n, False, None, 0.0, None, 0.0) for n in lengths]
 
         def column(j: int) -> tuple[list[float | None], list[float]]:
             """Epoch seconds of column j in each of `rows` (None on padding), and its delta (0 on padding)."""
@@ -249,11 +294,11 @@ class UserStateCache:
             time, real, seconds = (target_time.double() - delta).tolist(), mask[:, j].tolist(), delta.tolist()
             return [time[b] if real[b] else None for b in rows], [seconds[b] if real[b] else 0.0 for b in rows]
 
-        newest, _ = column(L - 1)
+        newest, newest_delta = column(L - 1)
         R = self.refresh_after_new
         recent, recent_delta = column(L - R) if R is not None and R <= L else ([None] * len(rows), [0.0] * len(rows))
-        columns = zip(lengths, newest, recent, recent_delta, strict=True)
-        return [_History(n, True, t, r, dr) for n, t, r, dr in columns]
+        columns = zip(lengths, newest, newest_delta, recent, recent_delta, strict=True)
+        return [_History(n, True, t, dt, r, dr) for n, t, dt, r, dr in columns]
 
     @staticmethod
     def _users(batch: Batch) -> list[int]:
