@@ -689,8 +689,8 @@ def explain(
         out.append(
             f"The cache hit itself (`UserStateCache.state_for` on the one-user request) grew {fmt(hits['VISTA'])}x "
             f"(VISTA) and {fmt(hits['VQL'])}x (VQL) and took {fmt(v['cache_hit_ms'])} ms at L = {hi:,} against "
-            f"{fmt(v['score_ms'])} ms of scoring: the user is looked up once, but the refresh policy counts the "
-            "behaviours newer than the cached state over the one history (O(L), not O(C·L))."
+            f"{fmt(v['score_ms'])} ms of scoring: the user is looked up once, and the refresh policy reads two "
+            "columns of the one history and bisects its mask (O(log L), not O(C·L))."
         )
     dare = next((r for r in latency if r["row"].startswith("DARE, search") and r["part"] == "request"), None)
     dare_copies = next((r for r in latency if r["method"] == "DARE" and r["part"] == "copies"), None)

@@ -1,4 +1,5 @@
-"""A per-user state cache for models whose user side is computed once per user (SPEC §4–§5: VISTA, VQL).
+"""A per-user state cache for models whose user side is computed once per user (VISTA, VQL: the `CachedUserState`
+capability of `longrec.models.contract`).
 
 Such a model splits its forward in two:
 - `model.user_state(batch) -> [B, ...]` reads only history fields (VISTA's S summaries [B, S, E]);
@@ -17,11 +18,31 @@ history gained at least `refresh_after_new` behaviours since it was computed; No
 counted by timestamp when the batch has `target_time` and `history_time_delta` (behaviour time = target_time - delta;
 behaviours more than 1 s, plus float32 rounding, after the newest one the state saw), else as the growth in the number
 of real behaviours, which stops at the padded length L. Without any rule a state is reused until evicted or
-invalidated. **Eviction**: least recently used, at `capacity` users × versions.
+invalidated. **Never a newer history**: a request is not served a state computed from a history newer than its
+own (one whose newest behaviour is more than 1 s, plus float32 rounding, after the request's, or as recent with more
+real behaviours), which would leak behaviours the request does not hold into its score: it gets a state computed from
+its own history, and `put` keeps the newer entry rather than replace it with an older one. Without timestamps
+"newer" is "more real behaviours", which stops at the padded length L. **Eviction**: least recently used, at
+`capacity` users × versions.
+
+**Layout and cost.** The cache trusts the `Batch` layout (`longrec.data.batch`) and does not check it: histories are
+left-padded (the real behaviours of a row are its last `length` columns; `collate` pads on the left and
+`longrec.search.one_user_request` views one such row) and in chronological order, oldest first, so column L - 1 is
+the newest behaviour and `history_time_delta` does not increase along the real columns (`prepare` sorts each
+trajectory by timestamp). The behaviours newer than a cached state are therefore the last columns of the row, and at
+least `refresh_after_new` = R of them are new exactly when column L - R is a real behaviour newer than the state's
+newest. A lookup reads columns L - 1 and L - R and binary-searches the mask for the length: O(log L) per user, not O(L).
+
+**Threads.** Every public method may be called from many threads at once: one lock guards the entries and the
+counters, and it is never held while a model runs, so concurrent misses of different users compute in parallel.
+Two concurrent misses of one user may both compute; the entry left is the one from the newer history (the later
+`put` on a tie), and each request is served the state it computed. The counters are plain attributes updated under
+the lock: their sums are exact once no call is in flight.
 
 A state is computed from one history, so every row of one user in a batch must carry the same history (a serving
 batch: one user, C candidates); `put` and `state_for` reject a batch whose rows of one user disagree. Counters count
-distinct users per lookup: `hits` (fresh entry), `misses` (no entry for this user and version), `refreshes` (an
+distinct users per lookup, and `hits + misses + refreshes` is the number of lookups: `hits` (fresh entry), `misses`
+(no entry for this user and version, or only one computed from a newer history than the request's), `refreshes` (an
 entry that was too old or behind the history) and `evictions`. States are stored detached, on the device they were
 computed on; the cache is in-process (a dict of tensors), for inference only (no gradient flows through it).
 
@@ -30,23 +51,23 @@ Shapes: B batch, L history length, S summary tokens, E state width, U distinct u
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from longrec.data.batch import Batch
+from longrec.models.contract import CachedUserState
 from longrec.search import shares_one_history
 
-__all__ = ["StatefulModel", "UserStateCache"]
+__all__ = ["UserStateCache"]
 
 
-class StatefulModel(Protocol):
-    """A model with a cacheable user side (VISTA, VQL)."""
-
-    def user_state(self, batch: Batch) -> Tensor: ...
+# float32 deltas of up to years round by a few seconds: two behaviour times differ when they are more than 1 s plus
+# 2^-22 of their deltas apart.
+_ROUNDING_PER_SECOND = 2.0**-22
 
 
 @dataclass(frozen=True)
@@ -55,14 +76,38 @@ class _Entry:
     computed_at: float  # the caller's wall time when it was computed
     length: int  # real behaviours in the history it was computed from
     newest: float | None  # epoch seconds of that history's most recent behaviour; None without timestamps
+    newest_delta: float  # that behaviour's history_time_delta (its rounding grows with it); 0 without timestamps
+
+
+@dataclass(frozen=True)
+class _History:
+    """What a lookup reads of one row's history: columns L - 1 and L - R and the length, in O(log L)."""
+
+    length: int  # real behaviours
+    timed: bool  # the batch has target_time and history_time_delta
+    newest: float | None  # epoch seconds of column L - 1; None when not timed or without behaviours
+    newest_delta: float  # its history_time_delta; 0 when newest is None
+    recent: float | None  # epoch seconds of column L - R, the R-th newest; None when not timed, R > L or padding
+    recent_delta: float  # its history_time_delta; 0 when recent is None
 
 
 def _rows(batch: Batch, rows: Tensor) -> Batch:
     return Batch(**{name: value[rows] for name, value in batch.fields().items()})
 
 
+def _newer(entry: _Entry, history: _History) -> bool:
+    """Whether `entry` was computed from a newer history than `history`, one with behaviours `history` lacks."""
+    if entry.newest is not None and history.newest is not None:
+        tolerance = 1.0 + (entry.newest_delta + history.newest_delta) * _ROUNDING_PER_SECOND
+        if abs(entry.newest - history.newest) > tolerance:
+            return entry.newest > history.newest
+    return entry.length > history.length  # as new (or untimed): the one with more behaviours
+
+
 class UserStateCache:
     """LRU cache of per-user model states keyed by (user id, model version), with an age / new-behaviour refresh.
+
+    Safe to share between threads (see the module docstring).
 
     Args:
         capacity: the most entries kept (users × versions); the least recently used goes first.
@@ -85,23 +130,29 @@ class UserStateCache:
             )
         self.capacity, self.max_age_s, self.refresh_after_new = capacity, max_age_s, refresh_after_new
         self._entries: OrderedDict[tuple[int, str], _Entry] = OrderedDict()
+        self._lock = threading.Lock()  # guards _entries and the counters; never held while a model runs
         self.hits = self.misses = self.refreshes = self.evictions = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        with self._lock:
+            return len(self._entries)
 
     def __contains__(self, key: tuple[int, str]) -> bool:
-        return key in self._entries
+        with self._lock:
+            return key in self._entries
 
     def invalidate(self, version: str | None = None) -> int:
         """Drop every entry of `version` (every entry when None); return how many were dropped."""
-        keys = [k for k in self._entries if version is None or k[1] == version]
-        for key in keys:
-            del self._entries[key]
+        with self._lock:
+            keys = [k for k in self._entries if version is None or k[1] == version]
+            for key in keys:
+                del self._entries[key]
         return len(keys)
 
     def get(self, batch: Batch, version: str, now: float) -> tuple[Tensor | None, Tensor]:
         """Look up the fresh cached states of the batch's users (updates the counters and the LRU order).
+
+        A state computed from a newer history than a row's is not fresh for that row (counted as a miss).
 
         Args:
             batch: reads `user` [B] and the history fields the refresh policy needs (mask, target_time, time delta).
@@ -113,19 +164,19 @@ class UserStateCache:
         """
         users = self._users(batch)
         first = self._first_rows(users)  # user -> first row
-        length = batch.history_mask.sum(dim=1)  # [B]
-        times = self._behaviour_times(batch)  # [B, L] float64, or None
+        histories = self._read_histories(batch, list(first.values()))
         found: dict[int, Tensor] = {}
-        for user, b in first.items():
-            entry = self._entries.get((user, version))
-            if entry is None:
-                self.misses += 1
-            elif self._is_stale(entry, batch, b, int(length[b]), times, now):
-                self.refreshes += 1
-            else:
-                self.hits += 1
-                self._entries.move_to_end((user, version))
-                found[user] = entry.state
+        with self._lock:
+            for user, history in zip(first, histories, strict=True):
+                entry = self._entries.get((user, version))
+                if entry is None or _newer(entry, history):
+                    self.misses += 1
+                elif self._is_stale(entry, history, now):
+                    self.refreshes += 1
+                else:
+                    self.hits += 1
+                    self._entries.move_to_end((user, version))
+                    found[user] = entry.state
         fresh = torch.tensor([u in found for u in users], dtype=torch.bool)  # [B]
         if not found:
             return None, fresh
@@ -138,6 +189,8 @@ class UserStateCache:
     def put(self, batch: Batch, states: Tensor, version: str, now: float) -> None:
         """Store states [B, ...] (one per row; the first row of each user is kept) computed at wall time `now`.
 
+        An entry computed from a newer history than the row's stays: an older history never replaces a newer one.
+
         Raises:
             ValueError: no `batch.user`, a states/batch size mismatch, or rows of one user with different histories.
         """
@@ -148,20 +201,29 @@ class UserStateCache:
                 f"Got {list(states.shape)} instead."
             )
         self._check_one_history_per_user(batch, users)
-        length = batch.history_mask.sum(dim=1)  # [B]
-        times = self._behaviour_times(batch)  # [B, L] float64, or None
-        for user, b in self._first_rows(users).items():
-            newest = float(times[b, -1]) if times is not None and int(length[b]) > 0 else None  # column L-1: newest
-            self._entries[(user, version)] = _Entry(states[b].detach().clone(), now, int(length[b]), newest)
-            self._entries.move_to_end((user, version))
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
-            self.evictions += 1
+        first = self._first_rows(users)
+        histories = self._read_histories(batch, list(first.values()))
+        entries = {
+            user: (_Entry(states[b].detach().clone(), now, h.length, h.newest, h.newest_delta), h)
+            for (user, b), h in zip(first.items(), histories, strict=True)
+        }
+        with self._lock:
+            for user, (entry, history) in entries.items():
+                held = self._entries.get((user, version))
+                if held is not None and _newer(held, history):
+                    continue
+                self._entries[(user, version)] = entry
+                self._entries.move_to_end((user, version))
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+                self.evictions += 1
 
-    def state_for(self, model: StatefulModel, batch: Batch, version: str, now: float) -> Tensor:
+    def state_for(self, model: CachedUserState, batch: Batch, version: str, now: float) -> Tensor:
         """The user states of the batch [B, ...]: cached where fresh, computed (once per user) and cached elsewhere.
 
-        Only the missing or stale users' histories go through `model.user_state`, as one sub-batch, without gradient.
+        Only the missing or stale users' histories go through `model.user_state`, as one sub-batch, without gradient
+        and without holding the cache's lock. A row whose cached state comes from a newer history than its own gets a
+        state computed from its own history.
 
         Args:
             model: has `user_state(batch) -> [B, ...]`.
@@ -176,8 +238,8 @@ class UserStateCache:
         """
         users = self._users(batch)
         if shares_one_history(batch) and len(set(users)) == 1:  # one user, C candidates (`one_user_request`)
-            one = _rows(batch, torch.zeros(1, dtype=torch.long, device=batch.history.device))  # [1, L] history
-            state = self.state_for(model, one, version, now)  # [1, ...]: O(L) bookkeeping, not O(C·L)
+            one = Batch(**{name: value[:1] for name, value in batch.fields().items()})  # [1, L] views, no copy
+            state = self.state_for(model, one, version, now)  # [1, ...]: O(log L) bookkeeping, not O(C·L)
             return state.expand(len(users), *state.shape[1:])  # [B, ...] a view
         self._check_one_history_per_user(batch, users)
         cached, fresh = self.get(batch, version, now)  # [B, ...] or None, [B]
@@ -197,18 +259,41 @@ class UserStateCache:
         out[torch.tensor(rows, device=out.device)] = computed[index]  # [B, ...]
         return out
 
-    def _is_stale(self, entry: _Entry, batch: Batch, b: int, length: int, times: Tensor | None, now: float) -> bool:
+    def _is_stale(self, entry: _Entry, history: _History, now: float) -> bool:
         if self.max_age_s is not None and now - entry.computed_at > self.max_age_s:
             return True
         if self.refresh_after_new is None:
             return False
-        if entry.newest is not None and times is not None and batch.history_time_delta is not None:
-            # float32 deltas of up to years round by a few seconds: 1 s plus 2^-22 of the gap as slack.
-            slack = 1.0 + batch.history_time_delta[b].double() * 2.0**-22  # [L]
-            new = int(((times[b] > entry.newest + slack) & batch.history_mask[b]).sum())
-        else:
-            new = length - entry.length
-        return new >= self.refresh_after_new
+        if entry.newest is not None and history.timed:
+            # The new behaviours are the row's last columns (time-sorted), so at least R are new iff the R-th newest
+            # is: a behaviour more than 1 s plus its float32 rounding after the newest one the state saw.
+            slack = 1.0 + history.recent_delta * _ROUNDING_PER_SECOND
+            return history.recent is not None and history.recent > entry.newest + slack
+        return history.length - entry.length >= self.refresh_after_new
+
+    def _read_histories(self, batch: Batch, rows: list[int]) -> list[_History]:
+        """What the refresh policy reads of `rows`' histories: columns L - 1 and L - R, and the length, O(log L)."""
+        L = batch.history.shape[1]
+        one = torch.ones(1, 1, dtype=torch.uint8, device=batch.history_mask.device)
+        # Left padding: a mask row is False...False True...True, so bisection finds its first real column.
+        lengths = [
+            L - int(torch.searchsorted(batch.history_mask[b : b + 1].contiguous().view(torch.uint8), one)) for b in rows
+        ]
+        mask, deltas, target_time = batch.history_mask, batch.history_time_delta, batch.target_time
+        if L == 0 or deltas is None or target_time is None:
+            return [_History(n, False, None, 0.0, None, 0.0) for n in lengths]
+
+        def column(j: int) -> tuple[list[float | None], list[float]]:
+            """Epoch seconds of column j in each of `rows` (None on padding), and its delta (0 on padding)."""
+            delta = deltas[:, j].double()  # [B]
+            time, real, seconds = (target_time.double() - delta).tolist(), mask[:, j].tolist(), delta.tolist()
+            return [time[b] if real[b] else None for b in rows], [seconds[b] if real[b] else 0.0 for b in rows]
+
+        newest, newest_delta = column(L - 1)
+        R = self.refresh_after_new
+        recent, recent_delta = column(L - R) if R is not None and R <= L else ([None] * len(rows), [0.0] * len(rows))
+        columns = zip(lengths, newest, newest_delta, recent, recent_delta, strict=True)
+        return [_History(n, True, t, dt, r, dr) for n, t, dt, r, dr in columns]
 
     @staticmethod
     def _users(batch: Batch) -> list[int]:
@@ -226,15 +311,10 @@ class UserStateCache:
             first.setdefault(user, b)
         return first
 
-    @staticmethod
-    def _behaviour_times(batch: Batch) -> Tensor | None:
-        """Epoch seconds of each behaviour [B, L] float64 (target_time - delta), or None without timestamps."""
-        if batch.target_time is None or batch.history_time_delta is None:
-            return None
-        return batch.target_time.double().unsqueeze(1) - batch.history_time_delta.double()  # [B, L]
-
     def _check_one_history_per_user(self, batch: Batch, users: list[int]) -> None:
         first = self._first_rows(users)
+        if len(first) == len(users):  # no user has two rows: nothing to compare (and a lookup stays O(log L))
+            return
         index = torch.tensor([first[u] for u in users], device=batch.history.device)  # [B], each row's first row
         differs = (batch.history != batch.history[index]).any(1) | (
             batch.history_mask != batch.history_mask[index]
