@@ -68,7 +68,7 @@ from longrec.models import build_model_for_sizes
 from longrec.models.vql import attention_error
 from longrec.search import search_stage
 from longrec.search.config import SearchConfig
-from longrec.train.loop import make_optimizer, reuse_freed_memory, train_step
+from longrec.train.step import make_optimizer, reuse_freed_memory, train_step
 
 HERE = Path(__file__).resolve().parent
 # method -> (model name, model params, search config fields)

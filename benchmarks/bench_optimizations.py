@@ -78,7 +78,7 @@ from longrec.models import build_model_for_sizes
 from longrec.models.layers import collect_keys
 from longrec.search import search_stage
 from longrec.search.config import SearchConfig
-from longrec.train.loop import compile_model, make_optimizer, reuse_freed_memory, train_step
+from longrec.train.step import compile_model, make_optimizer, reuse_freed_memory, train_step
 
 DATA = ("taobao", "synthetic", "wide")  # the stores a setting can name (see `main`)
 OPTIMIZATIONS = ("keys", "bf16", "workers", "bucketing", "compile", "gpu")

@@ -77,7 +77,7 @@ from longrec.search import history_columns, oldest_first, one_user_request, sear
 from longrec.search.config import SearchConfig
 from longrec.search.exact import chunked_topk
 from longrec.serve.cache import UserStateCache
-from longrec.train.loop import make_optimizer, reuse_freed_memory, train_step
+from longrec.train.step import make_optimizer, reuse_freed_memory, train_step
 
 # name -> (registry name, kind): "full" attends over all L per candidate, "search" runs soft search then K,
 # "cached" has user_state / score_with_state.

@@ -38,7 +38,7 @@ from _common import machine, machine_line, markdown_table, update_readme_section
 from longrec.data.batch import Batch
 from longrec.models import build_model
 from longrec.search import topk_positions
-from longrec.train.loop import reuse_freed_memory
+from longrec.train.step import reuse_freed_memory
 
 ATTENTION_DIMS = (128, 64, 32)
 

@@ -1,6 +1,6 @@
 """Stacked TIN's query chain on a task that needs it: does feeding layer 1's finding into layer 2 pay, and where?
 
-The task is `longrec.data.probes.TwoHopTask`: the label is 1 iff the history holds the partner of one of the target's
+The task is `longrec.train.probes.TwoHopTask`: the label is 1 iff the history holds the partner of one of the target's
 bridges that it holds, and half the samples are hard negatives holding the partner of an *absent* bridge of the
 target (target-related, so the target alone cannot tell it from the right one). The synthetic log's (d) pair
 (A_t then B_t, both fixed by the target) is not such a task: two heads that each look for one of them from the
@@ -38,8 +38,8 @@ import torch
 from _common import machine, machine_line, markdown_table, update_readme_section, write_json
 
 from longrec.data.batch import Batch
-from longrec.data.probes import TwoHopTask, fit_probe
 from longrec.models import build_model
+from longrec.train.probes import TwoHopTask, fit_probe
 
 VARIANTS: dict[str, tuple[int, str]] = {  # name -> (L_s, query_chain)
     "L_s=1": (1, "full"),

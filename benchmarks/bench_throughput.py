@@ -58,7 +58,7 @@ from longrec.models import build_model_for_sizes
 from longrec.models.layers import reference_paths
 from longrec.run import train
 from longrec.search.config import SearchConfig
-from longrec.train.loop import make_optimizer, reuse_freed_memory, train_step
+from longrec.train.step import make_optimizer, reuse_freed_memory, train_step
 
 # name -> (model table, search table) at Protocol A.
 MODELS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {

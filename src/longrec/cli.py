@@ -246,7 +246,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `longrec` argument parser (one subcommand per stage)."""
-    from longrec import __version__
+    from longrec.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="longrec",

@@ -107,6 +107,6 @@ def model(model_name: str) -> nn.Module:
 
 def fit_and_auc(model: nn.Module, train: Batch, test: Batch, steps: int, lr: float = 1e-2) -> float:
     """Adam + BCE on random 128-row minibatches of `train` (seeded), then the test AUC: the learning checks' loop."""
-    from longrec.data.probes import fit_probe
+    from longrec.train.probes import fit_probe
 
     return fit_probe(model, train, test, steps, lr=lr)[steps]

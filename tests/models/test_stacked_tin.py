@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from longrec.data.probes import TwoHopTask
 from longrec.models import StackedTINConfig, build_model
 from longrec.search import search_stage
 from longrec.search.config import SearchConfig
+from longrec.train.probes import TwoHopTask
 from tests.models.conftest import fit_and_auc
 
 
@@ -125,7 +125,7 @@ def test_a_half_chain_updates_only_the_part_it_names(make_model, batch, chain: s
 
 
 def test_the_query_chain_learns_a_two_hop_rule_a_linear_read_out_cannot_express_without_it() -> None:
-    """The label: "the history holds the partner of one of the target's bridges it holds" (data/probes.py), with
+    """The label: "the history holds the partner of one of the target's bridges it holds" (train/probes.py), with
     hard negatives that hold the partner of an *absent* bridge. With a linear head a stack without the chain is
     linear in [u^(1), u^(2), v_t], each a product of the target with one pooled behaviour, so it has no product of a
     bridge with a partner; the chain puts q^(1) (bridge evidence) into layer 2's cross. At 1,000 steps over 5 seeds,

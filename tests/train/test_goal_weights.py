@@ -15,7 +15,7 @@ from longrec.data.store import TrajectoryStore
 from longrec.models import build_model_for_sizes
 from longrec.run import train
 from longrec.train.checkpoint import load_checkpoint
-from longrec.train.loop import goal_loss_weights
+from longrec.train.step import goal_loss_weights
 from tests.conftest import make_log
 
 MODEL = {"dim": 4, "head_hidden": (8,), "goal_heads": True}  # TIN with one head per goal

@@ -14,7 +14,7 @@ from longrec.data.protocols import ProtocolConfig
 from longrec.models import build_model
 from longrec.run import train
 from longrec.train.checkpoint import load_checkpoint
-from longrec.train.loop import l2_penalty
+from longrec.train.step import l2_penalty
 from tests.conftest import make_log
 
 

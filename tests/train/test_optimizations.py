@@ -25,7 +25,7 @@ from longrec.models import MODELS, build_model, build_model_for_sizes, data_para
 from longrec.models.layers import PReLU, collect_keys, dot_scores, key_collection, lookup, unique_ids, weighted_sum
 from longrec.run import train
 from longrec.search.config import SearchConfig
-from longrec.train.loop import compile_model, train_step
+from longrec.train.step import compile_model, train_step
 from tests.conftest import make_log
 from tests.models.conftest import SIZES, make_batch
 

@@ -9,7 +9,7 @@ from longrec.data.batch import Batch
 from longrec.models import MODELS, build_model, data_params
 from longrec.models.layers import reference_paths
 from longrec.search.config import SearchConfig
-from longrec.train.loop import make_optimizer, reuse_freed_memory, train_step
+from longrec.train.step import make_optimizer, reuse_freed_memory, train_step
 from tests.models.conftest import SIZES, make_batch
 
 

@@ -105,7 +105,8 @@ def epoch_batches(
         seed: shuffle seed.
         epoch: epoch number (changes the permutation).
         lengths: [N] history length of each sample as collated (`min(end, max_history)`), or None. Given, the
-            samples are **bucketed by length** (the "memory pool" of SPEC §5): the epoch's order is cut into pools of
+            samples are **bucketed by length** (the "memory pool" of the Tencent paper's
+            system optimisations): the epoch's order is cut into pools of
             `bucket_batches` batches, each pool is sorted by length (stable: equal lengths keep the shuffled order)
             and cut into batches, and the batches are shuffled (derived from (seed, epoch) too). Collate pads each
             batch to its longest history, so similar lengths in a batch cut the padding; within a pool the sorted

@@ -3,8 +3,8 @@
 - `resolve_device("auto" | "cpu" | "cuda" | "cuda:N")` (`train.device`): "auto" picks CUDA when torch sees it.
 - `DevicePrefetcher`: batches arrive on the device. On CUDA each batch is page-locked (pinned: the loader's workers do
   it with `pin_memory=True`, else the prefetcher), copied with `non_blocking=True` on a side CUDA stream, and the
-  copy of batch i+1 is queued before batch i is handed out, so it overlaps batch i's compute (SPEC §5, data
-  prefetching / multi-stream). On the CPU it passes batches through unchanged.
+  copy of batch i+1 is queued before batch i is handed out, so it overlaps batch i's compute (the Tencent
+  paper's data prefetching and multi-stream overlap). On the CPU it passes batches through unchanged.
 - `autocast(precision, device)` (`train.precision`): "bf16" runs the forward under `torch.autocast` with bfloat16;
   the loss is computed on fp32 logits outside it, and `longrec.models.layers` keeps the attention softmax and pooling
   in fp32. Weights, gradients and Adam stay fp32 (no loss scaling needed: bf16 has fp32's exponent range).

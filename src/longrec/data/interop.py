@@ -22,6 +22,9 @@ whose histories are already cut. To compare with it on identical files, `import_
 - **Taxonomy:** one level (`cat_1`), from `target_cat` and `hist_cats`.
 
 Every problem is a `DataError` naming the file, the row (0-based), the column, what was expected and what was found.
+
+Why one file: reading, checking and writing one format share its column rules (which ids are kept, which lists must
+align, what is padding); split, each half would restate them.
 Shapes: N samples of a split, R history behaviours (flattened lists), U pseudo-trajectories (+1 for user 0).
 """
 
@@ -38,10 +41,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from longrec import __version__
 from longrec.data.store import FORMAT_VERSION, SPLITS, SampleSet, id_dtype, split_counts, vocab_sha, write_manifest
 from longrec.files import STORE, check_output, output_directory
 from longrec.ingest.schema import DataError, LogSchema
+from longrec.version import __version__
 
 __all__ = ["ID_MODES", "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "ImportResult", "import_samples"]
 

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from longrec import __version__
 from longrec.data.protocols import ProtocolConfig, Trajectories, build_samples
 from longrec.data.store import (
     FORMAT_VERSION,
@@ -35,6 +34,7 @@ from longrec.data.store import (
 )
 from longrec.files import STORE, check_output, output_directory
 from longrec.ingest.schema import DataError, FilterReport, LogSchema, check_log
+from longrec.version import __version__
 
 __all__ = ["PrepareResult", "prepare"]
 

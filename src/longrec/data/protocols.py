@@ -1,4 +1,4 @@
-"""Sample protocols (SPEC §6): which (user, cutoff, target, label) rows a prepared store trains and evaluates on.
+"""Sample protocols (docs/data.md): which (user, cutoff, target, label) rows a prepared store trains and evaluates on.
 
 - **A** (DARE, Taobao/Tmall): users with >= `min_behaviours`; per user 19 train targets at positions T-2, T-7, ...,
   T-92 (T = last), validation target T-1, test target T; `negatives` per positive drawn proportionally to item
@@ -33,7 +33,8 @@ PROTOCOLS = ("A", "B", "T")
 
 @dataclass(frozen=True)
 class ProtocolConfig:
-    """How samples are cut from trajectories. Defaults follow SPEC §6 for each protocol where they differ."""
+    """How samples are cut from trajectories. Defaults follow each protocol's source (DARE for A,
+    DIN/TIN for B) where they differ."""
 
     name: str = "T"  # A | B | T
     seed: int = 0
@@ -66,7 +67,7 @@ class ProtocolConfig:
 
     @classmethod
     def for_protocol(cls, name: str, **overrides: Any) -> ProtocolConfig:
-        """The SPEC §6 defaults of protocol `name`, with overrides."""
+        """The defaults of protocol `name` (as its source paper sets them), with overrides."""
         defaults: dict[str, dict[str, Any]] = {
             "A": {"negatives": 2, "negative_sampling": "frequency", "min_behaviours": 210},
             "B": {"negatives": 1, "negative_sampling": "uniform", "min_behaviours": 4},

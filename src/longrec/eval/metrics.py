@@ -1,6 +1,6 @@
 """Evaluation metrics as pure numpy functions: no torch, no I/O, no state.
 
-CTR metrics (SPEC §6): `auc` (global, tie-aware), `gauc` (impression-weighted mean of per-group AUC over the groups
+CTR metrics: `auc` (global, tie-aware), `gauc` (impression-weighted mean of per-group AUC over the groups
 that hold both classes; grouped by user it is the GAUC of the DIN/TIN papers, grouped by target category it is what
 DARE's code calls GAUC), `logloss_from_logits` (pure BCE) and `compute_metrics`, which bundles them per split and per
 advertising goal. Retrieval metrics for the search stage: `recall_at_k` and `ndcg_at_k`.

@@ -14,8 +14,10 @@ chunk, into a temporary file (in `tmp_dir`, default the system temp dir) that li
 `LoadedLog.close()`.
 
 Also here: the helpers two or more loaders share (side tables joined by item, the rating-derived fields of MovieLens
-and Amazon, action filters, option checks). At ~500 lines it is one module on purpose: sources, fields and the
-streaming pass call each other, and their error paths share the line-finding code.
+and Amazon, action filters, option checks).
+
+Why one file: sources, fields and the streaming pass call each other, and their error paths share the line-finding
+code; split, each part would import the others' private helpers.
 """
 
 from __future__ import annotations

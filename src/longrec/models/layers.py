@@ -230,7 +230,8 @@ def _padding(table: nn.Embedding) -> list[int]:
 
 
 def _collected_lookup(tables: Sequence[nn.Embedding], columns: list[Tensor]) -> Tensor:
-    """Key collection (SPEC §5): each table's distinct ids gathered once into [U, D], then scattered back to [*S, J·D].
+    """Key collection (a system optimisation of the Tencent paper): each table's distinct ids gathered once into
+    [U, D], then scattered back to [*S, J·D].
 
     Long histories repeat ids heavily (U << N), so the scatter-back reads a small, cache-resident [U, D] block, and
     the backward sums the gradients of repeated ids there (one `index_add_` into [U, D]) before one write per distinct

@@ -29,7 +29,7 @@ Design choices (the paper leaves them open):
 - `query_chain` says which part of layer l > 1 reads the updated query q^(l-1): "full" (the formula: the
   attention score and the cross), "attention" or "cross" (the other part reads q^(0)), or "none" (every layer
   reads q^(0): L_s independent TIN heads, the ablation of the chain). The cross is where the chain pays. On the
-  two-hop task of `longrec.data.probes` ("the partner of a bridge behaviour the first layer found") with a linear
+  two-hop task of `longrec.train.probes` ("the partner of a bridge behaviour the first layer found") with a linear
   read-out, `benchmarks/bench_stacked_chain.py` measured test AUC after 3,000 steps: full 0.95, cross 0.99,
   attention 0.78, none 0.69. Layer 2 attends to the target's partner behaviours about as much whether or not they
   match the bridge (full: 0.33 vs 0.26 of its mass); the match is checked by the product of that partner with

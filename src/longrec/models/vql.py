@@ -1,5 +1,5 @@
-"""VQL: context-aware Vector Quantization attention for ultra-long behaviour sequences (Kuaishou, 2025; the seed
-abstract in /work/shared/seeds, SPEC §4).
+"""VQL: context-aware Vector Quantization attention for ultra-long behaviour sequences (Kuaishou, 2025; design notes
+in docs/ultra_long.md).
 
 Key-only quantization: each behaviour's attention key is snapped to the nearest code of a small codebook, its value
 stays exact. With codes z_i and a query-independent weight w_i per behaviour, softmax attention regroups by code:

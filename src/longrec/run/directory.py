@@ -30,10 +30,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from longrec import __version__
 from longrec.config import Config
 from longrec.data.store import TrajectoryStore
 from longrec.settings import ConfigError, resume_rule
+from longrec.version import __version__
 
 __all__ = ["RUN_FORMAT", "locate_store", "read_run_config", "resume_changes", "run_config_dict"]
 

@@ -5,7 +5,8 @@ effects overlap. A probe task plants one rule and nothing else, on a few dozen i
 be trained to convergence in seconds and compared on exactly the ability that separates them. They back the
 mechanism tests and `benchmarks/bench_stacked_chain.py`, which both train with `fit_probe`.
 
-`TwoHopTask` — a rule only a chain of two attention hops expresses directly (Stacked TIN, SPEC §3):
+`TwoHopTask` — a rule only a chain of two attention hops expresses directly (Stacked TIN, whose layer l updates the
+query with what layer l - 1 attended to):
 
 - Items: targets 1..T; bridges (S per target, bridge s of target t is its own item); partners (a pool of P items:
   every bridge has one fixed partner, and each partner serves several bridges, of several targets); fillers.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longrec.data.probes import TwoHopTask
+from longrec.train.probes import TwoHopTask
 
 
 def test_two_hop_labels_follow_the_rule_and_negatives_hold_a_target_partner() -> None:
