@@ -8,7 +8,6 @@ always holds the latest numbers a script actually produced.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import platform
 import subprocess
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 
 from longrec.config import Config
-from longrec.files import atomic_write_text
+from longrec.files import atomic_write_text, dumps_json
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
@@ -60,7 +59,7 @@ def machine_line(info: dict[str, Any]) -> str:
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
-    atomic_write_text(Path(path), json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(Path(path), dumps_json(payload))
 
 
 def update_readme_section(name: str, body: str, readme: Path = README) -> None:

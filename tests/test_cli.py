@@ -132,7 +132,7 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(
 def test_a_diverging_run_is_an_error_naming_the_step(
     tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["--quiet", *_train_args(tiny_store, tmp_path / "run", "train.lr=1e6", "train.epochs=20")]) == 2
+    assert main(["--quiet", *_train_args(tiny_store, tmp_path / "run", "train.lr=10", "train.epochs=20")]) == 2
     assert "error: training diverged at step" in capsys.readouterr().err
 
 

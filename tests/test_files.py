@@ -92,3 +92,13 @@ def test_new_files_and_folders_get_the_users_umask(tmp_path: Path) -> None:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o640
     assert stat.S_IMODE((tmp_path / "store").stat().st_mode) == 0o750
+
+
+def test_a_temporary_file_a_killed_writer_left_inside_an_output_does_not_make_it_foreign(tmp_path: Path) -> None:
+    _store_like(tmp_path / "out")
+    dead = 2**22 + 12345
+    (tmp_path / "out" / f".manifest.json.tmp-{dead}-q1").write_text("half")
+    (tmp_path / "out" / f".manifest.json.tmp-{os.getpid()}-q2").write_text("being written")
+    with pytest.raises(OutputError, match=r"it holds '\.manifest\.json\.tmp-\d+-q2'"):
+        check_output(tmp_path / "out", STORE, force=True)
+    assert not (tmp_path / "out" / f".manifest.json.tmp-{dead}-q1").exists()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import tomllib
 import typing
 from collections.abc import Collection
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from longrec.data.config import DataConfig
+from longrec.files import dumps_json
 from longrec.models import DATA_SIZE_FIELDS, MODELS
 from longrec.search.config import SearchConfig
 from longrec.settings import ConfigError, dotted_keys, fill_dataclass, merge, parse_overrides
@@ -62,7 +62,7 @@ class Config:
         return out
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        return dumps_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> Config:

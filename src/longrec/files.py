@@ -173,6 +173,15 @@ def clean_stale(out: str | Path) -> list[str]:
     return done
 
 
+def _clean_inside(folder: Path) -> None:
+    """Remove the temporary files a killed writer left inside `folder` (`.NAME.tmp-PID-...` of a dead PID)."""
+    for entry in folder.iterdir():
+        match = _STALE.match(entry.name)
+        if match and match["kind"] == "tmp" and not _pid_alive(int(match["pid"])):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            logger.warning("removed %s (left by pid %s, which is no longer running)", entry, match["pid"])
+
+
 def check_output(out: str | Path, kind: OutputKind, force: bool = False) -> bool:
     """Whether `out` may be written as a `kind` output; True when it holds a previous one that will be replaced.
 
@@ -188,6 +197,7 @@ def check_output(out: str | Path, kind: OutputKind, force: bool = False) -> bool
         return False
     if not path.is_dir():
         raise OutputError(f"--out {out}: exists and is not a folder. Choose a new folder for the {kind.what}.")
+    _clean_inside(path)
     entries = sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE)  # a lock alone is an empty folder
     if not entries:
         return False

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from longrec.files import atomic_write_text
+from longrec.files import write_json
 
 __all__ = [
     "FORMAT_VERSION",
@@ -290,4 +290,4 @@ def split_counts(samples: Mapping[str, SampleSet], sources: Mapping[str, str]) -
 
 
 def write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
-    atomic_write_text(root / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_json(root / "manifest.json", manifest)

@@ -252,9 +252,14 @@ def fit(
             else f"the mean loss over steps {lo}-{step} is {mean:.4g}, more than train.divergence = "
             f"{tc.divergence:g} times the first step's {first:.4g}"
         )
+        kept = (
+            f"{out} keeps the best checkpoint, of step {state['best_step']}"
+            if state["history"]
+            else "no checkpoint was written"
+        )
         raise TrainingDiverged(
             f"training diverged at step {step} (epoch {state['epoch'] + 1}): {why}. Lower train.lr (now {tc.lr:g}) "
-            f"and train again with --force; {out} keeps the checkpoints written before step {step}."
+            f"and train again with --force; {kept}."
         )
 
     logger.info("training on %s: %d samples, %d steps/epoch", store.root, num_train, steps_per_epoch)

@@ -9,7 +9,6 @@ them. Shapes: N behaviours and P impressions (of a chunk, or of the whole log af
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -22,7 +21,7 @@ import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
 
-from longrec.files import SYNTHETIC, output_directory
+from longrec.files import SYNTHETIC, dumps_json, output_directory
 from longrec.ingest.synthetic.behaviour import ACTIONS, DOMAINS, SCENES, generate_events
 from longrec.ingest.synthetic.config import SyntheticConfig
 from longrec.ingest.synthetic.mechanisms import ALWAYS_IN_TRUTH, DAY, KEY_LIMIT, MECHANISMS
@@ -189,7 +188,7 @@ class SyntheticLog:
             self.log.write_parquet(tmp / "log.parquet")
             self.truth.write_parquet(tmp / "truth.parquet")
             self.taxonomy_map.write_csv(tmp / "taxonomy_map.csv")
-            (tmp / "synthetic.json").write_text(json.dumps(self.metadata(), indent=1) + "\n")
+            (tmp / "synthetic.json").write_text(dumps_json(self.metadata()))
 
 
 def _track(items: Sequence[tuple[int, int]], progress: bool) -> Iterable[tuple[int, int]]:
