@@ -30,7 +30,7 @@ from longrec.data.dataset import make_loader
 from longrec.data.store import TrajectoryStore
 from longrec.files import write_json
 from longrec.models.tin import time_gap_bucket
-from longrec.search import NEEDS_EMBEDDINGS, SEARCHERS
+from longrec.search import SEARCHERS
 from longrec.search.config import SearchConfig
 from longrec.search.hierarchical import match_depth
 
@@ -152,14 +152,17 @@ def retrieval_example(model: torch.nn.Module, batch: Batch, row: int, config: Se
         methods.append(config.method)
     kept: dict[str, list[bool]] = {}
     for method in methods:
-        if method in NEEDS_EMBEDDINGS and not hasattr(model, "search_embeddings"):
-            continue
-        cfg = SearchConfig(**{**config.__dict__, "method": method})
+        searcher = SEARCHERS[method]
         query = keys = None
-        if method in NEEDS_EMBEDDINGS:
+        if searcher.needs_embeddings:
+            if not hasattr(model, "search_embeddings"):
+                continue
             query, keys = model.search_embeddings(one)  # type: ignore[operator]
+        # the run's own searcher with its settings; the hard baselines with their defaults
+        defaults = searcher.options() if searcher.options is not None else None
+        options = config.options if method == config.method else defaults
         k = min(config.k, one.history.shape[1])
-        positions, ok = SEARCHERS[method](one, k, query, keys, cfg)
+        positions, ok = searcher.search(one, k, query, keys, options)
         chosen = torch.zeros_like(mask)
         chosen[positions[0][ok[0]]] = True
         kept[method] = chosen[mask].tolist()
