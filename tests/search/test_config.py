@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 import longrec.search
 from longrec.config import Config, load_config
-from longrec.search import SEARCHERS
+from longrec.data.batch import Batch
+from longrec.search import SEARCHERS, SearchEmbedder
 from longrec.search.category import CategoryOptions
 from longrec.search.combined import HardSoftOptions
 from longrec.search.config import SearchConfig, SearchOptions
@@ -125,6 +127,15 @@ def test_every_searchers_settings_class_lives_next_to_it_and_is_a_frozen_search_
         assert entry.options.__module__ == entry.search.__module__, f"{name}: settings defined away from the searcher"
         assert dataclasses.is_dataclass(entry.options) and entry.options.__dataclass_params__.frozen  # type: ignore[attr-defined]
         entry.options()  # the defaults are valid
+
+
+def test_a_model_with_search_embeddings_is_a_search_embedder() -> None:
+    class Embeds(torch.nn.Module):
+        def search_embeddings(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.zeros(len(batch), 2), torch.zeros(*batch.history.shape, 2)  # [B, D], [B, L, D]
+
+    assert isinstance(Embeds(), SearchEmbedder)
+    assert not isinstance(torch.nn.Linear(1, 1), SearchEmbedder)
 
 
 # Packages above the search stage: the search package must not import them (nor the experiment config).

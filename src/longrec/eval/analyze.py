@@ -30,7 +30,7 @@ from longrec.data.dataset import make_loader
 from longrec.data.store import TrajectoryStore
 from longrec.files import write_json
 from longrec.models.tin import time_gap_bucket
-from longrec.search import SEARCHERS
+from longrec.search import SEARCHERS, SearchEmbedder
 from longrec.search.config import SearchConfig
 from longrec.search.hierarchical import match_depth
 
@@ -155,9 +155,9 @@ def retrieval_example(model: torch.nn.Module, batch: Batch, row: int, config: Se
         searcher = SEARCHERS[method]
         query = keys = None
         if searcher.needs_embeddings:
-            if not hasattr(model, "search_embeddings"):
+            if not isinstance(model, SearchEmbedder):
                 continue
-            query, keys = model.search_embeddings(one)  # type: ignore[operator]
+            query, keys = model.search_embeddings(one)
         # the run's own searcher with its settings; the hard baselines with their defaults
         defaults = searcher.options() if searcher.options is not None else None
         options = config.options if method == config.method else defaults

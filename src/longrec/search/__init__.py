@@ -5,7 +5,7 @@ together with its own settings class (`SimHashOptions`, `CategoryOptions`, ..., 
 
     searcher(batch, k, query, keys, options) -> (positions [B, K] int64, kept [B, K] bool)
 
-`query [B, D]` / `keys [B, L, D]` are the model's search embeddings (`model.search_embeddings(batch)`)
+`query [B, D]` / `keys [B, L, D]` are the model's search embeddings (a `SearchEmbedder`'s `search_embeddings(batch)`)
 for the searchers that need embeddings, None for hard searchers. Fewer than K matches -> the rest is not kept
 (padding is never selected). `search_stage` runs the configured searcher (`SearchConfig`: method, k, the method's
 options, chunk) and returns an ordinary `Batch` holding the K kept behaviours, **re-ordered chronologically and
@@ -34,6 +34,7 @@ Shapes: B batch, L history length, K kept behaviours, D search embedding dim, c 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -58,6 +59,7 @@ __all__ = [
     "KeyChunks",
     "SDIMOptions",
     "SearchConfig",
+    "SearchEmbedder",
     "SearchMethod",
     "SearchOptions",
     "Searcher",
@@ -76,6 +78,15 @@ __all__ = [
 ]
 
 AUTO_CHUNK_BYTES = 16 * 2**20  # search.chunk = 0: chunk when the [B, L, D] keys would take more than this
+
+
+@runtime_checkable
+class SearchEmbedder(Protocol):
+    """A model that steers search: its search embeddings score behaviours for the embedding searchers."""
+
+    def search_embeddings(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Query [B, D] and keys [B, L, D]; <query, key_i> ranks behaviour i. Keys must be per-behaviour."""
+        ...
 
 
 def history_columns(batch: Batch, start: int, stop: int) -> Batch:
@@ -184,8 +195,9 @@ def search_stage(batch: Batch, model: nn.Module | None, config: SearchConfig) ->
 
     Args:
         batch: a collated batch with histories of length L.
-        model: the sequence model; searchers that need embeddings call `model.search_embeddings(batch)`
-            (no gradient: selection is not differentiable, the model re-scores the K kept behaviours itself).
+        model: the sequence model; searchers that need embeddings call its `search_embeddings(batch)` (a
+            `SearchEmbedder`; no gradient: selection is not differentiable, the model re-scores the K kept behaviours
+            itself).
         config: `method` ('none' keeps the whole history), `k`, the method's `options`, and `chunk` (searchers with
             a chunked variant: walk L in chunks, see `chunk_size`; the output does not depend on it).
 
@@ -201,12 +213,12 @@ def search_stage(batch: Batch, model: nn.Module | None, config: SearchConfig) ->
     query = keys = None
     positions = kept = None
     if searcher.needs_embeddings:
-        embed = getattr(model, "search_embeddings", None)
-        if embed is None:
+        if not isinstance(model, SearchEmbedder):
             raise ValueError(
                 f"search.method = '{config.method}' needs a model with search_embeddings(batch); "
                 f"{type(model).__name__} has none. Use a hard searcher (latest, category, ...) or 'none'."
             )
+        embed = model.search_embeddings
         with torch.no_grad():
             if config.method == "soft" and shares_one_history(batch):  # one user, C candidates
                 positions, kept = _shared_soft_search(batch, embed, k, max(config.chunk, 0))
