@@ -42,7 +42,7 @@ from longrec.eval.metrics import ndcg_at_k
 from longrec.ingest import load_log
 from longrec.ingest.synthetic import SyntheticConfig, generate
 from longrec.run import load_run, train
-from longrec.search import NEEDS_EMBEDDINGS, SEARCHERS
+from longrec.search import SEARCHERS
 from longrec.search.config import SearchConfig
 
 # name -> (model table, search table). DARE's Table 1 rows, plus TIN (full history, no search: it is the Tencent
@@ -202,12 +202,12 @@ def search_quality(
         if model_name is not None and model_name not in runs:
             continue
         query = keys = None
-        if method in NEEDS_EMBEDDINGS and model_name is not None:
+        if SEARCHERS[method].needs_embeddings and model_name is not None:
             model = load_run(runs[model_name], store.root).model
             with torch.no_grad():
                 query, keys = model.search_embeddings(batch)
         cfg = SearchConfig(method=method, k=min(k, L))
-        positions, kept = SEARCHERS[method](batch, min(k, L), query, keys, cfg)
+        positions, kept = SEARCHERS[method].search(batch, min(k, L), query, keys, cfg.options)
         retrieved = torch.where(kept, positions, torch.full_like(positions, -1)).numpy()
         out[label] = ndcg_at_k(retrieved, rel, gains=gains)
     return out

@@ -218,7 +218,7 @@ def fit(
 ) -> tuple[torch.nn.Module, SearchConfig, float]:
     """Train `method` at max_history L with train_step; return the model, its search config and the seconds."""
     name, base_params, search_fields = METHODS[method]
-    search = SearchConfig(**{"k": args.k, **search_fields})
+    search = SearchConfig.from_table({"k": args.k, **search_fields})
     torch.manual_seed(seed)
     model = build_model_for_sizes(name, {**base_params, **(params or {})}, store.sizes)
     optimizer = make_optimizer(model, args.lr)

@@ -649,8 +649,8 @@ def search_recall(work: Path, k: int = 20, max_history: int = 200, samples: int 
     depth = match_depth(batch.history_category, batch.target_category).numpy()  # [N, L]
     out = []
     for row, overrides in SEARCH_ROWS.items():
-        config = SearchConfig(k=k, **{key.split(".")[1]: value for key, value in overrides.items()})
-        positions, kept = SEARCHERS[config.method](batch, k, None, None, config)
+        config = SearchConfig.from_table({"k": k, **{key.split(".")[1]: value for key, value in overrides.items()}})
+        positions, kept = SEARCHERS[config.method].search(batch, k, None, None, config.options)
         positions, kept = positions.numpy(), kept.numpy()  # [N, K] each
         retrieved = np.where(kept, np.take_along_axis(events, positions, axis=1), -1)  # [N, K] event ids
         kept_depth = np.take_along_axis(depth, positions, axis=1)[kept]  # [R]

@@ -75,3 +75,14 @@ def test_config_round_trips_through_json() -> None:
 
     cfg = load_config(None, ["model.name=mean_pool", "model.dim=4", "train.seed=3"])
     assert Config.from_dict(json.loads(cfg.to_json())) == cfg
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_bundled_config_file_loads_and_round_trips(path: Path) -> None:
+    import json
+
+    cfg = load_config(path)
+    assert Config.from_dict(json.loads(cfg.to_json())) == cfg

@@ -23,7 +23,7 @@ from typing import Any
 from longrec.data.config import DataConfig
 from longrec.files import dumps_json
 from longrec.models import DATA_SIZE_FIELDS, MODELS
-from longrec.search.config import SearchConfig
+from longrec.search.config import SearchConfig, fill_search
 from longrec.settings import ConfigError, dotted_keys, fill_dataclass, merge, parse_overrides
 from longrec.train.config import TrainConfig
 
@@ -59,19 +59,26 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["model"] = {"name": self.model.name, **self.model.params}
+        out["search"] = self.search.to_table()  # flat: the chosen searcher's settings only
         return out
 
     def to_json(self) -> str:
         return dumps_json(self.to_dict())
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> Config:
+    def from_dict(cls, raw: dict[str, Any], source: str = "config", *, lenient: bool = False) -> Config:
         """The config of `to_dict()` (a run's config.json), checked as `load_config` checks a file.
+
+        Args:
+            raw: the nested tables.
+            source: what problems name.
+            lenient: drop search settings of searchers other than `search.method` (config.json files written before
+                each searcher had its own settings hold every searcher's); other problems are still reported.
 
         Raises:
             ConfigError: every problem, at once, naming `source`.
         """
-        return _from_raw(raw, source)
+        return _from_raw(raw, source, lenient=lenient)
 
 
 def _check_model(section: dict[str, Any], problems: list[str]) -> ModelSection | None:
@@ -131,7 +138,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return _from_raw(merge(raw, given), source, dotted_keys(given))
 
 
-def _from_raw(raw: dict[str, Any], source: str, set_keys: Collection[str] = ()) -> Config:
+def _from_raw(raw: dict[str, Any], source: str, set_keys: Collection[str] = (), lenient: bool = False) -> Config:
     """Check and build a `Config` from nested tables; problems about keys in `set_keys` are marked '(--set)'."""
     problems: list[str] = []
     sections = {f.name for f in dataclasses.fields(Config)}
@@ -149,7 +156,7 @@ def _from_raw(raw: dict[str, Any], source: str, set_keys: Collection[str] = ()) 
             problems.append(f"{name}: expected a table of settings, got {type(value).__name__} {value!r}")
     model = _check_model(tables["model"], problems) if "model" in tables else None
     data = fill_dataclass(DataConfig, tables.get("data", {}), "data.", problems)
-    search = fill_dataclass(SearchConfig, tables.get("search", {}), "search.", problems)
+    search = fill_search(tables.get("search", {}), "search.", problems, lenient=lenient)
     train = fill_dataclass(TrainConfig, tables.get("train", {}), "train.", problems)
     if search is not None and data is not None and search.method != "none" and search.k > data.max_history:
         problems.append(

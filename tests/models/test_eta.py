@@ -8,7 +8,7 @@ import torch
 from longrec.models import ETAConfig
 from longrec.search import search_stage
 from longrec.search.config import SearchConfig
-from longrec.search.simhash import simhash
+from longrec.search.simhash import SimHashOptions, simhash
 
 
 @pytest.fixture
@@ -54,10 +54,10 @@ def test_simhash_search_with_k_equal_l_is_the_unsearched_model(eta, batch) -> No
 
 @pytest.mark.parametrize("k", [1, 3, 6])
 def test_eta_on_the_top_k_is_attention_restricted_to_the_k(eta, batch, k: int) -> None:
-    config = SearchConfig(method="simhash", k=k, hash_bits=32)
+    config = SearchConfig(method="simhash", k=k, options=SimHashOptions(hash_bits=32))
     searched = search_stage(batch, eta, config)
     query, keys = eta.search_embeddings(batch)
-    positions, kept = simhash(batch, k, query, keys, config)
+    positions, kept = simhash(batch, k, query, keys, config.options)
     keep = torch.zeros_like(batch.history_mask).scatter(1, positions, kept)  # [B, L]
     masked = batch.replace(history_mask=keep, history=batch.history * keep)
     torch.testing.assert_close(eta(searched), eta(masked))

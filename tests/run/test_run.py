@@ -19,6 +19,8 @@ from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import TrajectoryStore
 from longrec.files import DirectoryLockedError, OutputError, lock_directory
 from longrec.run import load_run, train
+from longrec.run.directory import read_run_config, resume_changes
+from longrec.search.config import SearchConfig
 from longrec.settings import ConfigError
 from longrec.train.checkpoint import load_checkpoint, save_checkpoint
 from longrec.train.loop import TrainingDiverged
@@ -262,6 +264,54 @@ def test_config_files_round_trip_through_load_config(trained: Path) -> None:
     assert saved["run"]["store"]["vocab_sha"] == load_run(trained).store.manifest["vocab_sha"]
     assert Path(saved["data"]["path"]).is_absolute() and saved["run"]["store"]["path_from_run"].startswith("..")
     assert load_config(None, ["model.name=din"]).model.name == "din"
+
+
+# The search section of a config.json written before each searcher had its own settings: every searcher's, flat.
+OLD_SEARCH = {
+    "method": "none",
+    "k": 20,
+    "seed": 0,
+    "hash_bits": 64,
+    "hash_rounds": 48,
+    "round_bits": 3,
+    "level": -1,
+    "min_depth": 1,
+    "hard_method": "hierarchical",
+    "hard_k": 10,
+    "chunk": 0,
+}
+
+
+def test_a_run_whose_config_json_holds_every_searchers_settings_still_loads(trained: Path, tmp_path: Path) -> None:
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(trained, old)
+    saved = json.loads((old / "config.json").read_text())
+    (old / "config.json").write_text(json.dumps({**saved, "search": OLD_SEARCH}))
+    config, _ = read_run_config(old)
+    assert config.search == SearchConfig("none", 20) == load_run(trained).config.search
+    assert load_run(old).evaluate("test") == load_run(trained).evaluate("test")
+    with pytest.raises(ConfigError, match=r"search.hash_bits is a setting of simhash; search.method is 'none'"):
+        Config.from_dict({**saved, "search": OLD_SEARCH})  # a config someone writes is checked strictly
+    (old / "config.json").write_text(json.dumps({**saved, "search": {**OLD_SEARCH, "method": "category", "levle": 0}}))
+    with pytest.raises(ConfigError) as err:  # lenient drops other searchers' settings only
+        read_run_config(old)
+    assert err.value.problems == ["search.levle: unknown key (did you mean 'level'?)"]
+
+
+def test_resume_refuses_another_search_method_whatever_settings_each_has(store_path: Path) -> None:
+    old = Config.from_dict({**_config(store_path).to_dict(), "search": {"method": "simhash", "k": 5, "hash_bits": 8}})
+    new = Config.from_dict({**_config(store_path).to_dict(), "search": {"method": "category", "k": 5, "level": 0}})
+    with pytest.raises(ConfigError) as err:
+        resume_changes(old, new, same_store=True)
+    assert err.value.problems[0] == "search.method was 'simhash', now 'category': the saved state depends on it"
+    chunked = Config.from_dict({**old.to_dict(), "search": {**old.to_dict()["search"], "chunk": 2048}})
+    assert resume_changes(old, chunked, same_store=True) == [], "search.chunk is free on resume"
+    with pytest.raises(ConfigError, match=r"search.options.hash_bits was 8, now 16"):
+        resume_changes(
+            old, Config.from_dict({**old.to_dict(), "search": {**old.to_dict()["search"], "hash_bits": 16}}), True
+        )
 
 
 def test_the_lock_is_released_when_the_block_ends(tmp_path: Path) -> None:

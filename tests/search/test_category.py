@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from longrec.data.batch import Batch, check_batch
 from longrec.search import search_stage
-from longrec.search.category import category
+from longrec.search.category import CategoryOptions, category
+from longrec.search.combined import HardSoftOptions
 from longrec.search.config import SearchConfig
 from longrec.settings import ConfigError
 
@@ -37,39 +38,39 @@ def _kept_lists(positions: torch.Tensor, kept: torch.Tensor) -> list[list[int]]:
 
 
 def test_finest_level_keeps_matches_most_recent_first() -> None:
-    positions, kept = category(_hand_batch(), 3, None, None, SearchConfig())
+    positions, kept = category(_hand_batch(), 3, None, None, CategoryOptions())
     # Row 0: four fine matches tie on category; recency decides (4, 3, 2), column 0 drops out at K = 3.
     assert _kept_lists(positions, kept) == [[4, 3, 2], [3], [], []]
 
 
 def test_k_equal_l_keeps_every_match_and_nothing_else() -> None:
-    positions, kept = category(_hand_batch(), 6, None, None, SearchConfig())
+    positions, kept = category(_hand_batch(), 6, None, None, CategoryOptions())
     assert _kept_lists(positions, kept) == [[4, 3, 2, 0], [3], [], []]
     assert kept.sum(1).tolist() == [4, 1, 0, 0], "fewer than K matches -> the rest is not kept"
 
 
 def test_coarse_level_matches_on_the_first_column() -> None:
-    positions, kept = category(_hand_batch(), 6, None, None, SearchConfig(level=0))
+    positions, kept = category(_hand_batch(), 6, None, None, CategoryOptions(level=0))
     assert _kept_lists(positions, kept) == [[5, 4, 2, 1, 0], [5, 4, 3], [], [5, 4, 3, 2, 1, 0]]
 
 
 def test_level_outside_the_taxonomy_and_missing_categories_are_explained() -> None:
     batch = _hand_batch()
     with pytest.raises(ValueError, match=r"search\.level = 2 is not a taxonomy column: the data has M = 2 level"):
-        category(batch, 3, None, None, SearchConfig(level=2))
+        category(batch, 3, None, None, CategoryOptions(level=2))
     with pytest.raises(ValueError, match=r"category search reads batch\.history_category"):
-        category(batch.replace(history_category=None), 3, None, None, SearchConfig())
+        category(batch.replace(history_category=None), 3, None, None, CategoryOptions())
 
 
 def test_search_config_rejects_bad_hard_search_keys_all_at_once() -> None:
     with pytest.raises(ConfigError) as info:
-        SearchConfig(method="hard+soft", k=4, hard_k=5, hard_method="categroy")
+        SearchConfig.from_table({"method": "hard+soft", "k": 4, "hard_k": 5, "hard_method": "categroy"})
     assert info.value.problems == [
         "search.hard_method must be one of category, hierarchical. Got 'categroy' instead.",
         "search.hard_k (5) must be <= search.k (4): the hard block is part of the K kept.",
     ]
     with pytest.raises(ConfigError, match=r"search.hard_k must be >= 0. Got -1 instead."):
-        SearchConfig(hard_k=-1)
+        HardSoftOptions(hard_k=-1)
     SearchConfig(method="category", k=4)  # hard_k only matters for hard+soft
 
 
@@ -115,7 +116,7 @@ def test_vectorised_category_equals_the_python_loop_and_never_selects_padding(da
     L, M = batch.history.shape[1], batch.history_category.shape[2]
     k = data.draw(st.integers(1, L))
     level = data.draw(st.integers(-M, M - 1))
-    positions, kept = category(batch, k, None, None, SearchConfig(level=level))
+    positions, kept = category(batch, k, None, None, CategoryOptions(level=level))
     assert positions.shape == kept.shape == (len(batch), k)
     assert _kept_lists(positions, kept) == naive_category(batch, k, level)
     assert batch.history_mask.gather(1, positions)[kept].all(), "padding selected"

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from longrec.data.batch import Batch, check_batch
 from longrec.search import search_stage
-from longrec.search.combined import hard_and_soft, split_blocks
+from longrec.search.combined import HardSoftOptions, hard_and_soft, split_blocks
 from longrec.search.config import SearchConfig
 
 
@@ -35,7 +35,7 @@ def _hand_batch() -> tuple[Batch, Tensor, Tensor]:
 
 def test_hard_block_then_soft_block_over_the_remaining_behaviours() -> None:
     batch, query, keys = _hand_batch()
-    positions, kept = hard_and_soft(batch, 4, query, keys, SearchConfig(hard_k=2))
+    positions, kept = hard_and_soft(batch, 4, query, keys, HardSoftOptions(hard_k=2))
     # Row 0: hierarchical keeps 5, 2 (depth 2, most recent); soft's best are 5, 0, 2, 3 -> without 5 and 2: 0, 3.
     # Row 1: hierarchical keeps 4 only (hard block left-padded); soft takes 5, 3 from the rest, not the hard slot.
     assert positions[kept].tolist() == [2, 5, 0, 3, 4, 3, 5]
@@ -45,18 +45,18 @@ def test_hard_block_then_soft_block_over_the_remaining_behaviours() -> None:
 
 def test_category_as_the_hard_method_and_the_degenerate_widths() -> None:
     batch, query, keys = _hand_batch()
-    positions, kept = hard_and_soft(batch, 3, query, keys, SearchConfig(hard_method="category", hard_k=2))
+    positions, kept = hard_and_soft(batch, 3, query, keys, HardSoftOptions(hard_method="category", hard_k=2))
     # Row 0: fine-level 5 at 0, 2, 3, 5 -> 3, 5; soft over the rest -> 0. Row 1: no fine match -> soft takes 4.
     assert positions[kept].tolist() == [3, 5, 0, 4]
-    only_soft, kept_soft = hard_and_soft(batch, 3, query, keys, SearchConfig(hard_k=0))
+    only_soft, kept_soft = hard_and_soft(batch, 3, query, keys, HardSoftOptions(hard_k=0))
     assert only_soft[kept_soft].tolist() == [0, 2, 5, 3, 4, 5]
-    only_hard, kept_hard = hard_and_soft(batch, 3, query, keys, SearchConfig(hard_k=3))
+    only_hard, kept_hard = hard_and_soft(batch, 3, query, keys, HardSoftOptions(hard_k=3))
     assert only_hard[kept_hard].tolist() == [0, 2, 5, 4]
 
 
 def test_blocks_keep_their_width_when_the_history_is_shorter_than_k() -> None:
     batch, query, keys = _hand_batch()
-    positions, kept = hard_and_soft(batch, 9, query, keys, SearchConfig(hard_k=4))  # L = 6 < K = 9
+    positions, kept = hard_and_soft(batch, 9, query, keys, HardSoftOptions(hard_k=4))  # L = 6 < K = 9
     assert positions.shape == (2, 9)
     # Row 0: depth 2 at 0, 2, 5 and the more recent depth-1 (4) fill the hard block; soft gets 1 and 3.
     assert kept.tolist()[0] == [True, True, True, True, False, False, False, True, True]
@@ -68,11 +68,11 @@ def test_blocks_keep_their_width_when_the_history_is_shorter_than_k() -> None:
 def test_errors_say_what_is_missing() -> None:
     batch, query, keys = _hand_batch()
     with pytest.raises(ValueError, match=r"search.hard_k must be in \[0, search.k\] = \[0, 3\]. Got 4 instead."):
-        hard_and_soft(batch, 3, query, keys, SearchConfig(hard_k=4))
+        hard_and_soft(batch, 3, query, keys, HardSoftOptions(hard_k=4))
     with pytest.raises(ValueError, match="hard\\+soft search needs the model's search embeddings"):
-        hard_and_soft(batch, 3, None, None, SearchConfig(hard_k=1))
+        hard_and_soft(batch, 3, None, None, HardSoftOptions(hard_k=1))
     with pytest.raises(ValueError, match=r"hierarchical search reads batch\.history_category"):
-        hard_and_soft(batch.replace(history_category=None), 3, query, keys, SearchConfig(hard_k=1))
+        hard_and_soft(batch.replace(history_category=None), 3, query, keys, HardSoftOptions(hard_k=1))
 
 
 def random_case(data: st.DataObject) -> tuple[Batch, Tensor, Tensor]:
@@ -92,15 +92,17 @@ def random_case(data: st.DataObject) -> tuple[Batch, Tensor, Tensor]:
     return batch, torch.randn(B, 3, generator=g), torch.randn(B, L, 3, generator=g)
 
 
-def naive_blocks(batch: Batch, k: int, query: Tensor, keys: Tensor, config: SearchConfig) -> list[list[int]]:
+def naive_blocks(batch: Batch, k: int, query: Tensor, keys: Tensor, options: HardSoftOptions) -> list[list[int]]:
     """Python-loop reference; each row: hard block then soft block, each oldest first, -1 = empty slot."""
     assert batch.history_category is not None and batch.target_category is not None
     out = []
     for b in range(len(batch)):
         path, target = batch.history_category[b].tolist(), batch.target_category[b].tolist()
         real = [i for i in range(batch.history.shape[1]) if batch.history_mask[b, i]]
-        if config.hard_method == "category":
-            rank = {i: 1 for i in real if target[config.level] != 0 and path[i][config.level] == target[config.level]}
+        if options.hard_method == "category":
+            rank = {
+                i: 1 for i in real if target[options.level] != 0 and path[i][options.level] == target[options.level]
+            }
         else:
             rank = {}
             for i in real:
@@ -109,11 +111,11 @@ def naive_blocks(batch: Batch, k: int, query: Tensor, keys: Tensor, config: Sear
                     depth += 1
                 if depth:
                     rank[i] = depth
-        hard = sorted(rank, key=lambda i: (rank[i], i), reverse=True)[: config.hard_k]
+        hard = sorted(rank, key=lambda i: (rank[i], i), reverse=True)[: options.hard_k]
         rest = [i for i in real if i not in hard]
-        soft = sorted(rest, key=lambda i: float(keys[b, i] @ query[b]), reverse=True)[: k - config.hard_k]
+        soft = sorted(rest, key=lambda i: float(keys[b, i] @ query[b]), reverse=True)[: k - options.hard_k]
         row = []
-        for block, width in ((hard, config.hard_k), (soft, k - config.hard_k)):
+        for block, width in ((hard, options.hard_k), (soft, k - options.hard_k)):
             row += [-1] * (width - len(block)) + sorted(block)
         out.append(row)
     return out
@@ -129,10 +131,10 @@ def test_vectorised_hard_and_soft_equals_the_python_loop(data: st.DataObject) ->
     method = data.draw(st.sampled_from(["category", "hierarchical"]))
     assert batch.history_category is not None
     level = data.draw(st.integers(-batch.history_category.shape[2], batch.history_category.shape[2] - 1))
-    config = SearchConfig(method="hard+soft", k=k, hard_k=hard_k, hard_method=method, level=level)
-    positions, kept = hard_and_soft(batch, k, query, keys, config)
+    options = HardSoftOptions(hard_k=hard_k, hard_method=method, level=level)
+    positions, kept = hard_and_soft(batch, k, query, keys, options)
     assert positions.shape == kept.shape == (B, k)
-    assert torch.where(kept, positions, -1).tolist() == naive_blocks(batch, k, query, keys, config)
+    assert torch.where(kept, positions, -1).tolist() == naive_blocks(batch, k, query, keys, options)
     assert batch.history_mask.gather(1, positions)[kept].all(), "padding selected"
     taken = torch.zeros(B, L, dtype=torch.long).scatter_add(1, positions, kept.long())  # [B, L]
     assert taken.max() <= 1, "a behaviour was kept twice"
@@ -184,7 +186,7 @@ def test_each_sequence_module_receives_exactly_its_block() -> None:
         history_position=(L - torch.arange(L)).expand(B, L) * mask,
     )
     model = TwoModuleToy(hard_k)
-    config = SearchConfig(method="hard+soft", k=K, hard_k=hard_k)
+    config = SearchConfig(method="hard+soft", k=K, options=HardSoftOptions(hard_k=hard_k))
     searched = search_stage(batch, model, config)
     check_batch(searched)
     logits = model(searched)
@@ -192,7 +194,7 @@ def test_each_sequence_module_receives_exactly_its_block() -> None:
 
     with torch.no_grad():
         query, keys = model.search_embeddings(batch)
-    expected = naive_blocks(batch, K, query, keys, config)
+    expected = naive_blocks(batch, K, query, keys, HardSoftOptions(hard_k=hard_k))
     (hard,), (soft,) = model.hard_module.seen, model.soft_module.seen
     assert hard.history.shape == (B, hard_k) and soft.history.shape == (B, K - hard_k)
     for block, columns in ((hard, slice(0, hard_k)), (soft, slice(hard_k, K))):

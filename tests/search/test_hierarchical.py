@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from longrec.data.batch import Batch, check_batch
 from longrec.search import search_stage
-from longrec.search.category import category
+from longrec.search.category import CategoryOptions, category
 from longrec.search.config import SearchConfig
-from longrec.search.hierarchical import hierarchical, match_depth
+from longrec.search.hierarchical import HierarchicalOptions, hierarchical, match_depth
 
 
 def _hand_batch() -> Batch:
@@ -46,34 +46,34 @@ def test_match_depth_is_the_matching_prefix_and_a_missing_level_stops_it() -> No
 
 
 def test_finest_level_first_recency_inside_a_level_then_coarser_levels() -> None:
-    positions, kept = hierarchical(_hand_batch(), 4, None, None, SearchConfig())
+    positions, kept = hierarchical(_hand_batch(), 4, None, None, HierarchicalOptions())
     # depth 3: columns 4, 0 (most recent first); depth 2: column 1; depth 1: columns 6, 2 -> column 6 (more recent).
     assert _kept_lists(positions, kept) == [[4, 0, 1, 6], [5], []]
 
 
 def test_k_equal_l_keeps_every_behaviour_with_depth_at_least_one_and_no_other() -> None:
-    positions, kept = hierarchical(_hand_batch(), 7, None, None, SearchConfig())
+    positions, kept = hierarchical(_hand_batch(), 7, None, None, HierarchicalOptions())
     assert _kept_lists(positions, kept) == [[4, 0, 1, 6, 2], [5], []]
     assert kept.sum(1).tolist() == [5, 1, 0]
 
 
 def test_min_depth_stops_the_fallback_at_that_level() -> None:
-    positions, kept = hierarchical(_hand_batch(), 7, None, None, SearchConfig(min_depth=2))
+    positions, kept = hierarchical(_hand_batch(), 7, None, None, HierarchicalOptions(min_depth=2))
     assert _kept_lists(positions, kept) == [[4, 0, 1], [5], []]  # the depth-1 columns 6 and 2 are left out
-    positions, kept = hierarchical(_hand_batch(), 7, None, None, SearchConfig(min_depth=3))
+    positions, kept = hierarchical(_hand_batch(), 7, None, None, HierarchicalOptions(min_depth=3))
     assert _kept_lists(positions, kept) == [[4, 0], [], []]
 
 
 def test_min_depth_must_be_a_level_the_taxonomy_has() -> None:
     with pytest.raises(ValueError, match=r"search\.min_depth = 4 is deeper than the taxonomy: .*M = 3 levels"):
-        hierarchical(_hand_batch(), 3, None, None, SearchConfig(min_depth=4))
+        hierarchical(_hand_batch(), 3, None, None, HierarchicalOptions(min_depth=4))
     with pytest.raises(ValueError, match=r"search\.min_depth must be >= 1"):
-        SearchConfig(min_depth=0)
+        HierarchicalOptions(min_depth=0)
 
 
 def test_missing_categories_are_explained() -> None:
     with pytest.raises(ValueError, match=r"hierarchical search reads batch\.history_category"):
-        hierarchical(_hand_batch().replace(target_category=None), 3, None, None, SearchConfig())
+        hierarchical(_hand_batch().replace(target_category=None), 3, None, None, HierarchicalOptions())
 
 
 def random_batch(data: st.DataObject, tree: bool = False) -> Batch:
@@ -129,7 +129,7 @@ def test_vectorised_hierarchical_equals_the_python_loop_and_never_selects_paddin
     k = data.draw(st.integers(1, batch.history.shape[1]))
     assert batch.history_category is not None
     min_depth = data.draw(st.integers(1, batch.history_category.shape[2]))
-    positions, kept = hierarchical(batch, k, None, None, SearchConfig(min_depth=min_depth))
+    positions, kept = hierarchical(batch, k, None, None, HierarchicalOptions(min_depth=min_depth))
     assert positions.shape == kept.shape == (len(batch), k)
     assert _kept_lists(positions, kept) == naive_hierarchical(batch, k, min_depth)
     assert batch.history_mask.gather(1, positions)[kept].all(), "padding selected"
@@ -145,13 +145,13 @@ def test_category_at_level_m_is_hierarchical_restricted_to_depth_at_least_m_on_a
     L, M = batch.history.shape[1], batch.history_category.shape[2]
     depth = match_depth(batch.history_category, batch.target_category) * batch.history_mask  # [B, L]
     for column in range(M):
-        positions, kept = category(batch, L, None, None, SearchConfig(level=column))
+        positions, kept = category(batch, L, None, None, CategoryOptions(level=column))
         selected = torch.zeros_like(batch.history_mask).scatter(1, positions, kept)  # [B, L]
         assert torch.equal(selected, depth >= column + 1)
-        deep_positions, deep_kept = hierarchical(batch, L, None, None, SearchConfig(min_depth=column + 1))
+        deep_positions, deep_kept = hierarchical(batch, L, None, None, HierarchicalOptions(min_depth=column + 1))
         assert torch.equal(torch.zeros_like(selected).scatter(1, deep_positions, deep_kept), selected)
         if column == M - 1:  # the finest level: same behaviours in the same (recency) order
-            assert torch.equal(positions[kept], hierarchical(batch, L, None, None, SearchConfig())[0][kept])
+            assert torch.equal(positions[kept], hierarchical(batch, L, None, None, HierarchicalOptions())[0][kept])
 
 
 def test_hierarchical_through_the_search_stage_gives_a_left_padded_chronological_batch() -> None:

@@ -6,6 +6,7 @@ of it) with B <= 4 and D <= 16; the `slow` test searches L = 10^5 and measures t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -24,16 +25,12 @@ import longrec.search.exact as exact
 from longrec.data.batch import Batch
 from longrec.models import MODELS, build_model, data_params
 from longrec.models.contract import capabilities
-from longrec.search import (
-    CHUNKED_SEARCHERS,
-    SEARCHERS,
-    chunk_size,
-    history_columns,
-    search_stage,
-    topk_positions,
-)
-from longrec.search.config import SearchConfig
+from longrec.search import SEARCHERS, chunk_size, history_columns, search_stage, topk_positions
+from longrec.search.combined import HardSoftOptions
+from longrec.search.config import SearchConfig, SearchOptions
 from longrec.search.exact import SCORE_BLOCK, chunked_topk, exact_topk, rank_keys, soft_scores
+from longrec.search.sdim import SDIMOptions
+from longrec.search.simhash import SimHashOptions
 from longrec.settings import ConfigError
 
 SIZES = {"num_items": 40, "num_categories": 12, "taxonomy_levels": 2, "num_actions": 4, "num_goals": 2, "num_users": 3}
@@ -241,15 +238,20 @@ def batch() -> Batch:
 
 
 @pytest.mark.parametrize("model_name", ["twin", "dare"])
-@pytest.mark.parametrize("method", sorted(CHUNKED_SEARCHERS))
+@pytest.mark.parametrize("method", sorted(name for name, entry in SEARCHERS.items() if entry.chunked is not None))
 def test_chunked_search_stage_returns_the_unchunked_batch(batch: Batch, method: str, model_name: str) -> None:
     model = RecordingModel(make_model(model_name, max_position=3000))
-    config = SearchConfig(method=method, k=300, hard_k=100, hash_bits=16, hash_rounds=8)
-    whole = search_stage(batch, model, SearchConfig(**{**config.__dict__, "chunk": -1}))
+    options: dict[str, SearchOptions] = {
+        "hard+soft": HardSoftOptions(hard_k=100),
+        "simhash": SimHashOptions(hash_bits=16),
+        "sdim": SDIMOptions(hash_rounds=8),
+    }
+    config = SearchConfig(method=method, k=300, options=options.get(method))
+    whole = search_stage(batch, model, dataclasses.replace(config, chunk=-1))
     assert model.widest == batch.history.shape[1]
     model.widest = 0
     for chunk in (SCORE_BLOCK, 2 * SCORE_BLOCK):  # 3 and 2 chunks of L = 2500, the last one short
-        chunked = search_stage(batch, model, SearchConfig(**{**config.__dict__, "chunk": chunk}))
+        chunked = search_stage(batch, model, dataclasses.replace(config, chunk=chunk))
         assert model.widest == chunk, "keys were never wider than one chunk"
         for name, value in whole.fields().items():
             assert torch.equal(getattr(chunked, name), value), f"{method}, chunk {chunk}: {name} differs"
@@ -303,8 +305,9 @@ def test_chunk_must_be_auto_off_or_a_multiple_of_the_score_block() -> None:
     assert SearchConfig(method="soft", chunk=4096).chunk == 4096
 
 
-def test_every_chunked_searcher_is_a_registered_embedding_searcher() -> None:
-    assert set(CHUNKED_SEARCHERS) <= set(SEARCHERS) & search.NEEDS_EMBEDDINGS
+def test_every_chunked_searcher_is_an_embedding_searcher() -> None:
+    chunked = {name for name, entry in SEARCHERS.items() if entry.chunked is not None}
+    assert chunked and all(SEARCHERS[name].needs_embeddings for name in chunked)
 
 
 # --- L = 10^5 (slow) ------------------------------------------------------------------------------------------------

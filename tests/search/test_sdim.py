@@ -9,8 +9,7 @@ import torch
 
 from longrec.data.batch import Batch
 from longrec.search import exact_topk
-from longrec.search.config import SearchConfig
-from longrec.search.sdim import collisions, sdim
+from longrec.search.sdim import SDIMOptions, collisions, sdim
 from longrec.search.simhash import simhash_bits, simhash_planes
 
 
@@ -51,7 +50,7 @@ def test_score_is_the_number_of_colliding_rounds_with_ties_to_the_more_recent() 
     keys = torch.randn(1, 6, 8)
     keys[0, 0] = keys[0, 3] = q[0]  # collide in every round: a tie broken by recency
     keys[0, 5] = -q[0]  # never collides, but is the most recent
-    config = SearchConfig(hash_rounds=16, round_bits=2, seed=0)
+    config = SDIMOptions(hash_rounds=16, round_bits=2, seed=0)
     positions, kept = sdim(_batch(torch.ones(1, 6, dtype=torch.bool)), 6, q, keys, config)
     assert positions[0, :2].tolist() == [3, 0] and kept.all()
     planes = simhash_planes(8, 32, seed=0)
@@ -63,13 +62,13 @@ def test_padding_is_never_kept() -> None:
     mask = torch.tensor([[False, True, True]])
     q = torch.randn(1, 8)
     keys = q.unsqueeze(1).repeat(1, 3, 1)  # [1, 3, 8], padding collides everywhere too
-    positions, kept = sdim(_batch(mask), 3, q, keys, SearchConfig())
+    positions, kept = sdim(_batch(mask), 3, q, keys, SDIMOptions())
     assert kept.tolist() == [[True, True, False]] and sorted(positions[0, :2].tolist()) == [1, 2]
 
 
 def test_without_search_embeddings_the_error_says_so() -> None:
     with pytest.raises(ValueError, match="sdim search needs the model's search embeddings"):
-        sdim(_batch(torch.ones(1, 3, dtype=torch.bool)), 2, None, None, SearchConfig())
+        sdim(_batch(torch.ones(1, 3, dtype=torch.bool)), 2, None, None, SDIMOptions())
 
 
 # Measured on Gaussian queries and unit-norm keys (B=64, L=200, D=16, K=20), 48 rounds x 3 bits (the defaults):
@@ -82,7 +81,7 @@ def test_recall_at_20_of_200_clears_the_floor() -> None:
     keys = torch.randn(64, 200, 16, generator=g)
     q, keys = torch.randn(64, 16, generator=g), keys / keys.norm(dim=-1, keepdim=True)
     batch = _batch(torch.ones(64, 200, dtype=torch.bool))
-    positions, _ = sdim(batch, 20, q, keys, SearchConfig(hash_rounds=48, round_bits=3, seed=0))
+    positions, _ = sdim(batch, 20, q, keys, SDIMOptions(hash_rounds=48, round_bits=3, seed=0))
     reference, _ = exact_topk(q, keys, batch.history_mask, 20)
     recall = (positions.unsqueeze(-1) == reference.unsqueeze(1)).any(-1).float().mean().item()
     assert recall >= RECALL_FLOOR, f"sdim recall@20 of 200 = {recall:.3f}"

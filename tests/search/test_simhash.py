@@ -8,7 +8,7 @@ import torch
 from longrec.data.batch import Batch
 from longrec.search import exact_topk, search_stage
 from longrec.search.config import SearchConfig
-from longrec.search.simhash import hamming, pack_bits, popcount, simhash, simhash_bits, simhash_planes
+from longrec.search.simhash import SimHashOptions, hamming, pack_bits, popcount, simhash, simhash_bits, simhash_planes
 
 
 def _batch(mask: torch.Tensor) -> Batch:
@@ -58,7 +58,7 @@ def test_the_query_itself_comes_first_and_ties_go_to_the_more_recent() -> None:
     keys = torch.randn(1, 6, 8)
     keys[0, 1] = keys[0, 4] = q[0]  # two exact copies: distance 0, a tie
     keys[0, 2] = -q[0]  # the farthest possible
-    positions, kept = simhash(_batch(torch.ones(1, 6, dtype=torch.bool)), 3, q, keys, SearchConfig(hash_bits=64))
+    positions, kept = simhash(_batch(torch.ones(1, 6, dtype=torch.bool)), 3, q, keys, SimHashOptions(hash_bits=64))
     assert positions[0, :2].tolist() == [4, 1] and kept.all()
     assert 2 not in positions[0].tolist()
 
@@ -67,14 +67,14 @@ def test_padding_is_never_kept_and_short_histories_are_masked() -> None:
     mask = torch.tensor([[False, False, True, True], [False, False, False, False]])
     q, keys = torch.randn(2, 8), torch.randn(2, 4, 8)
     keys[:, :2] = q.unsqueeze(1)  # padding that would hash closest
-    positions, kept = simhash(_batch(mask), 3, q, keys, SearchConfig())
+    positions, kept = simhash(_batch(mask), 3, q, keys, SimHashOptions())
     assert kept.tolist() == [[True, True, False], [False, False, False]]
     assert sorted(positions[0, :2].tolist()) == [2, 3]
 
 
 def test_without_search_embeddings_the_error_says_so() -> None:
     with pytest.raises(ValueError, match="simhash search needs the model's search embeddings"):
-        simhash(_batch(torch.ones(1, 3, dtype=torch.bool)), 2, None, None, SearchConfig())
+        simhash(_batch(torch.ones(1, 3, dtype=torch.bool)), 2, None, None, SimHashOptions())
 
 
 def test_k_equal_l_keeps_the_whole_history_through_the_search_stage() -> None:
@@ -98,7 +98,7 @@ RECALL_FLOOR_64_BITS = 0.45
 def test_recall_at_20_of_200_with_64_bits_clears_the_floor() -> None:
     q, keys = random_search_data()
     batch = _batch(torch.ones(keys.shape[:2], dtype=torch.bool))
-    positions, _ = simhash(batch, 20, q, keys, SearchConfig(hash_bits=64, seed=0))
+    positions, _ = simhash(batch, 20, q, keys, SimHashOptions(hash_bits=64, seed=0))
     reference, _ = exact_topk(q, keys, batch.history_mask, 20)
     recall = recall_at_k(positions, reference)
     assert recall >= RECALL_FLOOR_64_BITS, f"simhash recall@20 of 200 with 64 bits = {recall:.3f}"
@@ -109,7 +109,7 @@ def test_recall_increases_with_the_signature_length() -> None:
     batch = _batch(torch.ones(keys.shape[:2], dtype=torch.bool))
     reference, _ = exact_topk(q, keys, batch.history_mask, 20)
     recalls = [
-        recall_at_k(simhash(batch, 20, q, keys, SearchConfig(hash_bits=bits, seed=0))[0], reference)
+        recall_at_k(simhash(batch, 20, q, keys, SimHashOptions(hash_bits=bits, seed=0))[0], reference)
         for bits in (8, 32, 128)
     ]
     assert recalls == sorted(recalls) and recalls[-1] > recalls[0] + 0.2, f"recall by bits: {recalls}"

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from longrec.data.batch import Batch, check_batch
-from longrec.search import BLOCK_SEARCHERS, SEARCHERS, exact_topk, search_stage, topk_positions
+from longrec.search import SEARCHERS, exact_topk, search_stage, topk_positions
+from longrec.search.combined import HardSoftOptions
 from longrec.search.config import SearchConfig
 
 
@@ -55,12 +56,13 @@ def test_padding_is_never_selected_and_short_histories_are_masked() -> None:
 @pytest.mark.parametrize("method", sorted(SEARCHERS))
 def test_every_searcher_returns_a_valid_left_padded_chronological_batch(method: str) -> None:
     batch = _batch()
-    out = search_stage(batch, Embeds(), SearchConfig(method=method, k=3, hard_k=1))
+    options = HardSoftOptions(hard_k=1) if method == "hard+soft" else None
+    out = search_stage(batch, Embeds(), SearchConfig(method=method, k=3, options=options))
     check_batch(out)
     assert out.history.shape == (4, 3)
     assert out.history_mask.sum(1).tolist() == [3, 3, 0, 1]
     # hard+soft returns [hard block | soft block]: each block follows the convention on its own
-    blocks = [slice(0, 1), slice(1, 3)] if method in BLOCK_SEARCHERS else [slice(0, 3)]
+    blocks = [slice(0, 1), slice(1, 3)] if SEARCHERS[method].blocks else [slice(0, 3)]
     for b in range(4):
         for columns in blocks:
             mask, position = out.history_mask[b, columns], out.history_position[b, columns]

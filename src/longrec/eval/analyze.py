@@ -29,9 +29,9 @@ from longrec.data.batch import Batch
 from longrec.data.dataset import make_loader
 from longrec.data.store import TrajectoryStore
 from longrec.files import write_json
-from longrec.models.contract import AttentionWeights, FieldAttribution, SearchEmbedder
+from longrec.models.contract import AttentionWeights, FieldAttribution
 from longrec.models.tin import time_gap_bucket
-from longrec.search import NEEDS_EMBEDDINGS, SEARCHERS
+from longrec.search import SEARCHERS, SearchEmbedder
 from longrec.search.config import SearchConfig
 from longrec.search.hierarchical import match_depth
 
@@ -146,14 +146,17 @@ def retrieval_example(model: torch.nn.Module, batch: Batch, row: int, config: Se
         methods.append(config.method)
     kept: dict[str, list[bool]] = {}
     for method in methods:
-        if method in NEEDS_EMBEDDINGS and not isinstance(model, SearchEmbedder):
-            continue
-        cfg = SearchConfig(**{**config.__dict__, "method": method})
+        searcher = SEARCHERS[method]
         query = keys = None
-        if method in NEEDS_EMBEDDINGS and isinstance(model, SearchEmbedder):
+        if searcher.needs_embeddings:
+            if not isinstance(model, SearchEmbedder):
+                continue
             query, keys = model.search_embeddings(one)
+        # the run's own searcher with its settings; the hard baselines with their defaults
+        defaults = searcher.options() if searcher.options is not None else None
+        options = config.options if method == config.method else defaults
         k = min(config.k, one.history.shape[1])
-        positions, ok = SEARCHERS[method](one, k, query, keys, cfg)
+        positions, ok = searcher.search(one, k, query, keys, options)
         chosen = torch.zeros_like(mask)
         chosen[positions[0][ok[0]]] = True
         kept[method] = chosen[mask].tolist()

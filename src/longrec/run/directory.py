@@ -81,7 +81,8 @@ def read_run_config(run: str | Path) -> tuple[Config, dict[str, Any]]:
             f"{path} was written by a newer longrec (run format {info.get('format_version')!r}; this one reads "
             f"{RUN_FORMAT}). Upgrade longrec to read it."
         )
-    return Config.from_dict(saved, str(path)), info
+    # lenient: runs written before each searcher had its own settings saved every searcher's in the search section
+    return Config.from_dict(saved, str(path), lenient=True), info
 
 
 def locate_store(run: Path, config: Config, info: dict[str, Any], data: str | Path | None = None) -> TrajectoryStore:
@@ -153,6 +154,8 @@ def resume_changes(old: Config, new: Config, same_store: bool) -> list[str]:
         old_fields = _fields(getattr(old, section), f"{section}.")
         new_values = {name: value for name, value, _ in _fields(getattr(new, section), f"{section}.")}
         for name, before, rule in old_fields:
+            if name not in new_values:  # a setting of the old search method only: the method change is refused
+                continue
             after = new_values[name]
             if before == after or rule == "free":
                 continue

@@ -1,18 +1,20 @@
 """The search stage: a long history [B, L] -> the K behaviours a sequence model attends to, [B, K].
 
-Every searcher is a pure, vectorised function with one signature, registered in `SEARCHERS`:
+Every searcher is a pure, vectorised function with one signature, registered in `SEARCHERS` (search/registry.py)
+together with its own settings class (`SimHashOptions`, `CategoryOptions`, ..., next to the function):
 
-    searcher(batch, k, query, keys, config) -> (positions [B, K] int64, kept [B, K] bool)
+    searcher(batch, k, query, keys, options) -> (positions [B, K] int64, kept [B, K] bool)
 
-`query [B, D]` / `keys [B, L, D]` are the model's search embeddings (`model.search_embeddings(batch)`) for the
-searchers in `NEEDS_EMBEDDINGS`, None for hard searchers. Fewer than K matches -> the rest is not kept (padding is
-never selected). `search_stage` runs the configured searcher and returns an ordinary `Batch` holding the K kept
-behaviours, **re-ordered chronologically and left-padded**, so a searched batch follows the same convention as a
-collated one and a model cannot tell whether search ran (except `BLOCK_SEARCHERS`: hard+soft returns
-[hard block | soft block] for two sequence modules, see `search_stage`). `exact_topk` is the oracle: with K = L
-soft search keeps every behaviour and the model reproduces full attention exactly.
+`query [B, D]` / `keys [B, L, D]` are the model's search embeddings (a `SearchEmbedder`'s `search_embeddings(batch)`)
+for the searchers that need embeddings, None for hard searchers. Fewer than K matches -> the rest is not kept
+(padding is never selected). `search_stage` runs the configured searcher (`SearchConfig`: method, k, the method's
+options, chunk) and returns an ordinary `Batch` holding the K kept behaviours, **re-ordered chronologically and
+left-padded**, so a searched batch follows the same convention as a collated one and a model cannot tell whether
+search ran (except searchers with `blocks`: hard+soft returns [hard block | soft block] for two sequence modules, see
+`search_stage`). `exact_topk` is the oracle: with K = L soft search keeps every behaviour and the model reproduces
+full attention exactly.
 
-**Long histories** (docs/long_histories.md): the embedding searchers in `CHUNKED_SEARCHERS` can walk L in chunks
+**Long histories** (docs/long_histories.md): the embedding searchers with a `chunked` variant can walk L in chunks
 (`search.chunk`; by default automatically when the [B, L, D] keys would exceed `AUTO_CHUNK_BYTES`): `search_stage`
 embeds one chunk of columns at a time (`model.search_embeddings` on the batch cut to those columns), scores it and
 keeps a running top-K, so the peak is O(B·chunk·D + B·K) instead of O(B·L·D). The result is identical to the
@@ -31,32 +33,40 @@ Shapes: B batch, L history length, K kept behaviours, D search embedding dim, c 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from longrec.data.batch import HISTORY_FIELDS, TARGET_FIELDS, Batch, gather_history
-from longrec.search.category import category
-from longrec.search.combined import hard_and_soft, hard_and_soft_chunked
-from longrec.search.config import SearchConfig
-from longrec.search.exact import SCORE_BLOCK, chunked_topk, exact_topk, oldest_first, soft_scores, topk_positions
-from longrec.search.hierarchical import hierarchical
-from longrec.search.sdim import sdim, sdim_scores
-from longrec.search.simhash import simhash, simhash_scores
+from longrec.search.category import CategoryOptions
+from longrec.search.combined import HardSoftOptions
+from longrec.search.config import SearchConfig, SearchOptions, fill_search
+from longrec.search.exact import SCORE_BLOCK, chunked_topk, exact_topk, oldest_first, topk_positions
+from longrec.search.hierarchical import HierarchicalOptions
+from longrec.search.registry import SEARCHERS, ChunkedSearcher, KeyChunks, Searcher, SearchMethod, latest, soft
+from longrec.search.sdim import SDIMOptions
+from longrec.search.simhash import SimHashOptions
 
 __all__ = [
     "AUTO_CHUNK_BYTES",
-    "BLOCK_SEARCHERS",
-    "CHUNKED_SEARCHERS",
-    "NEEDS_EMBEDDINGS",
     "SEARCHERS",
+    "CategoryOptions",
     "ChunkedSearcher",
+    "HardSoftOptions",
+    "HierarchicalOptions",
+    "KeyChunks",
+    "SDIMOptions",
+    "SearchConfig",
     "SearchEmbedder",
+    "SearchMethod",
+    "SearchOptions",
     "Searcher",
+    "SimHashOptions",
     "chunk_size",
     "exact_topk",
+    "fill_search",
     "history_chunks",
     "history_columns",
     "latest",
@@ -67,70 +77,16 @@ __all__ = [
     "topk_positions",
 ]
 
+AUTO_CHUNK_BYTES = 16 * 2**20  # search.chunk = 0: chunk when the [B, L, D] keys would take more than this
+
 
 @runtime_checkable
 class SearchEmbedder(Protocol):
-    """A model that steers embedding search with its own embeddings (soft, simhash, sdim, hard+soft)."""
+    """A model that steers search: its search embeddings score behaviours for the embedding searchers."""
 
     def search_embeddings(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """query [B, D] and keys [B, L, D]: a behaviour's score is <keys[b, i], query[b]>."""
+        """Query [B, D] and keys [B, L, D]; <query, key_i> ranks behaviour i. Keys must be per-behaviour."""
         ...
-
-
-Searcher = Callable[[Batch, int, Tensor | None, Tensor | None, SearchConfig], tuple[Tensor, Tensor]]
-# (start column, query [B, D], keys [B, c, D]) for consecutive chunks of the history, as `history_chunks` yields.
-KeyChunks = Iterable[tuple[int, Tensor, Tensor]]
-ChunkedSearcher = Callable[[Batch, int, KeyChunks, SearchConfig], tuple[Tensor, Tensor]]
-
-
-def latest(
-    batch: Batch, k: int, query: Tensor | None, keys: Tensor | None, config: SearchConfig
-) -> tuple[Tensor, Tensor]:
-    """The K most recent behaviours (the baseline every long-sequence paper starts from)."""
-    L = batch.history.shape[1]
-    order = torch.arange(L, device=batch.history.device, dtype=torch.float32).expand(len(batch), L)  # [B, L]
-    return topk_positions(order, batch.history_mask, k)
-
-
-def soft(
-    batch: Batch, k: int, query: Tensor | None, keys: Tensor | None, config: SearchConfig
-) -> tuple[Tensor, Tensor]:
-    """Top-K by <key_i, query> with the model's own search embeddings (TWIN: shared tables; DARE: attention tables)."""
-    if query is None or keys is None:
-        raise ValueError("soft search needs the model's search embeddings: the model has no search_embeddings().")
-    return exact_topk(query, keys, batch.history_mask, k)
-
-
-def _scored(scores: Callable[[Tensor, Tensor, SearchConfig], Tensor]) -> ChunkedSearcher:
-    """The chunked form of a searcher that is a top-K of per-behaviour scores: a running top-K over the chunks."""
-
-    def searcher(batch: Batch, k: int, chunks: KeyChunks, config: SearchConfig) -> tuple[Tensor, Tensor]:
-        return chunked_topk(((start, scores(q, h, config)) for start, q, h in chunks), batch.history_mask, k)
-
-    return searcher
-
-
-SEARCHERS: dict[str, Searcher] = {
-    "latest": latest,
-    "soft": soft,
-    "category": category,
-    "hierarchical": hierarchical,
-    "hard+soft": hard_and_soft,
-    "simhash": simhash,
-    "sdim": sdim,
-}
-NEEDS_EMBEDDINGS = {"soft", "hard+soft", "simhash", "sdim"}
-# Searchers whose K columns are fixed-width blocks ([hard | soft], each oldest first and left-padded within itself):
-# search_stage keeps their column order and passes k = search.k even when L < k (see search/combined.py).
-BLOCK_SEARCHERS = {"hard+soft"}
-# Embedding searchers that can walk the history in chunks (same output as their SEARCHERS entry, bounded memory).
-CHUNKED_SEARCHERS: dict[str, ChunkedSearcher] = {
-    "soft": _scored(lambda q, h, config: soft_scores(q, h)),
-    "simhash": _scored(simhash_scores),
-    "sdim": _scored(sdim_scores),
-    "hard+soft": hard_and_soft_chunked,
-}
-AUTO_CHUNK_BYTES = 16 * 2**20  # search.chunk = 0: chunk when the [B, L, D] keys would take more than this
 
 
 def history_columns(batch: Batch, start: int, stop: int) -> Batch:
@@ -165,7 +121,8 @@ def chunk_size(batch: Batch, embed: Callable[[Batch], tuple[Tensor, Tensor]], co
     each chunk's relative positions from the chunk's own mask.
     """
     L = batch.history.shape[1]
-    if config.method not in CHUNKED_SEARCHERS or config.chunk == -1 or batch.history_position is None:
+    entry = SEARCHERS.get(config.method)
+    if entry is None or entry.chunked is None or config.chunk == -1 or batch.history_position is None:
         return 0
     if config.chunk > 0:
         return config.chunk if config.chunk < L else 0
@@ -238,24 +195,24 @@ def search_stage(batch: Batch, model: nn.Module | None, config: SearchConfig) ->
 
     Args:
         batch: a collated batch with histories of length L.
-        model: the sequence model; searchers in `NEEDS_EMBEDDINGS` call `model.search_embeddings(batch)`
-            (no gradient: selection is not differentiable, the model re-scores the K kept behaviours itself).
-        config: `method` ('none' keeps the whole history), `k`, and `chunk` (embedding searchers in
-            `CHUNKED_SEARCHERS`: walk L in chunks, see `chunk_size`; the output does not depend on it).
+        model: the sequence model; searchers that need embeddings call its `search_embeddings(batch)` (a
+            `SearchEmbedder`; no gradient: selection is not differentiable, the model re-scores the K kept behaviours
+            itself).
+        config: `method` ('none' keeps the whole history), `k`, the method's `options`, and `chunk` (searchers with
+            a chunked variant: walk L in chunks, see `chunk_size`; the output does not depend on it).
 
     Returns:
-        The batch with [B, min(K, L)] histories, oldest first and left-padded. Searchers in `BLOCK_SEARCHERS`
+        The batch with [B, min(K, L)] histories, oldest first and left-padded. Searchers with `blocks`
         (hard+soft) instead give [B, K] histories laid out as they return them: fixed-width blocks, each oldest
         first and left-padded, so a model can split the columns between its sequence modules.
     """
     if config.method == "none":
         return batch
     searcher = SEARCHERS[config.method]
-    blocks = config.method in BLOCK_SEARCHERS
-    k = config.k if blocks else min(config.k, batch.history.shape[1])
+    k = config.k if searcher.blocks else min(config.k, batch.history.shape[1])
     query = keys = None
     positions = kept = None
-    if config.method in NEEDS_EMBEDDINGS:
+    if searcher.needs_embeddings:
         if not isinstance(model, SearchEmbedder):
             raise ValueError(
                 f"search.method = '{config.method}' needs a model with search_embeddings(batch); "
@@ -265,13 +222,13 @@ def search_stage(batch: Batch, model: nn.Module | None, config: SearchConfig) ->
         with torch.no_grad():
             if config.method == "soft" and shares_one_history(batch):  # one user, C candidates
                 positions, kept = _shared_soft_search(batch, embed, k, max(config.chunk, 0))
-            elif chunk := chunk_size(batch, embed, config):
+            elif searcher.chunked is not None and (chunk := chunk_size(batch, embed, config)):
                 chunks = history_chunks(batch, embed, chunk)
-                positions, kept = CHUNKED_SEARCHERS[config.method](batch, k, chunks, config)  # [B, K] each
+                positions, kept = searcher.chunked(batch, k, chunks, config.options)  # [B, K] each
             else:
                 query, keys = embed(batch)  # [B, D], [B, L, D]
     if positions is None or kept is None:
-        positions, kept = searcher(batch, k, query, keys, config)
-    if blocks:
+        positions, kept = searcher.search(batch, k, query, keys, config.options)
+    if searcher.blocks:
         return gather_history(batch, positions, kept)
     return gather_history(batch, *oldest_first(positions, kept))

@@ -1,10 +1,10 @@
 """Category search: SIM hard search (Pi et al., CIKM 2020, https://arxiv.org/abs/2006.05639).
 
 Keep the behaviours whose category equals the target's, most recent first. SIM matches on one category; we match
-on one configurable column of the taxonomy path (`search.level`, Python indexing into M: 0 = coarsest, -1 = finest,
-the default). A missing level (id 0) never matches: a target with no category at that level keeps nothing, and a
-behaviour with none there is never kept. Fewer than K matches -> the remaining slots are not kept (never filled with
-non-matching behaviours or padding).
+on one configurable column of the taxonomy path (`CategoryOptions.level`, `search.level` in a config: Python
+indexing into M, 0 = coarsest, -1 = finest, the default). A missing level (id 0) never matches: a target with no
+category at that level keeps nothing, and a behaviour with none there is never kept. Fewer than K matches -> the
+remaining slots are not kept (never filled with non-matching behaviours or padding).
 
 Selection is one vectorised top-K over the real, matching behaviours only; every one of them scores the same, so
 `topk_positions`' tie rule (ties -> the more recent behaviour) orders them most recent first.
@@ -14,13 +14,31 @@ Shapes: B batch, L history length, K kept behaviours, M taxonomy levels.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
 from longrec.data.batch import Batch
-from longrec.search.config import SearchConfig
 from longrec.search.exact import topk_positions
+from longrec.settings import ConfigError
 
-__all__ = ["category", "category_match", "require_categories"]
+__all__ = ["CategoryOptions", "category", "category_match", "require_categories"]
+
+
+@dataclass(frozen=True)
+class CategoryOptions:
+    """The settings of `category` (flat in the `[search]` table: `search = { method = "category", level = 0 }`)."""
+
+    level: int = (
+        -1
+    )  # taxonomy column matched (Python indexing into M: 0 coarsest, -1 finest); checked against M per batch
+
+    def __post_init__(self) -> None:
+        if isinstance(self.level, bool) or not isinstance(self.level, int):
+            raise ConfigError(
+                [f"search.level must be an int (0 = coarsest, -1 = finest). Got {self.level!r} instead."],
+                "CategoryOptions",
+            )
 
 
 def require_categories(batch: Batch, searcher: str) -> tuple[Tensor, Tensor]:
@@ -59,20 +77,20 @@ def category_match(history_category: Tensor, target_category: Tensor, level: int
 
 
 def category(
-    batch: Batch, k: int, query: Tensor | None, keys: Tensor | None, config: SearchConfig
+    batch: Batch, k: int, query: Tensor | None, keys: Tensor | None, options: CategoryOptions
 ) -> tuple[Tensor, Tensor]:
-    """The K most recent behaviours whose category at `config.level` equals the target's.
+    """The K most recent behaviours whose category at `options.level` equals the target's.
 
     Args:
         batch: histories [B, L] with `history_category` [B, L, M] and `target_category` [B, M].
         k: behaviours to keep, 1 <= k <= L.
         query: unused (hard search needs no embeddings).
         keys: unused.
-        config: `level`, the taxonomy column to match on (default -1, the finest).
+        options: `level`, the taxonomy column to match on (default -1, the finest).
 
     Returns:
         positions [B, K] int64 into L, most recent match first, and kept [B, K] bool (False = no match left).
     """
     history_category, target_category = require_categories(batch, "category")
-    match = category_match(history_category, target_category, config.level) & batch.history_mask  # [B, L]
+    match = category_match(history_category, target_category, options.level) & batch.history_mask  # [B, L]
     return topk_positions(match, match, k)  # equal scores: the most recent matches first

@@ -1,14 +1,15 @@
-"""Hierarchical hard search over the taxonomy path (Tencent Advertising, arXiv 2510.21714, + ours; SPEC §2).
+"""Hierarchical hard search over the taxonomy path (Tencent Advertising, arXiv 2510.21714; the
+fallback rule is ours).
 
 A behaviour's match depth is the length of the path prefix it shares with the target, coarse to fine:
 
     ℓ_i = max m such that path_i[1..m] == path_t[1..m]      (a level missing (0) on either side stops the match)
 
 Search takes the deepest matches first, the most recent first inside a depth, and falls back to coarser depths until
-K are kept, but never below `SearchConfig.min_depth` (default 1: a behaviour with ℓ_i = 0, not even the coarsest
+K are kept, but never below `HierarchicalOptions.min_depth` (default 1: a behaviour with ℓ_i = 0, not even the coarsest
 level matching, is never kept). This lets content-domain behaviours that only reach a coarse level of the unified
 taxonomy still feed the model when few ad behaviours share the target's fine category (the cross-domain setting of
-SPEC §1, planted mechanism (b)). `min_depth` bounds how far the fallback goes: softmax target attention averages
+docs/unify.md, planted mechanism (b)). `min_depth` bounds how far the fallback goes: softmax target attention averages
 over what it is given, so filling K with coarse matches dilutes the fine ones (benchmarks/README.md, the search
 study); min_depth = M is category search on the finest level.
 
@@ -20,15 +21,33 @@ Shapes: B batch, L history length, K kept behaviours, M taxonomy levels.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from longrec.data.batch import Batch
 from longrec.search.category import require_categories
-from longrec.search.config import SearchConfig
 from longrec.search.exact import topk_positions
+from longrec.settings import ConfigError
 
-__all__ = ["hierarchical", "match_depth"]
+__all__ = ["HierarchicalOptions", "hierarchical", "match_depth"]
+
+
+@dataclass(frozen=True)
+class HierarchicalOptions:
+    """The settings of `hierarchical` (flat in the `[search]` table: `search = { method = "hierarchical",
+    min_depth = 2 }`)."""
+
+    min_depth: int = 1  # shallowest match depth kept (1 = down to the coarsest level, M = finest); checked per batch
+
+    def __post_init__(self) -> None:
+        if self.min_depth < 1:
+            depth = self.min_depth
+            raise ConfigError(
+                [f"search.min_depth must be >= 1 (1 = fall back to the coarsest taxonomy level). Got {depth}."],
+                "HierarchicalOptions",
+            )
 
 
 def match_depth(history_category: Tensor, target_category: Tensor) -> Tensor:
@@ -51,7 +70,7 @@ def match_depth(history_category: Tensor, target_category: Tensor) -> Tensor:
 
 
 def hierarchical(
-    batch: Batch, k: int, query: Tensor | None, keys: Tensor | None, config: SearchConfig
+    batch: Batch, k: int, query: Tensor | None, keys: Tensor | None, options: HierarchicalOptions
 ) -> tuple[Tensor, Tensor]:
     """The K behaviours with the deepest taxonomy match, the most recent first within a depth.
 
@@ -60,7 +79,7 @@ def hierarchical(
         k: behaviours to keep, 1 <= k <= L.
         query: unused (hard search needs no embeddings).
         keys: unused.
-        config: `min_depth`, the shallowest match depth kept (1..M).
+        options: `min_depth`, the shallowest match depth kept (1..M).
 
     Returns:
         positions [B, K] int64 into L (deepest, then most recent first) and kept [B, K] bool (False = fewer than K
@@ -68,12 +87,12 @@ def hierarchical(
     """
     history_category, target_category = require_categories(batch, "hierarchical")
     levels = history_category.shape[-1]
-    if config.min_depth > levels:
+    if options.min_depth > levels:
         raise ValueError(
-            f"search.min_depth = {config.min_depth} is deeper than the taxonomy: this batch's category paths have "
+            f"search.min_depth = {options.min_depth} is deeper than the taxonomy: this batch's category paths have "
             f"M = {levels} levels (history_category {tuple(history_category.shape)}). "
             f"Expected 1 <= min_depth <= {levels}."
         )
     depth = match_depth(history_category, target_category)  # [B, L]
-    keep = batch.history_mask & (depth >= config.min_depth)  # [B, L]
+    keep = batch.history_mask & (depth >= options.min_depth)  # [B, L]
     return topk_positions(depth, keep, k)  # deepest first, ties -> more recent

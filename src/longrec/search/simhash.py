@@ -7,7 +7,7 @@ ranked by the Hamming distance between their signature and the target's. Each bi
 approximates top-K by *cosine*, which is the inner-product top-K when the keys have equal norms.
 
 Design choices (the paper leaves them open):
-- The hyperplanes are drawn once from N(0, 1) by a CPU generator seeded with `SearchConfig.seed`, so the same seed
+- The hyperplanes are drawn once from N(0, 1) by a CPU generator seeded with `SimHashOptions.seed`, so the same seed
   gives the same planes on every device; they are not learned (ETA: "fixed random projection").
 - The distance is the number of disagreeing signature bits, counted per block of `SCORE_BLOCK` behaviours
   (`simhash_scores`): the [B, block, N] bool temporaries stay bounded whatever L, and a chunk of the history gets the
@@ -25,16 +25,41 @@ Shapes: B batch, L history length, K kept behaviours, D embedding dim, N signatu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from longrec.data.batch import Batch
-from longrec.search.config import SearchConfig
 from longrec.search.exact import blockwise, topk_positions
+from longrec.settings import ConfigError
 
-__all__ = ["hamming", "pack_bits", "popcount", "simhash", "simhash_bits", "simhash_planes", "simhash_scores"]
+__all__ = [
+    "SimHashOptions",
+    "hamming",
+    "pack_bits",
+    "popcount",
+    "simhash",
+    "simhash_bits",
+    "simhash_planes",
+    "simhash_scores",
+]
 
 _WORD = 32  # signature bits per int64 word: popcount intermediates stay far from overflow
+
+
+@dataclass(frozen=True)
+class SimHashOptions:
+    """The settings of `simhash` (flat in the `[search]` table: `search = { method = "simhash", hash_bits = 32 }`)."""
+
+    hash_bits: int = 64  # N signature bits (ETA)
+    seed: int = 0  # seeds the random hyperplanes
+
+    def __post_init__(self) -> None:
+        if self.hash_bits < 1:
+            raise ConfigError(
+                [f"search.hash_bits must be a positive int. Got {self.hash_bits} instead."], "SimHashOptions"
+            )
 
 
 def simhash_planes(
@@ -80,24 +105,24 @@ def hamming(a: Tensor, b: Tensor) -> Tensor:
     return popcount(a ^ b).sum(-1)  # [...]
 
 
-def simhash_scores(query: Tensor, keys: Tensor, config: SearchConfig) -> Tensor:
+def simhash_scores(query: Tensor, keys: Tensor, options: SimHashOptions) -> Tensor:
     """Minus the Hamming distance between the SimHash signatures of each behaviour and of the target.
 
     Args:
         query: [B, D] the target's search embedding.
         keys: [B, L, D] (or one chunk [B, c, D]) the behaviours' search embeddings.
-        config: `hash_bits` signature bits and `seed` for the hyperplanes.
+        options: `hash_bits` signature bits and `seed` for the hyperplanes.
 
     Returns:
         [B, L] int64 in [-N, 0], higher = closer; computed per block of `SCORE_BLOCK` behaviours.
     """
-    planes = simhash_planes(query.shape[-1], config.hash_bits, config.seed, query.device, query.dtype)  # [D, N]
+    planes = simhash_planes(query.shape[-1], options.hash_bits, options.seed, query.device, query.dtype)  # [D, N]
     q = simhash_bits(query, planes).unsqueeze(1)  # [B, 1, N]
     return blockwise(lambda h: -(simhash_bits(h, planes) != q).sum(-1), keys)  # [B, L]
 
 
 def simhash(
-    batch: Batch, k: int, query: Tensor | None, keys: Tensor | None, config: SearchConfig
+    batch: Batch, k: int, query: Tensor | None, keys: Tensor | None, options: SimHashOptions
 ) -> tuple[Tensor, Tensor]:
     """Top-K by Hamming distance between SimHash signatures of the model's search embeddings (ETA).
 
@@ -106,11 +131,11 @@ def simhash(
         k: behaviours to keep.
         query: [B, D] the target's search embedding.
         keys: [B, L, D] the behaviours' search embeddings.
-        config: `hash_bits` signature bits and `seed` for the hyperplanes.
+        options: `hash_bits` signature bits and `seed` for the hyperplanes.
 
     Returns:
         positions [B, K] (closest first; ties -> more recent) and kept [B, K].
     """
     if query is None or keys is None:
         raise ValueError("simhash search needs the model's search embeddings: the model has no search_embeddings().")
-    return topk_positions(simhash_scores(query, keys, config), batch.history_mask, k)
+    return topk_positions(simhash_scores(query, keys, options), batch.history_mask, k)
