@@ -179,7 +179,7 @@ _TRAIN_CHILD = textwrap.dedent(
     from longrec.run import train
 
     store, out, model, aux = sys.argv[1:5]
-    sets = [f"model.name={model}", "model.dim=16", "model.max_position=10000", f"model.aux_loss={aux}",
+    sets = [f"model.name={model}", "model.dim=16", "model.max_position=10000", f"model.aux_loss={aux.lower()}",
             "search.method=soft", "search.k=100", f"data.path={store}", "data.max_history=10000",
             "train.batch_size=32", "train.eval_batch_size=32", "train.max_steps=4", "train.epochs=1",
             "train.threads=2", "train.progress=false"]
