@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
@@ -93,23 +94,35 @@ def test_global_flags_work_after_the_command(capsys: pytest.CaptureFixture[str])
         main(["config", "--debug", "--set", "model.name=nope"])
 
 
-def test_a_full_disk_during_train_is_one_line_and_leaves_no_partial_file(
-    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("code", "text", "hint"),
+    [
+        (errno.ENOSPC, "No space left on device", "free some space"),
+        (errno.EACCES, "Permission denied", "check the folder's permissions"),
+        (errno.EROFS, "Read-only file system", "the file system is read-only"),
+    ],
+)
+def test_a_full_disk_or_an_unwritable_folder_during_train_is_one_line_and_leaves_no_partial_file(
+    tiny_store: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    code: int,
+    text: str,
+    hint: str,
 ) -> None:
-    import errno
-
     import torch
 
-    def full(obj: object, path: object, *args: object, **kwargs: object) -> None:
+    def failing(obj: object, path: object, *args: object, **kwargs: object) -> None:
         Path(str(path)).write_bytes(b"half")  # a writer that got part of the way
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        raise OSError(code, text, str(path))
 
-    monkeypatch.setattr(torch, "save", full)
-    code = main(_train_args(tiny_store, tmp_path / "run"))
+    monkeypatch.setattr(torch, "save", failing)
+    assert main(_train_args(tiny_store, tmp_path / "run")) == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error")]
-    assert code == 2 and len(errors) == 1 and "Traceback" not in err
-    assert errors[0].startswith("error: No space left on device:") and "free some space" in errors[0]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert errors[0].startswith(f"error: {text}:") and hint in errors[0]
     assert str(tmp_path / "run" / "checkpoint.pt") in errors[0], "the message names the file, not a temp file"
     assert not [p.name for p in (tmp_path / "run").iterdir() if ".tmp-" in p.name or p.suffix == ".pt"]
 
