@@ -16,10 +16,10 @@ Columns of the `import-samples` format that scoring does not need (`label`, `tar
 so such a file can be scored as it is: categories and other item side information always come from the store's item
 table (`items/category.npy`), so an item scores the same wherever it appears.
 
-**Unknown ids.** A raw item, user, goal or scene id the store's vocabulary does not hold maps to id 0, the padding /
-out-of-vocabulary row (an unknown history item is dropped from its history; an unknown target item scores as an empty
-embedding row; an unknown user has an empty stored history). With `unknown="error"` any unknown id is an error
-naming the column and the first values; either way `Predictions.unknown` counts them per column.
+**Unknown ids.** A raw item, user, goal or scene id the store's vocabulary does not hold maps to id 0, the
+out-of-vocabulary row (`longrec.data.vocab`: an unknown history item is dropped from its history; an unknown target
+item scores through its other fields only; an unknown user has an empty stored history). With `unknown="error"` any
+unknown id is an error naming the column and the first values; either way `Run.unknown` counts them per column.
 
 Histories given in `hist_items` become one in-memory trajectory per row (the same layout `import-samples` writes,
 `TrajectoryStore.owner` mapping each to its user), so batches are built by the ordinary `collate`.
@@ -36,12 +36,12 @@ import polars as pl
 from longrec.data.batch import Batch
 from longrec.data.dataset import collate
 from longrec.data.store import SampleSet, TrajectoryStore
+from longrec.data.vocab import Vocabulary
 
 __all__ = ["FRAME_COLUMNS", "FrameBatches", "frame_batches"]
 
 FRAME_COLUMNS = ("target_item", "hist_items", "hist_ts", "user", "target_ts", "goal", "scene")
 IGNORED_COLUMNS = ("label", "target_cat", "hist_cats")
-UNKNOWN_MODES = ("zero", "error")
 
 
 @dataclass
@@ -60,35 +60,9 @@ def _as_polars(frame: Any) -> pl.DataFrame:
     raise TypeError(f"predict takes a polars or pandas DataFrame (or a Batch). Got {type(frame).__name__} instead.")
 
 
-def _dense(
-    store: TrajectoryStore, vocab: str, raw: pl.Series, column: str, unknown: str, counts: dict[str, int]
-) -> np.ndarray:
-    """Dense ids [N] of raw values (0 for nulls and values outside the vocabulary, counted per column)."""
-    known = store.vocab(vocab)
-    table = pl.DataFrame({"raw": known, "dense": np.arange(1, len(known) + 1, dtype=np.int64)})
-    try:
-        values = raw.cast(known.dtype)
-    except pl.exceptions.InvalidOperationError:
-        values = raw.cast(known.dtype, strict=False)
-    joined = pl.DataFrame({"raw": values}).join(table, on="raw", how="left", maintain_order="left", nulls_equal=False)
-    dense = joined["dense"].fill_null(0).to_numpy().astype(np.int64)
-    missing = dense == 0
-    if missing.any():
-        if unknown == "error":
-            shown = ", ".join(repr(v) for v in raw.filter(pl.Series(missing)).unique(maintain_order=True).head(5))
-            raise ValueError(
-                f"predict: column {column!r} holds {int(missing.sum()):,} value(s) the store's {vocab} vocabulary does "
-                f"not know (e.g. {shown}). Pass unknown='zero' to score them as out-of-vocabulary (id 0)."
-            )
-        counts[column] = counts.get(column, 0) + int(missing.sum())
-    return dense
-
-
-def _target_side(
-    store: TrajectoryStore, frame: pl.DataFrame, unknown: str, counts: dict[str, int]
-) -> dict[str, np.ndarray]:
+def _target_side(store: TrajectoryStore, frame: pl.DataFrame, vocab: Vocabulary, unknown: str) -> dict[str, np.ndarray]:
     N = frame.height
-    item = _dense(store, "item_id", frame["target_item"], "target_item", unknown, counts)
+    item = vocab.dense("item_id", frame["target_item"], unknown, "target_item")
     sides: dict[str, np.ndarray] = {
         "target_item": item,
         "target_category": np.asarray(store.item_category[item], dtype=np.int32),
@@ -96,14 +70,14 @@ def _target_side(
         "label": np.zeros(N, np.float32),
         "event_id": np.full(N, -1, np.int64),
     }
-    for column, vocab, size in (("goal", "goal", "num_goals"), ("scene", "scene", "num_scenes")):
+    for column, name, size in (("goal", "goal", "num_goals"), ("scene", "scene", "num_scenes")):
         present = column in frame.columns and int(store.sizes.get(size, 0)) > 1
-        sides[column] = _dense(store, vocab, frame[column], column, unknown, counts) if present else np.zeros(N, int)
+        sides[column] = vocab.dense(name, frame[column], unknown, column) if present else np.zeros(N, np.int64)
     return sides
 
 
 def _from_store(
-    store: TrajectoryStore, frame: pl.DataFrame, unknown: str, counts: dict[str, int]
+    store: TrajectoryStore, frame: pl.DataFrame, vocab: Vocabulary, unknown: str
 ) -> tuple[TrajectoryStore, SampleSet]:
     """Samples whose histories are the users' stored trajectories before `target_ts`."""
     if store.owner is not None:
@@ -111,7 +85,7 @@ def _from_store(
             "predict: this store holds one history per sample (import-samples), not per user: give each row's "
             "history in a 'hist_items' column."
         )
-    user = _dense(store, "user_id", frame["user"], "user", unknown, counts)  # [N]
+    user = vocab.dense("user_id", frame["user"], unknown, "user")  # [N]
     lo, hi = store.offsets[user], store.offsets[user + 1]  # [N] each
     timestamps = store.arrays["timestamp"]
     if "target_ts" in frame.columns:
@@ -123,20 +97,20 @@ def _from_store(
         end = hi - lo  # every stored behaviour
         last = np.where(end > 0, timestamps[np.maximum(hi - 1, 0)], 0)
         cutoff = last + 1
-    sides = _target_side(store, frame, unknown, counts)
+    sides = _target_side(store, frame, vocab, unknown)
     samples = SampleSet(user=user, end=end.astype(np.int64), target_time=cutoff.astype(np.int64), **sides)
     return store, samples
 
 
 def _from_lists(
-    store: TrajectoryStore, frame: pl.DataFrame, unknown: str, counts: dict[str, int]
+    store: TrajectoryStore, frame: pl.DataFrame, vocab: Vocabulary, unknown: str
 ) -> tuple[TrajectoryStore, SampleSet]:
     """Samples whose histories are the frame's `hist_items` lists, as one in-memory trajectory per row."""
     N = frame.height
     lists = frame["hist_items"].list.drop_nulls()
     lengths = lists.list.len().fill_null(0).to_numpy().astype(np.int64)  # [N]
     flat = lists.explode().drop_nulls() if lengths.sum() else pl.Series([], dtype=pl.Int64)  # [R]
-    item = _dense(store, "item_id", flat, "hist_items", unknown, counts)  # [R]
+    item = vocab.dense("item_id", flat, unknown, "hist_items")  # [R]
     if "hist_ts" in frame.columns:
         ts_lists = frame["hist_ts"].list.drop_nulls()
         ts_lengths = ts_lists.list.len().fill_null(0).to_numpy()
@@ -159,7 +133,7 @@ def _from_lists(
         arrays["category"] = np.asarray(store.item_category[item])
     if "extra" in store.arrays:
         arrays["extra"] = np.asarray(store.item_extra[item])
-    users = _dense(store, "user_id", frame["user"], "user", unknown, counts) if "user" in frame.columns else None
+    users = vocab.dense("user_id", frame["user"], unknown, "user") if "user" in frame.columns else None
     owner = np.concatenate([[0], users if users is not None else np.zeros(N, np.int64)]).astype(np.int64)
     memory = TrajectoryStore(
         root=store.root,
@@ -177,7 +151,7 @@ def _from_lists(
         last = np.zeros(N, np.int64)
         np.maximum.at(last, row, ts)
         cutoff = last + 1
-    sides = _target_side(store, frame, unknown, counts)
+    sides = _target_side(store, frame, vocab, unknown)
     user_rows = np.arange(1, N + 1, dtype=np.int64)
     samples = SampleSet(user=user_rows, end=kept, target_time=cutoff.astype(np.int64), **sides)
     return memory, samples
@@ -193,8 +167,6 @@ def frame_batches(
             known ones), mismatched list lengths, or (with `unknown="error"`) an id the store does not know.
         TypeError: `frame` is not a DataFrame.
     """
-    if unknown not in UNKNOWN_MODES:
-        raise ValueError(f"predict: unknown must be one of {', '.join(UNKNOWN_MODES)}. Got {unknown!r} instead.")
     df = _as_polars(frame)
     extra = [c for c in df.columns if c not in FRAME_COLUMNS and c not in IGNORED_COLUMNS]
     if extra:
@@ -206,10 +178,10 @@ def frame_batches(
         raise ValueError(f"predict: the frame needs a 'target_item' column. Got columns {df.columns} instead.")
     if "hist_items" not in df.columns and "user" not in df.columns:
         raise ValueError("predict: give each row a history: a 'hist_items' list column, or a 'user' column.")
-    counts: dict[str, int] = {}
-    source, samples = (_from_lists if "hist_items" in df.columns else _from_store)(store, df, unknown, counts)
+    vocab = Vocabulary(store)
+    source, samples = (_from_lists if "hist_items" in df.columns else _from_store)(store, df, vocab, unknown)
     batches = [
         collate(source, samples, np.arange(lo, min(lo + batch_size, df.height)), max_history)
         for lo in range(0, df.height, batch_size)
     ]
-    return FrameBatches(batches, counts)
+    return FrameBatches(batches, dict(vocab.unknown))

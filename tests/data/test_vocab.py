@@ -1,0 +1,37 @@
+"""Vocabulary: raw ids -> dense ids of a prepared store; unknown values are the out-of-vocabulary id 0, counted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from longrec.data.prepare import prepare
+from longrec.data.protocols import ProtocolConfig
+from longrec.data.store import TrajectoryStore
+from longrec.data.vocab import Vocabulary
+from tests.conftest import make_log
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> TrajectoryStore:
+    out = tmp_path_factory.mktemp("vocab") / "s"
+    prepare(make_log(num_users=10, events=10, seed=2), out, ProtocolConfig.for_protocol("T", min_history=0))
+    return TrajectoryStore.open(out)
+
+
+def test_raw_values_map_to_their_dense_ids_and_unknown_ones_to_zero(store: TrajectoryStore) -> None:
+    vocab = Vocabulary(store)
+    raw = vocab.raw("item_id").to_list()
+    dense = vocab.dense("item_id", [raw[2], "not an id", raw[0], None, -1], what="target_item")
+    np.testing.assert_array_equal(dense, [3, 0, 1, 0, 0])
+    assert vocab.unknown == {"target_item": 3} and vocab.size("item_id") == len(raw) + 1
+    assert "item_id" in vocab.names() and "user_id" in vocab.names()
+
+
+def test_unknown_values_can_be_refused(store: TrajectoryStore, tmp_path: Path) -> None:
+    with pytest.raises(
+        ValueError, match=r"target_item holds 1 value\(s\) the store's item_id vocabulary does not know"
+    ):
+        Vocabulary(store).dense("item_id", [123456789], unknown="error", what="target_item")
