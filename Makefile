@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 PIP_INSTALL := $(PIP) install -c constraints.txt
 
-.PHONY: demo test lint typecheck unit install install-dev bench clean
+.PHONY: demo test lint typecheck unit install install-dev install-redis bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP_INSTALL) torch==2.13.0
 	$(PIP_INSTALL) -e '.[dev]'
+	$(MAKE) install-redis
 	touch $@ $(VENV)/.installed
+
+# The serving tests start their own redis-server on a free loopback port; install Debian's package when it is missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+install-redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (Debian package) for the serving tests"; \
+	  $(SUDO) apt-get install -y -q redis-server >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q redis-server >/dev/null; }; }
+	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server is missing and could not be installed" >&2; exit 1; }
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
