@@ -319,3 +319,23 @@ def test_the_lock_is_released_when_the_block_ends(tmp_path: Path) -> None:
         pass
     with lock_directory(tmp_path):
         pass
+
+
+def test_train_shuffle_false_keeps_the_stores_order(
+    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import longrec.train.loop as loop
+
+    seen: list[torch.Tensor] = []
+    step = loop.train_step
+
+    def recorded(model: torch.nn.Module, batch: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        seen.append(batch.target.clone())
+        return step(model, batch, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", recorded)
+    file_order = torch.from_numpy(TrajectoryStore.open(store_path).samples("train").target_item[:32].astype("int64"))
+    for shuffle in (False, True):
+        seen.clear()
+        train(_config(store_path, shuffle=shuffle, max_steps=2), tmp_path / str(shuffle))
+        assert torch.equal(torch.cat(seen), file_order) == (not shuffle)

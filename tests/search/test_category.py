@@ -130,3 +130,15 @@ def test_category_through_the_search_stage_gives_a_left_padded_chronological_bat
     assert out.history.tolist() == [[3, 4, 5], [0, 0, 10], [0, 0, 0], [0, 0, 0]]  # columns 2, 3, 4 | 3 of row 1
     assert out.history_category is not None
     assert (out.history_category[out.history_mask][:, -1] == 5).all(), "side fields move with the behaviour"
+
+
+def test_fill_latest_tops_up_with_the_most_recent_non_matching_behaviours() -> None:
+    batch = _hand_batch()
+    positions, kept = category(batch, 4, None, None, CategoryOptions(fill="latest"))
+    # row 0: matches 4, 3, 2, 0 (most recent first) fill K = 4; row 1: match 3, then 5, 4; row 2: empty history;
+    # row 3: no match at all (target's fine level missing), so the 4 most recent behaviours: 5, 4, 3, 2.
+    assert _kept_lists(positions, kept) == [[4, 3, 2, 0], [3, 5, 4], [], [5, 4, 3, 2]]
+    plain = _kept_lists(*category(batch, 4, None, None, CategoryOptions()))
+    assert plain == [[4, 3, 2, 0], [3], [], []]
+    with pytest.raises(ConfigError, match=r"search.fill must be one of none, latest .* Got 'oldest'"):
+        CategoryOptions(fill="oldest")

@@ -158,3 +158,12 @@ def test_hierarchical_through_the_search_stage_gives_a_left_padded_chronological
     out = search_stage(_hand_batch(), None, SearchConfig(method="hierarchical", k=4))
     check_batch(out)
     assert out.history.tolist() == [[1, 2, 5, 7], [0, 0, 0, 13], [0, 0, 0, 0]]  # columns 0, 1, 4, 6 | 5 of row 1
+
+
+def test_fill_latest_rolls_back_to_the_most_recent_behaviours_below_min_depth() -> None:
+    batch = _hand_batch()
+    # row 0 depths [3, 2, 1, 0, 3, 0, 1]: min_depth 2 keeps 4, 0 (depth 3), 1 (depth 2); fill then takes the most
+    # recent of the rest: 6, 5, 3. Row 1: column 5 (depth 2), then column 6 (depth 0). Row 2: no history.
+    options = HierarchicalOptions(min_depth=2, fill="latest")
+    assert _kept_lists(*hierarchical(batch, 6, None, None, options)) == [[4, 0, 1, 6, 5, 3], [5, 6], []]
+    assert _kept_lists(*hierarchical(batch, 6, None, None, HierarchicalOptions(min_depth=2))) == [[4, 0, 1], [5], []]

@@ -7,11 +7,12 @@ A behaviour's match depth is the length of the path prefix it shares with the ta
 
 Search takes the deepest matches first, the most recent first inside a depth, and falls back to coarser depths until
 K are kept, but never below `HierarchicalOptions.min_depth` (default 1: a behaviour with ℓ_i = 0, not even the coarsest
-level matching, is never kept). This lets content-domain behaviours that only reach a coarse level of the unified
-taxonomy still feed the model when few ad behaviours share the target's fine category (the cross-domain setting of
-docs/unify.md, planted mechanism (b)). `min_depth` bounds how far the fallback goes: softmax target attention averages
-over what it is given, so filling K with coarse matches dilutes the fine ones (benchmarks/README.md, the search
-study); min_depth = M is category search on the finest level.
+level matching, is never kept), unless `fill = "latest"`: then slots still free take the most recent behaviours below
+`min_depth` (the paper's "rolling back to latest behaviors"). The fallback lets content-domain behaviours that only
+reach a coarse level of the unified taxonomy still feed the model when few ad behaviours share the target's fine
+category (the cross-domain setting of docs/unify.md, planted mechanism (b)). `min_depth` bounds how far it goes:
+softmax target attention averages over what it is given, so filling K with coarse matches dilutes the fine ones
+(benchmarks/README.md, the search study); min_depth = M is category search on the finest level.
 
 Vectorised: ℓ = sum over M of the cumulative product of the level-wise equality; one top-K of ℓ orders by depth,
 and `topk_positions`' tie rule (ties -> the more recent behaviour) orders by recency within a depth.
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor
 
 from longrec.data.batch import Batch
-from longrec.search.category import require_categories
+from longrec.search.category import check_fill, require_categories
 from longrec.search.exact import topk_positions
 from longrec.settings import ConfigError
 
@@ -40,8 +41,10 @@ class HierarchicalOptions:
     min_depth = 2 }`)."""
 
     min_depth: int = 1  # shallowest match depth kept (1 = down to the coarsest level, M = finest); checked per batch
+    fill: str = "none"  # none: slots below min_depth stay empty | latest: the most recent other behaviours fill them
 
     def __post_init__(self) -> None:
+        check_fill(self.fill, "HierarchicalOptions")
         if self.min_depth < 1:
             depth = self.min_depth
             raise ConfigError(
@@ -79,11 +82,11 @@ def hierarchical(
         k: behaviours to keep, 1 <= k <= L.
         query: unused (hard search needs no embeddings).
         keys: unused.
-        options: `min_depth`, the shallowest match depth kept (1..M).
+        options: `min_depth`, the shallowest match depth kept (1..M); `fill`.
 
     Returns:
-        positions [B, K] int64 into L (deepest, then most recent first) and kept [B, K] bool (False = fewer than K
-        behaviours with ℓ_i >= min_depth).
+        positions [B, K] int64 into L (deepest, then most recent first; with fill = "latest" the most recent
+        shallower behaviours after them) and kept [B, K] bool (False = nothing left to keep).
     """
     history_category, target_category = require_categories(batch, "hierarchical")
     levels = history_category.shape[-1]
@@ -94,5 +97,8 @@ def hierarchical(
             f"Expected 1 <= min_depth <= {levels}."
         )
     depth = match_depth(history_category, target_category)  # [B, L]
+    if options.fill == "latest":  # below min_depth: one score under every kept depth, so recency orders them
+        score = torch.where(depth >= options.min_depth, depth, torch.zeros_like(depth))  # [B, L]
+        return topk_positions(score, batch.history_mask, k)
     keep = batch.history_mask & (depth >= options.min_depth)  # [B, L]
     return topk_positions(depth, keep, k)  # deepest first, ties -> more recent

@@ -25,6 +25,8 @@ class TrainConfig:
     eval_batch_size: int = field(default=4096, metadata=RESUME_FREE)
     epochs: int = field(default=2, metadata=RESUME_FREE)
     seed: int = 0  # model init, shuffling, everything random in training
+    # shuffle the training samples each epoch (seeded); false keeps the store's order (an imported file's row order)
+    shuffle: bool = True
     # L2 penalty on non-embedding weights (added to the loss, never to the reported logloss)
     l2: float = field(default=0.0, metadata=RESUME_APPLY)
     eval_every: int = field(default=0, metadata=RESUME_FREE)  # validate every N steps; 0 = at the end of each epoch

@@ -275,7 +275,7 @@ def fit(
                 "train",
                 tc.batch_size,
                 dc.max_history,
-                shuffle=True,
+                shuffle=tc.shuffle,
                 seed=tc.seed,
                 epoch=state["epoch"],
                 start_batch=state["batch"],
