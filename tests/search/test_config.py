@@ -26,8 +26,8 @@ from longrec.settings import ConfigError
 
 # A non-default value for every setting of every searcher that has settings.
 SETTINGS: dict[str, dict[str, Any]] = {
-    "category": {"level": 0},
-    "hierarchical": {"min_depth": 2},
+    "category": {"level": 0, "fill": "latest"},
+    "hierarchical": {"min_depth": 2, "fill": "latest"},
     "hard+soft": {"hard_method": "category", "hard_k": 3, "level": 0, "min_depth": 2},
     "simhash": {"hash_bits": 16, "seed": 3},
     "sdim": {"hash_rounds": 8, "round_bits": 2, "seed": 3},
