@@ -32,16 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from longrec.data.batch import Batch
-from longrec.models.layers import (
-    BehaviourEmbedding,
-    check_behaviour_config,
-    check_int,
-    check_sizes,
-    dot_scores,
-    lookup,
-    mlp,
-    weighted_sum,
-)
+from longrec.models.checks import check_behaviour_config, check_head_options, check_int, check_sizes
+from longrec.models.layers import BehaviourEmbedding, dot_scores, head_mlp, init_weights, lookup, weighted_sum
 from longrec.models.twin import check_bool, masked_softmax, pool_full_and_kept, scaled_query, time_ids
 from longrec.search.config import SearchConfig
 
@@ -61,12 +53,15 @@ class DAREConfig:
     aux_loss: bool = False  # second head on full-sequence attention (aux_logits); Protocol A turns it on
     aux_hidden: tuple[int, ...] = (200,)  # widths of the auxiliary head (the authors' 200)
     init_std: float = 0.05  # embeddings start at N(0, init_std²); DARE's protocol uses 0.01 with lr 1e-2
+    head_norm: str = "none"  # none | batch | layer: normalise the heads' input (layers.head_mlp)
+    init: str = "default"  # default (PyTorch's) | normal: every Linear weight from N(0, init_std²), biases 0
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
         check_behaviour_config(
             owner, self.num_items, self.num_categories, self.taxonomy_levels, self.dim, self.init_std
         )
+        check_head_options(owner, self.head_norm, self.init)
         if self.attention_dim is not None:
             check_int(owner, "attention_dim", self.attention_dim)
         check_int(owner, "max_position", self.max_position)
@@ -118,9 +113,10 @@ class DARE(nn.Module):
         self.target_attention = _Tables(config, D_a) if config.separate_target_tables else None
         self.target_representation = _Tables(config, config.dim) if config.separate_target_tables else None
         R = self.representation.embedding.out_dim + config.dim
-        self.head = mlp(3 * R, config.head_hidden)
-        self.aux_head = mlp(3 * R, config.aux_hidden) if config.aux_loss else None
+        self.head = head_mlp(3 * R, config.head_hidden, config.head_norm)
+        self.aux_head = head_mlp(3 * R, config.aux_hidden, config.head_norm) if config.aux_loss else None
         self.reads: tuple[str, ...] = self.attention.embedding.reads
+        init_weights(self, config.init, config.init_std)
 
     def search_embeddings(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Query [B, A] and keys [B, L, A] from the attention tables only; <query, key_i> is the attention score."""

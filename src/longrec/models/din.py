@@ -25,15 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longrec.data.batch import HISTORY_FIELDS, Batch
-from longrec.models.layers import (
-    BehaviourEmbedding,
-    check_behaviour_config,
-    check_int,
-    check_sizes,
-    fast_paths,
-    mlp,
-    weighted_sum,
-)
+from longrec.models.checks import check_behaviour_config, check_head_options, check_int, check_sizes
+from longrec.models.layers import BehaviourEmbedding, fast_paths, head_mlp, init_weights, mlp, weighted_sum
 
 __all__ = ["DIN", "DINConfig"]
 
@@ -48,12 +41,15 @@ class DINConfig:
     head_hidden: tuple[int, ...] = (200, 80)  # widths of the output MLP (the paper's 200, 80)
     max_history: int | None = None  # keep only the K most recent behaviours; None = the whole history
     init_std: float = 0.05  # embeddings start at N(0, init_std²); DARE's protocol uses 0.01 with lr 1e-2
+    head_norm: str = "none"  # none | batch | layer: normalise the head's input (layers.head_mlp)
+    init: str = "default"  # default (PyTorch's) | normal: every Linear weight from N(0, init_std²), biases 0
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
         check_behaviour_config(
             owner, self.num_items, self.num_categories, self.taxonomy_levels, self.dim, self.init_std
         )
+        check_head_options(owner, self.head_norm, self.init)
         # Lists come back from config.json; store tuples so the config stays hashable and compares equal.
         object.__setattr__(self, "attention_hidden", check_sizes(owner, "attention_hidden", self.attention_hidden))
         object.__setattr__(self, "head_hidden", check_sizes(owner, "head_hidden", self.head_hidden))
@@ -72,8 +68,9 @@ class DIN(nn.Module):
         )
         E = self.embedding.out_dim
         self.attention_scorer = mlp(4 * E, config.attention_hidden)
-        self.head = mlp(3 * E, config.head_hidden)
+        self.head = head_mlp(3 * E, config.head_hidden, config.head_norm)
         self.reads: tuple[str, ...] = self.embedding.reads
+        init_weights(self, config.init, config.init_std)
 
     def _most_recent(self, batch: Batch) -> Batch:
         """The batch cut to its last `max_history` columns (every L-axis field, so side information stays aligned)."""

@@ -1,5 +1,5 @@
-"""Blocks that two or more models share unchanged: the behaviour embedding, the PReLU MLP, table lookup, attention
-scores and pooling, and config checks.
+"""Blocks that two or more models share unchanged: the behaviour embedding, the PReLU MLP and the output heads, table
+lookup, attention scores and pooling (the config checks they share are in `longrec.models.checks`).
 
 **Fast paths and their oracle.** `lookup`, `dot_scores`, `weighted_sum` and `PReLU` (and, in their own files, DIN's
 decomposed scorer and the TWIN/DARE `forward_with_aux`) each have a fast CPU implementation and a plain one that reads
@@ -37,12 +37,11 @@ from longrec.data.batch import Batch
 __all__ = [
     "BehaviourEmbedding",
     "PReLU",
-    "check_behaviour_config",
-    "check_int",
-    "check_sizes",
     "collect_keys",
     "dot_scores",
     "fast_paths",
+    "head_mlp",
+    "init_weights",
     "key_collection",
     "lookup",
     "mlp",
@@ -310,42 +309,6 @@ def weighted_sum(weights: Tensor, values: Tensor) -> Tensor:
     return _WeightedSum.apply(weights, values)
 
 
-def check_int(owner: str, name: str, value: object, minimum: int = 1) -> None:
-    """Raise `ValueError` unless `value` is an int >= minimum (bools are rejected)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        expected = {0: "a non-negative int", 1: "a positive int"}.get(minimum, f"an int >= {minimum}")
-        raise ValueError(f"{owner}.{name} must be {expected}. Got {value!r} instead.")
-
-
-def check_sizes(owner: str, name: str, value: object) -> tuple[int, ...]:
-    """Layer widths as a tuple of positive ints; a list (what `config.json` holds) is accepted and converted."""
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        raise ValueError(f"{owner}.{name} must be a tuple of positive ints (layer widths). Got {value!r} instead.")
-    for i, width in enumerate(value):
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"{owner}.{name}[{i}] must be a positive int (a layer width). Got {width!r} instead.")
-    return tuple(value)
-
-
-def check_behaviour_config(
-    owner: str, num_items: object, num_categories: object, taxonomy_levels: object, dim: object, init_std: object
-) -> None:
-    """Check the fields every `BehaviourEmbedding` user declares; messages name `owner` (the config class)."""
-    check_int(owner, "num_items", num_items, minimum=2)  # id 0 is padding, so one real item needs 2 rows
-    check_int(owner, "num_categories", num_categories, minimum=0)
-    check_int(owner, "taxonomy_levels", taxonomy_levels, minimum=0)
-    check_int(owner, "dim", dim)
-    if num_categories != 0 and taxonomy_levels == 0:
-        raise ValueError(
-            f"{owner}.taxonomy_levels must be >= 1 when num_categories = {num_categories} > 0 (M, the depth of "
-            "history_category [B, L, M]). Got 0 instead; set num_categories = 0 to drop the category feature."
-        )
-    if num_categories == 1:
-        raise ValueError(f"{owner}.num_categories must be 0 (no categories) or >= 2 (id 0 is padding). Got 1 instead.")
-    if isinstance(init_std, bool) or not isinstance(init_std, int | float) or not init_std > 0:
-        raise ValueError(f"{owner}.init_std must be a positive float. Got {init_std!r} instead.")
-
-
 class _LeakyReLUWithSlopeGrad(torch.autograd.Function):
     """PReLU with one shared slope, computed as a leaky ReLU of that slope, plus the slope's gradient Σ g·min(x, 0).
 
@@ -381,6 +344,35 @@ class PReLU(nn.PReLU):
         if fast_paths() and x.is_cpu and self.weight.numel() == 1 and not torch.compiler.is_compiling():
             return _LeakyReLUWithSlopeGrad.apply(x, self.weight)
         return super().forward(x)
+
+
+def head_mlp(in_dim: int, hidden: Sequence[int], norm: str = "none") -> nn.Sequential:
+    """A model's output MLP on [B, F] features, optionally normalised at its input.
+
+    `norm = "batch"` puts BatchNorm1d over the F input features first (the DARE reference code's heads; here it runs
+    in eval mode at evaluation, with its running statistics, so a sample's logit never depends on its batch), and
+    `"layer"` a LayerNorm. Both rescale features of very different magnitudes (pooled interest, target embedding,
+    their product) before the first layer, which speeds up early learning at the reference's small init.
+    """
+    first: list[nn.Module] = []
+    if norm == "batch":
+        first.append(nn.BatchNorm1d(in_dim))
+    elif norm == "layer":
+        first.append(nn.LayerNorm(in_dim))
+    return nn.Sequential(*first, *mlp(in_dim, hidden))
+
+
+def init_weights(module: nn.Module, init: str, std: float) -> None:
+    """`init = "normal"`: every `nn.Linear` weight of `module` drawn from N(0, std²) and its bias set to 0 (the DARE
+    reference code draws every weight from N(0, 0.01²)); `"default"` keeps PyTorch's initialisation. Embedding
+    tables are initialised by their owners (`BehaviourEmbedding`, N(0, init_std²)) either way."""
+    if init != "normal":
+        return
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight, std=std)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
 
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int = 1) -> nn.Sequential:

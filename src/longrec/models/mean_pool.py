@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from longrec.data.batch import Batch
-from longrec.models.layers import BehaviourEmbedding, check_behaviour_config, check_sizes, mlp
+from longrec.models.checks import check_behaviour_config, check_sizes
+from longrec.models.layers import BehaviourEmbedding, mlp
 
 __all__ = ["MeanPool", "MeanPoolConfig"]
 

@@ -47,7 +47,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longrec.data.batch import Batch
-from longrec.models.layers import BehaviourEmbedding, check_behaviour_config, check_int, check_sizes, mlp
+from longrec.models.checks import check_behaviour_config, check_int, check_sizes
+from longrec.models.layers import BehaviourEmbedding, mlp
 from longrec.models.losses import sampled_softmax_loss
 from longrec.models.tdpe import check_goal_options
 from longrec.models.tin import check_temporal_options, temporal_tables, time_gap_bucket

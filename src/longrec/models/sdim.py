@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longrec.data.batch import Batch
-from longrec.models.layers import BehaviourEmbedding, check_behaviour_config, check_int, check_sizes, mlp
+from longrec.models.checks import check_behaviour_config, check_int, check_sizes
+from longrec.models.layers import BehaviourEmbedding, mlp
 from longrec.search.sdim import collisions
 from longrec.search.simhash import simhash_bits, simhash_planes
 

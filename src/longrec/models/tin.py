@@ -43,7 +43,8 @@ import torch
 from torch import Tensor, nn
 
 from longrec.data.batch import Batch
-from longrec.models.layers import BehaviourEmbedding, check_behaviour_config, check_int, check_sizes, mlp
+from longrec.models.checks import check_behaviour_config, check_int, check_sizes
+from longrec.models.layers import BehaviourEmbedding, mlp
 from longrec.models.tdpe import GoalHeads, TargetDecoupledEncoding, check_goal_options
 
 __all__ = [

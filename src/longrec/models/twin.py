@@ -53,16 +53,8 @@ import torch
 from torch import Tensor, nn
 
 from longrec.data.batch import Batch
-from longrec.models.layers import (
-    BehaviourEmbedding,
-    check_behaviour_config,
-    check_int,
-    check_sizes,
-    dot_scores,
-    lookup,
-    mlp,
-    weighted_sum,
-)
+from longrec.models.checks import check_behaviour_config, check_head_options, check_int, check_sizes
+from longrec.models.layers import BehaviourEmbedding, dot_scores, head_mlp, init_weights, lookup, weighted_sum
 from longrec.search.config import SearchConfig
 from longrec.search.exact import exact_topk
 
@@ -159,12 +151,15 @@ class TWINConfig:
     aux_loss: bool = False  # second head on full-sequence attention (aux_logits); Protocol A turns it on
     aux_hidden: tuple[int, ...] = (200,)  # widths of the auxiliary head (the authors' 200)
     init_std: float = 0.05  # embeddings start at N(0, init_std²); DARE's protocol uses 0.01 with lr 1e-2
+    head_norm: str = "none"  # none | batch | layer: normalise the heads' input (layers.head_mlp)
+    init: str = "default"  # default (PyTorch's) | normal: every Linear weight from N(0, init_std²), biases 0
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
         check_behaviour_config(
             owner, self.num_items, self.num_categories, self.taxonomy_levels, self.dim, self.init_std
         )
+        check_head_options(owner, self.head_norm, self.init)
         check_int(owner, "max_position", self.max_position)
         check_bool(owner, "target_aware", self.target_aware)
         check_bool(owner, "aux_loss", self.aux_loss)
@@ -204,9 +199,10 @@ class TWIN(nn.Module):
             )
         E = E_s + D
         width = 3 * E if config.target_aware else 2 * E
-        self.head = mlp(width, config.head_hidden)
-        self.aux_head = mlp(width, config.aux_hidden) if config.aux_loss else None
+        self.head = head_mlp(width, config.head_hidden, config.head_norm)
+        self.aux_head = head_mlp(width, config.aux_hidden, config.head_norm) if config.aux_loss else None
         self.reads: tuple[str, ...] = self.embedding.reads
+        init_weights(self, config.init, config.init_std)
 
     def _embed(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Query [B, E] and keys [B, L, E] (<query, key_i> = score_i), target v [B, E] and behaviours e [B, L, E]."""

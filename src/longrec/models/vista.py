@@ -53,7 +53,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longrec.data.batch import Batch
-from longrec.models.layers import BehaviourEmbedding, check_behaviour_config, check_int, check_sizes, lookup, mlp
+from longrec.models.checks import check_behaviour_config, check_int, check_sizes
+from longrec.models.layers import BehaviourEmbedding, lookup, mlp
 from longrec.models.tdpe import GoalHeads, check_goal_options
 from longrec.models.tin import time_gap_bucket
 

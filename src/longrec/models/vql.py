@@ -55,7 +55,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longrec.data.batch import Batch
-from longrec.models.layers import BehaviourEmbedding, check_behaviour_config, check_int, check_sizes, lookup, mlp
+from longrec.models.checks import check_behaviour_config, check_int, check_sizes
+from longrec.models.layers import BehaviourEmbedding, lookup, mlp
 
 __all__ = ["CONTEXT_FIELDS", "TEMPORAL", "VQL", "VQLConfig", "attention_error"]
 
