@@ -1,8 +1,9 @@
-"""The history store's contract (`longrec.serve.history`), run against each backend."""
+"""The history store's contract (`longrec.serve.history`), run against both backends: embedded SQLite and Redis."""
 
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from longrec.data.batch import HISTORY_FIELDS
 from longrec.data.dataset import collate
 from longrec.data.store import TrajectoryStore
 from longrec.serve.history import Event, HistoryStore
+from longrec.serve.history_redis import open_redis
 from longrec.serve.history_sqlite import open_embedded
 from tests.serve.conftest import history_log
 
@@ -33,16 +35,21 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["embedded"])
+@pytest.fixture(params=["embedded", "redis"])
 def open_history(
     request: pytest.FixtureRequest, history_store: Path, tmp_path: Path
 ) -> Iterator[Callable[..., HistoryStore]]:
-    """Open a history over the test's one log (a fresh SQLite file); closed after."""
+    """Open a history over the test's one log (a fresh SQLite file, or a fresh Redis key prefix); closed after."""
     opened: list[HistoryStore] = []
+    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
 
     def make(**options: Any) -> HistoryStore:
         options.setdefault("clock", Clock())
-        history = open_embedded(history_store, log=tmp_path / "history.sqlite", **options)
+        if request.param == "embedded":
+            history = open_embedded(history_store, log=tmp_path / "history.sqlite", **options)
+        else:
+            history = open_redis(history_store, redis_url, prefix=prefix, **options)
         opened.append(history)
         return history
 
