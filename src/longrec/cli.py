@@ -1,4 +1,4 @@
-"""`longrec` command line: synth, prepare, import-samples, train, eval, demo, config.
+"""`longrec` command line: synth, prepare, import-samples, train, eval, demo, analyze, compact, config.
 
 Results go to stdout; progress and logs go to stderr. An error prints one line and exits 2 (the traceback only
 with --debug).
@@ -54,6 +54,9 @@ EXAMPLES = {
     "analyze": """examples:
   longrec analyze runs/din                     # PNGs + analysis.json into runs/din/plots/
   longrec analyze runs/tin-tdpe --split test --samples 8192 --out /tmp/tin-plots""",
+    "compact": """examples:
+  longrec compact data/synth --log serving/history.sqlite --out data/synth-c1
+  longrec compact data/synth-c1 --out data/synth-c2      # a compacted folder holds its own log""",
     "config": """examples:
   longrec config configs/din_synthetic.toml
   longrec config configs/din_synthetic.toml --set model.dim=32 --set train.lr=0.01""",
@@ -244,6 +247,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from longrec.serve.history_compact import compact
+    from longrec.serve.history_sqlite import open_embedded
+
+    with open_embedded(args.history, log=args.log, create=False) as history:
+        result = compact(history, args.out, force=args.force)
+    print("\n".join(result.lines()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `longrec` argument parser (one subcommand per stage)."""
     from longrec.version import __version__
@@ -370,6 +383,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=None, help="synthetic users (default: the demo's size)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
+
+    p = add(
+        "compact",
+        "Fold a serving history's append log into a new store with the same vocabulary (and a new log), then seal "
+        "the old log.",
+    )
+    p.add_argument("history", help="the prepared store (with --log), or a folder written by 'longrec compact'")
+    p.add_argument("--log", default=None, help="the SQLite append log of the store (default: the folder's own)")
+    p.add_argument("--out", required=True, help="output folder: new, empty, or a previous compaction (with --force)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it holds a previous compaction")
+    p.set_defaults(func=_cmd_compact)
 
     p = add("config", "Print the resolved experiment config, or every problem in it.")
     p.add_argument("config", nargs="?", default=None, help="experiment TOML")
