@@ -246,6 +246,8 @@ def test_predict_counts_unknown_ids_or_refuses_them(trained: Path) -> None:
     assert run.unknown == {"target_item": 1, "hist_items": 1}
     with pytest.raises(ValueError, match=r"hist_items holds 1 value\(s\) the store's item_id vocabulary"):
         run.predict(frame, unknown="error")
+    empty = run.predict(pl.DataFrame({"target_item": [known, -5], "hist_items": [[], [-7]]}))  # no row has a history
+    assert empty.shape == (2,) and np.isfinite(empty).all()
     with pytest.raises(ValueError, match=r"unknown column\(s\) \['histories'\]"):
         run.predict(frame.rename({"hist_items": "histories"}))
 

@@ -127,7 +127,11 @@ def _from_lists(
     row = np.repeat(np.arange(N), lengths)[keep]
     item, ts = item[keep], ts[keep]
     kept = np.bincount(row, minlength=N).astype(np.int64)  # [N]
-    offsets = np.concatenate([[0, 0], np.cumsum(kept)]).astype(np.int64)  # trajectory 0 is empty; row r is r + 1
+    # Row 0 of the arrays is a padding behaviour no trajectory owns (collate reads it under the mask, so it must
+    # exist even when no row has a history); trajectory 0 is empty and row r's trajectory is r + 1.
+    item = np.concatenate([[0], item])
+    ts = np.concatenate([[0], ts])
+    offsets = np.concatenate([[1, 1], 1 + np.cumsum(kept)]).astype(np.int64)
     arrays: dict[str, np.ndarray] = {"item": item.astype(np.int32), "timestamp": ts}
     if store.taxonomy_levels:
         arrays["category"] = np.asarray(store.item_category[item])
@@ -149,7 +153,7 @@ def _from_lists(
         cutoff = frame["target_ts"].cast(pl.Int64).to_numpy()
     else:
         last = np.zeros(N, np.int64)
-        np.maximum.at(last, row, ts)
+        np.maximum.at(last, row, ts[1:])  # ts[0] is the padding row
         cutoff = last + 1
     sides = _target_side(store, frame, vocab, unknown)
     user_rows = np.arange(1, N + 1, dtype=np.int64)
