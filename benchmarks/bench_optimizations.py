@@ -606,46 +606,23 @@ def parser() -> argparse.ArgumentParser:
         metavar="OPT",
         help=f"which rows, of {', '.join(OPTIMIZATIONS)} (default: all; --quick: all but compile)",
     )
+    models = {"nargs": "+", "default": None, "choices": list(MODELS), "metavar": "MODEL"}
+    parser.add_argument("--models", **models, help="models of every row (default DIN TWIN DARE; --quick: DARE)")
     parser.add_argument(
-        "--models",
-        nargs="+",
-        default=None,
-        choices=list(MODELS),
-        metavar="MODEL",
-        help="models of every row (default DIN TWIN DARE; --quick: DARE)",
+        "--compile-models", **models, help="models of the compile rows (default: DIN DARE; each compiles for ~20-60 s)"
     )
-    parser.add_argument(
-        "--compile-models",
-        nargs="+",
-        default=None,
-        choices=list(MODELS),
-        metavar="MODEL",
-        help="models of the compile rows (default: DIN DARE; each compiles for ~20-60 s)",
-    )
+    setting = {"type": parse_setting, "default": None, "metavar": "DATA:L:B"}
     parser.add_argument(
         "--key-settings",
         nargs="+",
-        type=parse_setting,
-        default=None,
-        metavar="DATA:L:B",
+        **setting,
         help="key collection settings, DATA one of taobao, synthetic, wide (default synthetic:100:2048 "
         "synthetic:1000:512 taobao:100:2048 wide:1000:512; B = 512 at L = 1000 because DIN at B = 2048 peaks at ~7 GB)",
     )
     parser.add_argument(
-        "--step-setting",
-        type=parse_setting,
-        default=None,
-        metavar="DATA:L:B",
-        help="setting of the bf16, workers, compile and gpu rows (default taobao:200:2048)",
+        "--step-setting", **setting, help="setting of the bf16, workers, compile and gpu rows (default taobao:200:2048)"
     )
-    parser.add_argument(
-        "--bucket-settings",
-        nargs="+",
-        type=parse_setting,
-        default=None,
-        metavar="DATA:L:B",
-        help="bucketing settings (default taobao:500:2048)",
-    )
+    parser.add_argument("--bucket-settings", nargs="+", **setting, help="bucketing settings (default taobao:500:2048)")
     parser.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2], help="num_workers values; first = plain")
     parser.add_argument("--prefetch-factor", type=int, default=4, help="batches each worker builds ahead (data.*)")
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per path (default 3; quick 2)")
