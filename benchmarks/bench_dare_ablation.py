@@ -1,4 +1,4 @@
-"""The DARE ablation table (SPEC §6 Protocol A) and search quality (SPEC §2), reproduced on our data.
+"""The DARE ablation table (DARE's Table 1, Protocol A) and its search-quality comparison, reproduced on our data.
 
 Question: does the ordering DARE > TWIN > DIN (and "projections hurt") of DARE's Table 1 hold on (a) the real
 Taobao slice and (b) synthetic data with the attention/representation conflict (mechanism f) planted? And how well
@@ -15,33 +15,28 @@ stated in the output:
 - the synthetic data uses Protocol T on labelled impressions (labels come from the planted mechanism, not from
   sampled negatives).
 
-Run:   python benchmarks/bench_dare_ablation.py --update-readme            (all models, 3 seeds, both datasets)
-Quick: python benchmarks/bench_dare_ablation.py --seeds 0 --models DIN DARE --datasets taobao
+Run:       python benchmarks/bench_dare_ablation.py --update-readme      (all models, 3 seeds, both datasets)
+Quick:     python benchmarks/bench_dare_ablation.py --seeds 0 --models DIN DARE --datasets taobao --json /tmp/d.json
+Re-render: python benchmarks/bench_dare_ablation.py --from-json benchmarks/results/dare_ablation.json --update-readme
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+import _harness as harness
 import numpy as np
 import polars as pl
 import torch
-from _common import SHARED_DATA, config_from, machine, machine_line, markdown_table, update_readme_section, write_json
 
 from longrec.data.dataset import collate
-from longrec.data.prepare import prepare
-from longrec.data.protocols import ProtocolConfig
 from longrec.data.store import TrajectoryStore
 from longrec.eval.metrics import ndcg_at_k
-from longrec.ingest import load_log
-from longrec.ingest.synthetic import SyntheticConfig, generate
-from longrec.run import load_run, train
+from longrec.run import load_run
 from longrec.search import SEARCHERS
 from longrec.search.config import SearchConfig
 
@@ -85,35 +80,13 @@ SEARCH_QUALITY: dict[str, tuple[str, str | None]] = {
 logger = logging.getLogger("bench_dare_ablation")
 
 
-def prepare_taobao(work: Path, min_behaviours: int) -> Path:
-    path = SHARED_DATA / "taobao_userbehavior" / "UserBehavior_927users.csv.gz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the Taobao slice lives in ../shared/data beside the repo.")
-    log = load_log(path, "taobao", actions=("pv",))
-    out = work / "taobao-A"
-    protocol = ProtocolConfig.for_protocol("A", min_behaviours=min_behaviours)
-    prepare(log.frame, out, protocol, source=str(path), load_report=log.report)
-    return out
-
-
-def prepare_synthetic(work: Path, users: int) -> tuple[Path, pl.DataFrame]:
-    cfg = SyntheticConfig(num_users=users, mechanisms=("f",), weight_f=3.0, seed=0)
-    synthetic = generate(cfg)
-    raw = work / "synth-f-raw"
-    synthetic.write(raw)
-    log = load_log(raw, "synthetic")
-    out = work / "synth-f"
-    prepare(log.frame, out, ProtocolConfig.for_protocol("T"), source=str(raw), load_report=log.report)
-    return out, synthetic.truth
-
-
-def run_model(name: str, store: Path, seed: int, epochs: int, batch_size: int, out: Path) -> dict[str, Any]:
+def run_model(name: str, store: harness.Store, seed: int, epochs: int, batch_size: int, out: Path) -> dict[str, Any]:
     model, search = MODELS[name]
-    steps = -(-len(TrajectoryStore.open(store).samples("train")) // batch_size)
+    steps = -(-len(store.open().samples("train")) // batch_size)
     values = {f"model.{k}": v for k, v in model.items()} | {f"search.{k}": v for k, v in search.items()}
     values |= {
         "model.dim": 16,
-        "data.path": str(store),
+        "data.path": str(store.path),
         "data.max_history": 200,
         "train.lr": 0.01,
         "train.l2": 1e-6,
@@ -124,10 +97,7 @@ def run_model(name: str, store: Path, seed: int, epochs: int, batch_size: int, o
         "train.progress": False,
         "train.eval_every": max(1, steps // 4),  # about 4 validations per epoch
     }
-    started = time.perf_counter()
-    result = train(config_from(values), out)
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    return result
+    return harness.train_run(values, out)
 
 
 def mi_gains(store: TrajectoryStore, max_history: int) -> dict[tuple[int, int], float]:
@@ -160,10 +130,9 @@ def mi_gains(store: TrajectoryStore, max_history: int) -> dict[tuple[int, int], 
 
 
 def search_quality(
-    store_path: Path, runs: dict[str, Path], truth: pl.DataFrame | None, k: int = 20, max_history: int = 200
+    store: TrajectoryStore, runs: dict[str, Path], truth: pl.DataFrame | None, k: int = 20, max_history: int = 200
 ) -> dict[str, float]:
     """NDCG@k of each searcher's retrieved positions on the test split's positive samples."""
-    store = TrajectoryStore.open(store_path)
     samples = store.samples("test")
     index = np.flatnonzero(samples.label == 1)
     batch = collate(store, samples, index, max_history)
@@ -225,7 +194,7 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, f
     return table
 
 
-def render(dataset: str, table: dict[str, dict[str, float]], seeds: list[int], paper: bool) -> str:
+def render_dataset(dataset: str, table: dict[str, dict[str, float]], seeds: list[int], paper: bool) -> str:
     header = ["model", "test AUC", "test GAUC (user)", "test logloss", "s/run"] + (["paper AUC (Taobao)"] * paper)
     rows = []
     for name, r in sorted(table.items(), key=lambda kv: -kv[1]["auc"]):
@@ -239,37 +208,21 @@ def render(dataset: str, table: dict[str, dict[str, float]], seeds: list[int], p
         if paper:
             row.append(f"{PAPER_TAOBAO[name]:.5f}" if name in PAPER_TAOBAO else "—")
         rows.append(row)
-    return f"**{dataset}** (mean ± std over seeds {seeds})\n\n" + markdown_table(header, rows)
+    return f"**{dataset}** (mean ± std over seeds {seeds})\n\n" + harness.markdown_table(header, rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=["taobao", "synthetic"], choices=["taobao", "synthetic"])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), metavar="MODEL")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=256, help="paper: 2048 (on ~100x more samples)")
-    parser.add_argument("--min-behaviours", type=int, default=50, help="Protocol A user filter on the slice")
-    parser.add_argument("--synthetic-users", type=int, default=3000)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one)")
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "dare_ablation.json")
-    parser.add_argument("--update-readme", action="store_true", help="replace the section in benchmarks/README.md")
-    args = parser.parse_args()
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("longrec").setLevel(logging.WARNING)
-    torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-dare-"))
-    info = machine()
-    payload: dict[str, Any] = {"machine": info, "config": vars(args) | {"work": str(work), "json": str(args.json)}}
-    sections = []
+    stores = harness.Stores(args.cache)
+    payload: dict[str, Any] = {}
     for dataset in args.datasets:
-        truth = None
         if dataset == "taobao":
-            store = prepare_taobao(work, args.min_behaviours)
+            store, truth = stores.taobao(args.min_behaviours), None
         else:
-            store, truth = prepare_synthetic(work, args.synthetic_users)
-        manifest = json.loads((store / "manifest.json").read_text())
+            store = stores.synthetic(num_users=args.synthetic_users, mechanisms=("f",), weight_f=3.0)
+            truth = store.truth()
         results: dict[str, list[dict[str, Any]]] = {}
         run_dirs: dict[str, Path] = {}
         for name in args.models:
@@ -279,31 +232,45 @@ def main() -> None:
                 results.setdefault(name, []).append(run_model(name, store, seed, args.epochs, args.batch_size, out))
                 if seed == args.seeds[0]:
                     run_dirs[name] = out
-        table = summarise(results)
-        quality = search_quality(store, run_dirs, truth)
-        payload[dataset] = {"counts": manifest["counts"], "table": table, "runs": results, "ndcg@20": quality}
-        reference = "planted relevant behaviours" if truth is not None else "mutual-information ranking"
-        sections.append(render(dataset, table, args.seeds, paper=dataset == "taobao"))
+        quality = search_quality(store.open(), run_dirs, truth)
+        payload[dataset] = {"counts": store.info["counts"], "table": summarise(results), "runs": results}
+        payload[dataset]["ndcg@20"] = quality
+    return payload
+
+
+def render(payload: dict[str, Any]) -> str:
+    config = payload["config"]
+    sections = []
+    for dataset in config["datasets"]:
+        sections.append(render_dataset(dataset, payload[dataset]["table"], config["seeds"], dataset == "taobao"))
+        reference = "mutual-information ranking" if dataset == "taobao" else "planted relevant behaviours"
+        quality = payload[dataset]["ndcg@20"]  # in SEARCH_QUALITY's order (the JSON sorts its keys)
         sections.append(
             f"Search quality on {dataset}: NDCG@20 of the retrieved set against the {reference} "
             "(test positives; model-driven searchers use the seed-0 model).\n\n"
-            + markdown_table(["searcher", "NDCG@20"], [[k, f"{v:.3f}"] for k, v in quality.items()])
+            + harness.markdown_table(
+                ["searcher", "NDCG@20"], [[k, f"{quality[k]:.3f}"] for k in SEARCH_QUALITY if k in quality]
+            )
         )
-        print("\n\n".join(sections[-2:]), flush=True)
-    write_json(args.json, payload)
-    if args.update_readme:
-        body = (
-            "Command: `python benchmarks/bench_dare_ablation.py --update-readme`. "
-            + machine_line(info)
-            + f" Taobao: the 927-user slice under Protocol A with the user filter lowered from 210 to "
-            f"{args.min_behaviours} behaviours; batch {args.batch_size} (paper: 2048 on ~100x more samples). "
-            f"Synthetic: {args.synthetic_users} users with only mechanism (f) "
-            "(attention/representation conflict) planted, Protocol T on labelled impressions.\n\n"
-            + "\n\n".join(sections)
-        )
-        update_readme_section("dare-ablation", body)
-    logger.info("wrote %s", args.json)
+    return (
+        f"Command: `{payload['command']}`. {harness.machine_line(payload['machine'])} Taobao: the 927-user slice "
+        f"under Protocol A with the user filter lowered from 210 to {config['min_behaviours']} behaviours; batch "
+        f"{config['batch_size']} (paper: 2048 on ~100x more samples). Synthetic: {config['synthetic_users']} users "
+        "with only mechanism (f) (attention/representation conflict) planted, Protocol T on labelled impressions."
+        "\n\n" + "\n\n".join(sections)
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = harness.options(__doc__, "dare_ablation", seeds=[0, 1, 2], threads=2, scratch=True)
+    parser.add_argument("--datasets", nargs="+", default=["taobao", "synthetic"], choices=["taobao", "synthetic"])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), metavar="MODEL")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=256, help="paper: 2048 (on ~100x more samples)")
+    parser.add_argument("--min-behaviours", type=int, default=50, help="Protocol A user filter on the slice")
+    parser.add_argument("--synthetic-users", type=int, default=3000)
+    return parser
 
 
 if __name__ == "__main__":
-    main()
+    harness.main(parser().parse_args(), "dare-ablation", measure, render)

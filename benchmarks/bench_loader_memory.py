@@ -7,9 +7,10 @@ file gives the baseline (interpreter, polars, thread pools), and "MB / M rows" =
 Peak RSS is the child's VmHWM (/proc/self/status), not `ru_maxrss`: Linux carries the parent's peak RSS across
 fork+exec, so `ru_maxrss` would report the generator's memory.
 
-Run:
-    .venv/bin/python benchmarks/bench_loader_memory.py --rows 1000000 3000000 --json /tmp/loader_memory.json
-    .venv/bin/python benchmarks/bench_loader_memory.py --rows 3000000 --gzip   # the .csv.gz -> temp-file route
+Run:       python benchmarks/bench_loader_memory.py --update-readme          (1M and 3M rows, about a minute)
+Larger:    python benchmarks/bench_loader_memory.py --rows 1000000 5000000 20000000 --json /tmp/loader_memory.json
+Gzip:      python benchmarks/bench_loader_memory.py --rows 3000000 --gzip --json /tmp/l.json   # the temp-file route
+Re-render: python benchmarks/bench_loader_memory.py --from-json benchmarks/results/loader_memory.json --update-readme
 """
 
 from __future__ import annotations
@@ -17,15 +18,14 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
+import _harness as harness
 import numpy as np
 import polars as pl
 
@@ -71,24 +71,17 @@ def write_taobao_csv(path: Path, rows: int, seed: int = 0) -> None:
     frame.write_csv(path, include_header=False)
 
 
-def measure(path: Path, stage: str) -> dict[str, float]:
+def measure_child(path: Path, stage: str) -> dict[str, float]:
     out = subprocess.run([sys.executable, "-c", CHILD, str(path), stage], capture_output=True, text=True, check=True)
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 3_000_000], help="rows per generated file")
-    parser.add_argument("--gzip", action="store_true", help="gzip the files (exercises the temp-file route)")
-    parser.add_argument("--tmp", type=Path, default=None, help="where to write the generated files (default: /tmp)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = parser.parse_args()
-
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="longrec-bench-", dir=args.tmp))
     try:
         tiny = workdir / "tiny.csv"
         write_taobao_csv(tiny, 10)
-        baseline = measure(tiny, "collect")["peak_mb"]
+        baseline = measure_child(tiny, "collect")["peak_mb"]
         results = []
         for rows in args.rows:
             path = workdir / f"taobao_{rows}.csv"
@@ -100,33 +93,55 @@ def main() -> None:
                 path = path.with_suffix(".csv.gz")
             file_mb = path.stat().st_size / 2**20
             for stage in ("check", "collect"):
-                m = measure(path, stage)
+                m = measure_child(path, stage)
                 above = m["peak_mb"] - baseline
                 results.append(
                     {"rows": rows, "stage": stage, "file_mb": file_mb, **m, "baseline_mb": baseline,
                      "mb_per_m_rows": above / (rows / 1e6), "frame_mb_per_m_rows": m["frame_mb"] / (rows / 1e6)}
                 )  # fmt: skip
+                print(f"{rows:>12,} rows {stage:>8}: peak {m['peak_mb']:.0f} MB", flush=True)
             path.unlink()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    return {"polars": pl.__version__, "baseline_mb": baseline, "results": results}
 
-    print(f"baseline RSS (10-row load): {baseline:.0f} MB; {platform.platform()}, polars {pl.__version__}")
-    print(f"{'rows':>10} {'stage':>8} {'file MB':>8} {'check s':>8} {'collect s':>9} {'peak MB':>8} "
-          f"{'MB/M rows':>9} {'frame MB/M':>10}")  # fmt: skip
-    for r in results:
-        print(
-            f"{r['rows']:>10,} {r['stage']:>8} {r['file_mb']:>8.0f} {r['check_s']:>8.2f} {r['collect_s']:>9.2f} "
-            f"{r['peak_mb']:>8.0f} {r['mb_per_m_rows']:>9.1f} {r['frame_mb_per_m_rows']:>10.1f}"
-        )
+
+def render(payload: dict[str, Any]) -> str:
+    config, results = payload["config"], payload["results"]
+    header = ["rows", "file (MB)", "stage", "check (s)", "collect (s)", "peak RSS (MB)", "above baseline per M rows",
+              "frame MB per M rows"]  # fmt: skip
+    rows = [
+        [f"{r['rows']:,}", f"{r['file_mb']:.0f}", r["stage"], f"{r['check_s']:.2f}",
+         f"{r['collect_s']:.2f}" if r["stage"] == "collect" else "—", f"{r['peak_mb']:,.0f}",
+         f"{r['mb_per_m_rows']:.0f}", f"{r['frame_mb_per_m_rows']:.0f}" if r["stage"] == "collect" else "—"]
+        for r in results
+    ]  # fmt: skip
     collect = [r for r in results if r["stage"] == "collect"]
+    slope = ""
     if len(collect) >= 2:
         a, b = collect[0], collect[-1]
-        slope = (b["peak_mb"] - a["peak_mb"]) / ((b["rows"] - a["rows"]) / 1e6)
-        print(f"marginal peak RSS (collect, {a['rows']:,} -> {b['rows']:,} rows): {slope:.1f} MB per million rows")
-    if args.json:
-        meta = {"platform": platform.platform(), "polars": pl.__version__, "cpus": os.cpu_count(), "date": time.ctime()}
-        args.json.write_text(json.dumps({"meta": meta, "baseline_mb": baseline, "results": results}, indent=2))
+        growth = (b["peak_mb"] - a["peak_mb"]) / ((b["rows"] - a["rows"]) / 1e6)
+        slope = (
+            f"\n\nMarginal peak RSS (collect, {a['rows']:,} -> {b['rows']:,} rows): {growth:.1f} MB per million rows."
+        )
+    return (
+        f"Command: `{payload['command']}`. {harness.machine_line(payload['machine'])} {harness.load_line(payload)} "
+        f"Polars {payload['polars']}. Taobao-format CSVs{' (gzipped)' if config['gzip'] else ''} generated with "
+        'numpy; each stage in a fresh subprocess: `load_log(path, "taobao")` (check: the streaming validation '
+        "pass) or that plus `LoadedLog.collect()` (collect: the whole canonical frame in memory); peak RSS = the "
+        f"child's VmHWM. Baseline (interpreter + polars + a 10-row load): {payload['baseline_mb']:.0f} MB.\n\n"
+        + harness.markdown_table(header, rows)
+        + slope
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = harness.options(__doc__.splitlines()[0], "loader_memory")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 3_000_000], help="rows per generated file")
+    parser.add_argument("--gzip", action="store_true", help="gzip the files (exercises the temp-file route)")
+    parser.add_argument("--tmp", type=Path, default=None, help="where to write the generated files (default: /tmp)")
+    return parser
 
 
 if __name__ == "__main__":
-    main()
+    harness.main(parser().parse_args(), "loader-memory", measure, render)

@@ -6,13 +6,13 @@ A. **Accuracy vs L with long-range planted relevance.** Synthetic data with mech
    memory-SPU item, and the label gets +w_g only when a same-SPU behaviour lies more than `--g-min-back` behaviours
    before the impression. A window of the most recent `--g-min-back` behaviours therefore holds no evidence about a
    memory target. Each method is trained at every `--lengths` L (collate keeps the L most recent behaviours) with
-   `train_step` (Adam, `--epochs` epochs, batch `--batch-size`, the last model is scored: no validation-based
-   selection) and scored on the test split with `predict`; predictions are joined to the generator's truth by
-   `event_id`. Reported: test AUC over all impressions, AUC on the memory-target impressions only (truth column
-   `memory_target`), and the AUC of the true probability on the same rows (the ceiling). Methods: DIN over the L most
-   recent behaviours (no search); TWIN and DARE with soft search (K = `--k`) over all L; SIM-style category search on
-   the finest taxonomy level (K = `--k`) + DIN / TIN; VISTA and VQL over all L (their per-user state summarises the
-   whole history).
+   `train_step` (the harness's `Trainer`: Adam, `--epochs` epochs, batch `--batch-size`, the last model is scored:
+   no validation-based selection) and scored on the test split with `predict`; predictions are joined to the
+   generator's truth by `event_id`. Reported: test AUC over all impressions, AUC on the memory-target impressions only
+   (truth column `memory_target`), and the AUC of the true probability on the same rows (the ceiling). Methods: DIN
+   over the L most recent behaviours (no search); TWIN and DARE with soft search (K = `--k`) over all L; SIM-style
+   category search on the finest taxonomy level (K = `--k`) + DIN / TIN; VISTA and VQL over all L (their per-user
+   state summarises the whole history).
 B. **VQL error vs exact attention as L grows** (`longrec.models.vql.attention_error`, the relative error
    ||o_quantized - o_exact|| / ||o_exact|| of the attention output) at `--error-lengths`, on real histories of
    exactly L behaviours from the store (samples with at least L behaviours before the impression, all splits), for
@@ -31,15 +31,15 @@ and event ids, so that parts B and C find histories of 10^5 behaviours in the sa
 trained models). Part A's metrics cover the main users only; the long users' samples (about 1-2% of the training set)
 are in training, truncated to L like every other sample.
 
-Run:   python benchmarks/bench_long_history.py --update-readme
-Quick: python benchmarks/bench_long_history.py --quick
+Run:       python benchmarks/bench_long_history.py --update-readme
+Quick:     python benchmarks/bench_long_history.py --quick --json /tmp/long_history.json --png /tmp/long_history.png
+Re-render: python benchmarks/bench_long_history.py --from-json benchmarks/results/long_history.json --update-readme
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import os
 import statistics
@@ -51,10 +51,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _harness as harness
 import numpy as np
 import polars as pl
 import torch
-from _common import machine, machine_line, markdown_table, update_readme_section, write_json
 
 from longrec.data.batch import Batch
 from longrec.data.dataset import collate, make_loader
@@ -68,7 +68,7 @@ from longrec.models import build_model_for_sizes
 from longrec.models.vql import attention_error
 from longrec.search import search_stage
 from longrec.search.config import SearchConfig
-from longrec.train.step import make_optimizer, reuse_freed_memory, train_step
+from longrec.train.step import reuse_freed_memory
 
 HERE = Path(__file__).resolve().parent
 # method -> (model name, model params, search config fields)
@@ -151,9 +151,10 @@ TRAIN_CHILD = textwrap.dedent(
 # Data.
 
 
-def make_store(args: argparse.Namespace, root: Path) -> tuple[TrajectoryStore, pl.DataFrame, dict[str, Any]]:
+def make_store(
+    args: argparse.Namespace, stores: harness.Stores
+) -> tuple[TrajectoryStore, pl.DataFrame, dict[str, Any]]:
     """Generate the main and the long users from one world, prepare one store; return it, the main truth and stats."""
-    started = time.perf_counter()
     base = SyntheticConfig(
         num_users=args.users,
         events_per_user=args.events,
@@ -164,34 +165,35 @@ def make_store(args: argparse.Namespace, root: Path) -> tuple[TrajectoryStore, p
         weight_g=args.weight_g,
         seed=args.data_seed,
     )
-    main = generate(base)
-    long = generate(
-        dataclasses.replace(
-            base,
-            num_users=args.long_users,
-            events_per_user=args.long_events,
-            events_spread=0.0,
-            impressions_per_user=args.long_impressions,
+    long_users = {"num_users": args.long_users, "events_per_user": args.long_events, "events_spread": 0.0,
+                  "impressions_per_user": args.long_impressions}  # fmt: skip
+
+    def build(folder: Path) -> dict[str, Any]:
+        started = time.perf_counter()
+        main = generate(base)
+        long = generate(dataclasses.replace(base, **long_users))
+        user_shift, event_shift = int(main.log["user_id"].max()), int(main.log["event_id"].max()) + 1
+        shifted = long.log.with_columns(pl.col("user_id") + user_shift, pl.col("event_id") + event_shift)
+        log = pl.concat([main.log, shifted])
+        generated = time.perf_counter() - started
+        protocol = ProtocolConfig.for_protocol("T", split_fractions=(0.7, 0.1, 0.2))
+        result = prepare(log, folder / "store", protocol, force=True)
+        (folder / "raw").mkdir(exist_ok=True)
+        main.truth.select("event_id", "memory_target", "term_g", "prob", "label").write_parquet(
+            folder / "raw" / "truth.parquet"
         )
-    )
-    user_shift, event_shift = int(main.log["user_id"].max()), int(main.log["event_id"].max()) + 1
-    log = pl.concat([main.log, long.log.with_columns(pl.col("user_id") + user_shift, pl.col("event_id") + event_shift)])
-    generated = time.perf_counter() - started
-    protocol = ProtocolConfig.for_protocol("T", split_fractions=(0.7, 0.1, 0.2))
-    prepare(log, root / "store", protocol)
-    store = TrajectoryStore.open(root / "store")
-    truth = main.truth.select("event_id", "memory_target", "term_g", "prob", "label")
-    counts = {split: len(store.samples(split)) for split in ("train", "valid", "test")}
-    stats = {
-        "behaviours": main.stats["num_behaviours"] + long.stats["num_behaviours"],
-        "main_events_per_user": main.stats["events_per_user"],
-        "samples": counts,
-        "generate_s": round(generated, 1),
-        "prepare_s": round(time.perf_counter() - started - generated, 1),
-        "positive_rate": main.stats["positive_rate"],
-        "memory_spus": len(main.planted["memory_spus"]),
-    }
-    return store, truth, stats
+        return {
+            "behaviours": main.stats["num_behaviours"] + long.stats["num_behaviours"],
+            "main_events_per_user": main.stats["events_per_user"],
+            "samples": {split: result.manifest["counts"]["samples"][split] for split in ("train", "valid", "test")},
+            "generate_s": round(generated, 1),
+            "prepare_s": round(time.perf_counter() - started - generated, 1),
+            "positive_rate": main.stats["positive_rate"],
+            "memory_spus": len(main.planted["memory_spus"]),
+        }
+
+    store = stores.get("long-history", {"config": repr(base), "long_users": long_users}, build)
+    return store.open(), store.truth(), store.info
 
 
 def take_full(store: TrajectoryStore, L: int, count: int) -> tuple[list[int], Batch]:
@@ -221,11 +223,10 @@ def fit(
     search = SearchConfig.from_table({"k": args.k, **search_fields})
     torch.manual_seed(seed)
     model = build_model_for_sizes(name, {**base_params, **(params or {})}, store.sizes)
-    optimizer = make_optimizer(model, args.lr)
+    trainer = harness.Trainer(model, search, args.lr)
     started = time.perf_counter()
     for epoch in range(args.epochs):
-        for batch in make_loader(store, "train", args.batch_size, L, shuffle=True, seed=seed, epoch=epoch):
-            train_step(model, batch, search, optimizer)
+        trainer.epoch(make_loader(store, "train", args.batch_size, L, shuffle=True, seed=seed, epoch=epoch))
     return model, search, time.perf_counter() - started
 
 
@@ -490,52 +491,45 @@ def train_memory(store: TrajectoryStore, args: argparse.Namespace, root: Path) -
 def plot(summary: list[dict[str, Any]], errors: list[dict[str, Any]], path: Path, g_min_back: int) -> None:
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
-    ax = axes[0]
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, method in enumerate(dict.fromkeys(r["method"] for r in summary)):
-        sub = sorted((r for r in summary if r["method"] == method), key=lambda r: r["L"])
-        Ls = [r["L"] for r in sub]
-        colour = colours[i % len(colours)]
-        ax.plot(Ls, [r["memory_auc"] for r in sub], marker="o", color=colour, label=method)
-        ax.plot(Ls, [r["auc"] for r in sub], marker=".", linestyle=":", color=colour)
-    oracle = max(summary, key=lambda r: r["L"])
-    ax.axhline(oracle["oracle_memory_auc"], color="grey", linestyle="--", label="true probability (memory)")
-    ax.axhline(0.5, color="black", linewidth=0.5)
-    ax.axvline(g_min_back, color="grey", linewidth=0.5)
-    ax.set_xscale("log")
-    ax.set_xlabel("L (most recent behaviours collated)")
-    ax.set_ylabel("test AUC")
-    ax.set_title("memory-target AUC (solid), all impressions (dotted)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.grid(True, which="both", alpha=0.3)
-    ax = axes[1]
-    for i, codebooks in enumerate(dict.fromkeys(r["codebooks"] for r in errors)):
-        for state, style in ((FRESH, "--"), (FRESH_FLAT, ":"), (TRAINED, "-")):
-            sub = sorted(
-                (r for r in errors if r["codebooks"] == codebooks and r["state"] == state), key=lambda r: r["L"]
-            )
-            ax.plot(
-                [r["L"] for r in sub],
-                [r["error_mean"] for r in sub],
-                marker="o",
-                linestyle=style,
-                color=colours[i % len(colours)],
-                label=f"[{codebooks}] {state}",
-            )
-    ax.set_xscale("log")
-    ax.set_xlabel("L")
-    ax.set_ylabel("||o_quantized - o_exact|| / ||o_exact||")
-    ax.set_title("VQL: quantized vs exact attention (mean over samples)")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with harness.figure(path, 2, (14, 5)) as axes:
+        ax = axes[0]
+        colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, method in enumerate(dict.fromkeys(r["method"] for r in summary)):
+            sub = sorted((r for r in summary if r["method"] == method), key=lambda r: r["L"])
+            Ls = [r["L"] for r in sub]
+            colour = colours[i % len(colours)]
+            ax.plot(Ls, [r["memory_auc"] for r in sub], marker="o", color=colour, label=method)
+            ax.plot(Ls, [r["auc"] for r in sub], marker=".", linestyle=":", color=colour)
+        oracle = max(summary, key=lambda r: r["L"])
+        ax.axhline(oracle["oracle_memory_auc"], color="grey", linestyle="--", label="true probability (memory)")
+        ax.axhline(0.5, color="black", linewidth=0.5)
+        ax.axvline(g_min_back, color="grey", linewidth=0.5)
+        ax.set_xscale("log")
+        ax.set_xlabel("L (most recent behaviours collated)")
+        ax.set_ylabel("test AUC")
+        ax.set_title("memory-target AUC (solid), all impressions (dotted)")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.grid(True, which="both", alpha=0.3)
+        ax = axes[1]
+        for i, codebooks in enumerate(dict.fromkeys(r["codebooks"] for r in errors)):
+            for state, style in ((FRESH, "--"), (FRESH_FLAT, ":"), (TRAINED, "-")):
+                sub = sorted(
+                    (r for r in errors if r["codebooks"] == codebooks and r["state"] == state), key=lambda r: r["L"]
+                )
+                ax.plot(
+                    [r["L"] for r in sub],
+                    [r["error_mean"] for r in sub],
+                    marker="o",
+                    linestyle=style,
+                    color=colours[i % len(colours)],
+                    label=f"[{codebooks}] {state}",
+                )
+        ax.set_xscale("log")
+        ax.set_xlabel("L")
+        ax.set_ylabel("||o_quantized - o_exact|| / ||o_exact||")
+        ax.set_title("VQL: quantized vs exact attention (mean over samples)")
+        ax.legend(fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
 
 
 def fmt(value: float, spread: float, seeds: int) -> str:
@@ -574,7 +568,7 @@ def render_a(summary: list[dict[str, Any]]) -> str:
             "—",
         ]
     )
-    return markdown_table(header, out)
+    return harness.markdown_table(header, out)
 
 
 def render_b(errors: list[dict[str, Any]]) -> str:
@@ -597,13 +591,13 @@ def render_b(errors: list[dict[str, Any]]) -> str:
                     ", ".join(f"{d:.0f}" for d in decay) or "— (no kernel)",
                 ]
             )
-    return markdown_table(header, out)
+    return harness.markdown_table(header, out)
 
 
 def render_c(
     batch_rows: list[dict[str, Any]], search_rows: list[dict[str, Any]], train_rows: list[dict[str, Any]]
 ) -> str:
-    t1 = markdown_table(
+    t1 = harness.markdown_table(
         ["L", "measured MB / sample", "of which L-axis fields", "formula L·(45+8M+8E)", "measured / formula"],
         [
             [
@@ -616,7 +610,7 @@ def render_c(
             for r in batch_rows
         ],
     )
-    t2 = markdown_table(
+    t2 = harness.markdown_table(
         [
             "soft search (TWIN, K)",
             "L",
@@ -639,7 +633,7 @@ def render_c(
             for r in search_rows
         ],
     )
-    t3 = markdown_table(
+    t3 = harness.markdown_table(
         ["training (`longrec train`)", "L", "batch", "peak RSS (MB)", "s / step (median)", "samples / s"],
         [
             [
@@ -656,120 +650,89 @@ def render_c(
     return t1 + "\n\n" + t2 + "\n\n" + t3
 
 
-def explain(
-    summary: list[dict[str, Any]], errors: list[dict[str, Any]], search_rows: list[dict[str, Any]], g_min_back: int
-) -> str:
-    """The result in words, from this run's numbers."""
-    text = []
-    if summary:
-        Ls = sorted({r["L"] for r in summary})
-        big, small = max(Ls), [L for L in Ls if g_min_back >= L]
-        by = {(r["method"], r["L"]): r for r in summary}
-        at_big = [r for r in summary if r["L"] == big]
-        oracle = at_big[0]["oracle_memory_auc"]
-        halfway = 0.5 + 0.5 * (oracle - 0.5)
-        window = [r["memory_auc"] for r in summary if r["L"] in small]
-        if window:
-            text.append(
-                f"With L <= g_min_back = {g_min_back:,} no input holds a far memory, and the memory-target AUC of "
-                f"every method is {min(window):.3f}-{max(window):.3f} (the true probability's: {oracle:.3f})."
-            )
-        keep = [r for r in at_big if r["memory_auc"] >= halfway]
-        lose = [r for r in at_big if r["memory_auc"] < halfway]
-        found = [r for r in lose if r["memory_found"] >= 0.5]
-
-        def named(rows: list[dict[str, Any]]) -> str:
-            return ", ".join(f"{r['method']} {r['memory_auc']:.3f}" for r in rows)
-
-        text.append(
-            f"At L = {big:,} the far memory is in some method's input for "
-            f"{max(r['memory_found'] for r in at_big):.0%} of the far-memory impressions. "
-            + (
-                f"Methods at least half-way from 0.5 to the true probability's memory AUC: {named(keep)}. "
-                if keep
-                else "No method gets half-way from 0.5 to the true probability's memory AUC. "
-            )
-            + (f"Below that: {named(lose)}." if lose else "")
-        )
-        if found:
-            share = ", ".join(f"{r['memory_found']:.0%}" for r in found)
-            text.append(
-                f"Of those, {', '.join(r['method'] for r in found)} had the memory in their input ({share} of the "
-                "far-memory impressions; search kept it, or the model reads the whole window) yet did not learn to "
-                "use it in this training budget: retrieval is not the bottleneck for them, learning to weigh one "
-                "behaviour among K (or L) is."
-            )
-        shorter = [L for L in Ls if big > L]
-        if shorter and len(at_big) > 1:
-            gains = [
-                r["auc"] - max(by[(r["method"], L)]["auc"] for L in shorter)
-                for r in at_big
-                if all((r["method"], L) in by for L in shorter)
-            ]
-            text.append(
-                f"Overall test AUC changed by {min(gains):+.3f} to {max(gains):+.3f} from the best shorter L to "
-                f"L = {big:,}."
-            )
-    if errors:
-        for state in (FRESH, FRESH_FLAT, TRAINED):
-            sub = [r for r in errors if r["state"] == state]
-            if not sub:
-                continue
-            lo, hi = min(r["L"] for r in sub), max(r["L"] for r in sub)
-            parts = []
-            for c in dict.fromkeys(r["codebooks"] for r in sub):
-                first = next(r["error_mean"] for r in sub if r["codebooks"] == c and r["L"] == lo)
-                last = next(r["error_mean"] for r in sub if r["codebooks"] == c and r["L"] == hi)
-                parts.append(f"[{c}] {first:.3f} -> {last:.3f}")
-            text.append(f"VQL {state}, relative error from L = {lo:,} to {hi:,}: {'; '.join(parts)}.")
-        same = [
-            (a, b)
-            for a, b in itertools.pairwise(sorted({r["L"] for r in errors}))
-            if next(r for r in errors if r["L"] == a)["event_ids"]
-            == next(r for r in errors if r["L"] == b)["event_ids"]
-        ]
-        for short, long in same:
-            equal = [
-                f"{r['state']} [{r['codebooks']}]"
-                for r in errors
-                if r["L"] == short
-                and any(
-                    o["L"] == long
-                    and (o["state"], o["codebooks"]) == (r["state"], r["codebooks"])
-                    and round(o["error_mean"], 4) == round(r["error_mean"], 4)
-                    for o in errors
-                )
-            ]
-            text.append(
-                f"The batches at L = {short:,} and {long:,} hold the same impressions, cut to their last L behaviours, "
-                "so a difference between those columns comes from the older behaviours alone"
-                + (f"; the errors are equal to 4 decimals for {', '.join(equal)}." if equal else ".")
-            )
-        decays = [r for r in errors if r["state"] == TRAINED and r["decay_scales"]]
-        if decays:
-            slowest, far = max(max(r["decay_scales"]) for r in decays), max(r["L"] for r in errors)
-            local = (
-                ": the attention is effectively local, which keeps the error flat in L and hides far memories"
-                if far / slowest > 20
-                else ""
-            )
-            text.append(
-                f"With the position kernel the slowest trained group has 1/λ = {slowest:.0f} behaviours, so a "
-                f"behaviour {far:,} back weighs exp(-{far / slowest:.0f}) of the newest one{local}."
-            )
-    if search_rows:
-        a, b = search_rows
-        text.append(
-            f"Chunked soft search at L = {a['L']:,} peaked at {a['peak_mb']:.0f} MB above its start against "
-            f"{b['peak_mb']:.0f} MB unchunked (the keys alone: {a['keys_mb']:.0f} MB), with "
-            + ("identical" if a["identical_to_unchunked"] else "DIFFERENT")
-            + " kept behaviours."
-        )
-    return " ".join(text)
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    if args.update_readme and sorted(args.parts) != ["A", "B", "C"]:
+        raise SystemExit("--update-readme needs every part (--parts A B C)")
+    if args.quick:
+        args.users, args.events, args.impressions = 40, 2500, 10
+        args.long_users, args.long_events, args.long_impressions = 2, 15_000, 20
+        args.g_min_back, args.lengths, args.seeds = 300, [100, 1000], [0]
+        args.error_lengths, args.memory_lengths, args.memory_steps = [100, 1000, 10_000], [1000, 10_000], 3
+    reuse_freed_memory()
+    store, truth, data_stats = make_store(args, harness.Stores(args.cache))
+    print(f"data: {data_stats}", flush=True)
+    rows_a, vql_models = part_a(store, truth, args) if "A" in args.parts else ([], {})
+    trained, extra_rows = train_vql_models(store, truth, args, vql_models) if "B" in args.parts else ({}, [])
+    errors = part_b(store, truth, args, trained) if "B" in args.parts else []
+    batch_rows = batch_memory(store, args) if "C" in args.parts else []
+    search_rows = search_memory(store, args) if "C" in args.parts else []
+    train_rows = (
+        train_memory(store, args, args.work or Path(tempfile.mkdtemp(prefix="bench-long-")))
+        if "C" in args.parts
+        else []
+    )
+    summary = summarise_a(rows_a + extra_rows)
+    if summary and errors:
+        plot(summary, errors, args.png, args.g_min_back)
+    return {
+        "png": harness.relative(args.png),
+        "data": data_stats,
+        "accuracy": {"runs": rows_a + extra_rows, "summary": summary},
+        "vql_error": errors,
+        "batch_memory": batch_rows,
+        "search_memory": search_rows,
+        "train_memory": train_rows,
+    }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def render(payload: dict[str, Any]) -> str:
+    config, data = payload["config"], payload["data"]
+    plural = "s" if config["epochs"] > 1 else ""
+    return (
+        f"Command: `{payload['command']}` ({payload['seconds'] / 60:.1f} min). "
+        f"{harness.machine_line(payload['machine'])} {harness.load_line(payload)}\n\n"
+        "Docs: [docs/long_histories.md](../docs/long_histories.md).\n\n"
+        + textwrap.dedent(
+            f"""\
+            **A. Accuracy vs L with long-range planted relevance.** Synthetic mechanisms (a) + (g):
+            {config["users"]} users with {config["events"]:,} ± 20% behaviours, {config["impressions"]} labelled
+            impressions each (Protocol T split 0.7 / 0.1 / 0.2 by time: {data["samples"]["train"]:,} train,
+            {data["samples"]["test"]:,} test samples), {data["memory_spus"]} memory SPUs, each user's
+            3 memories are their oldest behaviours, w_g = {config["weight_g"]}, and only memories more than
+            g_min_back = {config["g_min_back"]:,} behaviours back count. Every method is trained at each L (the L
+            most recent behaviours) for {config["epochs"]} epoch{plural}, batch {config["batch_size"]}, Adam lr
+            {config["lr"]}, seeds {config["seeds"]} (mean ± half-range), the last model scored; search keeps K =
+            {config["k"]}; category search matches the finest level (SPU). Metrics on the main users' test impressions
+            ({config["long_users"]} long users of {config["long_events"]:,} behaviours, there for parts B and C, are in
+            training only). "memory AUC" = AUC on the test impressions whose target is a memory SPU; "true
+            probability" = AUC of the generator's label probability on the same rows; "memory in input" = share
+            of the far-memory test impressions whose model input (K searched, or L collated behaviours) holds the
+            far memory.
+            """
+        ).replace("\n", " ")
+        + "\n\n"
+        + render_a(payload["accuracy"]["summary"])
+        + "\n\n"
+        + textwrap.dedent(
+            f"""\
+            **B. VQL: quantized vs exact attention** (`attention_error`, mean over {config["error_batch"]} real
+            histories of exactly L behaviours per L; L = 10^5 from the long users). Fresh = initialised (seed 0)
+            with the default position kernel (1/λ from 8 to 512 behaviours) or with `temporal = "none"`; trained
+            = part A's recipe at L = {max(config["lengths"]):,}, seed {config["seeds"][0]}.
+            """
+        ).replace("\n", " ")
+        + "\n\n"
+        + render_b(payload["vql_error"])
+        + "\n\n"
+        + f"**C. Memory.** Collated `Batch` bytes per sample (tensor nbytes; B = {config['memory_batch']} samples with "
+        + "at least L behaviours); soft-search peak RSS and training peak RSS, each in a fresh subprocess (VmHWM).\n\n"
+        + render_c(payload["batch_memory"], payload["search_memory"], payload["train_memory"])
+        + f"\n\n![long histories]({harness.readme_link(payload['png'])})"
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = harness.options(__doc__, "long_history", seeds=[0, 1], threads=2, png=True, scratch=True)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (about a minute): a smoke run, not results")
     parser.add_argument("--users", type=int, default=300, help="main users")
     parser.add_argument("--events", type=int, default=8000, help="mean behaviours per main user (uniform +-20%%)")
@@ -782,7 +745,6 @@ def main() -> None:
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--lengths", nargs="+", type=int, default=[100, 1000, 10_000], help="part A: max_history L")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="part A: training seeds")
     parser.add_argument("--k", type=int, default=50, help="behaviours kept by search")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -795,107 +757,8 @@ def main() -> None:
     parser.add_argument("--memory-batch", type=int, default=8, help="part C: samples per collated batch")
     parser.add_argument("--memory-steps", type=int, default=10, help="part C: training steps per measured config")
     parser.add_argument("--parts", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C"], help="what to run")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--workdir", type=Path, default=None, help="where the store goes (default: a temp dir)")
-    parser.add_argument("--json", type=Path, default=HERE / "results" / "long_history.json")
-    parser.add_argument("--png", type=Path, default=HERE / "results" / "long_history.png")
-    parser.add_argument("--update-readme", action="store_true", help="replace the section in benchmarks/README.md")
-    args = parser.parse_args()
-    if args.quick:
-        args.users, args.events, args.impressions = 40, 2500, 10
-        args.long_users, args.long_events, args.long_impressions = 2, 15_000, 20
-        args.g_min_back, args.lengths, args.seeds = 300, [100, 1000], [0]
-        args.error_lengths, args.memory_lengths, args.memory_steps = [100, 1000, 10_000], [1000, 10_000], 3
-    torch.set_num_threads(args.threads)
-    reuse_freed_memory()
-    info = machine()
-    load_before = os.getloadavg()
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        root = Path(tmp)
-        store, truth, data_stats = make_store(args, root)
-        print(f"data: {data_stats}", flush=True)
-        rows_a, vql_models = part_a(store, truth, args) if "A" in args.parts else ([], {})
-        trained, extra_rows = train_vql_models(store, truth, args, vql_models) if "B" in args.parts else ({}, [])
-        errors = part_b(store, truth, args, trained) if "B" in args.parts else []
-        batch_rows = batch_memory(store, args) if "C" in args.parts else []
-        search_rows = search_memory(store, args) if "C" in args.parts else []
-        train_rows = train_memory(store, args, root) if "C" in args.parts else []
-    total = time.perf_counter() - started
-    load_after = os.getloadavg()
-    summary = summarise_a(rows_a + extra_rows)
-    table_a, table_b, table_c = render_a(summary), render_b(errors), render_c(batch_rows, search_rows, train_rows)
-    words = explain(summary, errors, search_rows, args.g_min_back)
-    print("\n" + table_a + "\n\n" + table_b + "\n\n" + table_c + "\n\n" + words)
-    if summary and errors:
-        plot(summary, errors, args.png, args.g_min_back)
-    write_json(
-        args.json,
-        {
-            "machine": info,
-            "load_average": {"before": load_before, "after": load_after},
-            "seconds": total,
-            "config": vars(args) | {"json": str(args.json), "png": str(args.png), "workdir": str(args.workdir)},
-            "data": data_stats,
-            "accuracy": {"runs": rows_a + extra_rows, "summary": summary},
-            "vql_error": errors,
-            "batch_memory": batch_rows,
-            "search_memory": search_rows,
-            "train_memory": train_rows,
-        },
-    )
-    if args.update_readme and sorted(args.parts) != ["A", "B", "C"]:
-        parser.error("--update-readme needs every part (--parts A B C)")
-    if args.update_readme:
-        plural = "s" if args.epochs > 1 else ""
-        command = "python benchmarks/bench_long_history.py" + (" --quick" if args.quick else "") + " --update-readme"
-        body = (
-            f"Command: `{command}` ({total / 60:.1f} min). "
-            + machine_line(info)
-            + f" Load average {load_before[0]:.2f} before, {load_after[0]:.2f} after (1 min; 2 cores).\n\n"
-            + "Docs: [docs/long_histories.md](../docs/long_histories.md).\n\n"
-            + textwrap.dedent(
-                f"""\
-                **A. Accuracy vs L with long-range planted relevance.** Synthetic mechanisms (a) + (g):
-                {args.users} users with {args.events:,} ± 20% behaviours, {args.impressions} labelled impressions each
-                (Protocol T split 0.7 / 0.1 / 0.2 by time: {data_stats["samples"]["train"]:,} train,
-                {data_stats["samples"]["test"]:,} test samples), {data_stats["memory_spus"]} memory SPUs, each user's
-                3 memories are their oldest behaviours, w_g = {args.weight_g}, and only memories more than
-                g_min_back = {args.g_min_back:,} behaviours back count. Every method is trained at each L (the L
-                most recent behaviours) for {args.epochs} epoch{plural}, batch {args.batch_size}, Adam lr
-                {args.lr}, seeds {args.seeds} (mean ± half-range), the last model scored; search keeps K = {args.k};
-                category search matches the finest level (SPU). Metrics on the main users' test impressions
-                ({args.long_users} long users of {args.long_events:,} behaviours, there for parts B and C, are in
-                training only). "memory AUC" = AUC on the test impressions whose target is a memory SPU; "true
-                probability" = AUC of the generator's label probability on the same rows; "memory in input" = share
-                of the far-memory test impressions whose model input (K searched, or L collated behaviours) holds the
-                far memory.
-                """
-            ).replace("\n", " ")
-            + "\n\n"
-            + table_a
-            + "\n\n"
-            + textwrap.dedent(
-                f"""\
-                **B. VQL: quantized vs exact attention** (`attention_error`, mean over {args.error_batch} real
-                histories of exactly L behaviours per L; L = 10^5 from the long users). Fresh = initialised (seed 0)
-                with the default position kernel (1/λ from 8 to 512 behaviours) or with `temporal = "none"`; trained
-                = part A's recipe at L = {max(args.lengths):,}, seed {args.seeds[0]}.
-                """
-            ).replace("\n", " ")
-            + "\n\n"
-            + table_b
-            + "\n\n"
-            + "**C. Memory.** Collated `Batch` bytes per sample (tensor nbytes; B = "
-            + f"{args.memory_batch} samples with at least L behaviours); soft-search peak RSS and training peak RSS, "
-            + "each in a fresh subprocess (VmHWM).\n\n"
-            + table_c
-            + "\n\n"
-            + words
-            + f"\n\n![long histories]({Path(os.path.relpath(args.png, HERE)).as_posix()})"
-        )
-        update_readme_section("long-history", body)
+    return parser
 
 
 if __name__ == "__main__":
-    main()
+    harness.main(parser().parse_args(), "long-history", measure, render)

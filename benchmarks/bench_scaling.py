@@ -1,6 +1,6 @@
 """Cost against history length L: which methods stay flat per candidate, and what does one request cost?
 
-SPEC §4-§5: target attention over the whole history costs O(C·L) per request of C candidates; search (TWIN, DARE)
+Target attention over the whole history costs O(C·L) per request of C candidates; search (TWIN, DARE)
 cuts the attention to K behaviours but still scores all L for every candidate; VISTA and VQL compute a user state
 once per user (`user_state`), cache it (`longrec.serve.cache.UserStateCache`) and score candidates from it
 (`score_with_state`) at a cost that should not depend on L. This script measures that, on `--threads` CPU threads:
@@ -46,28 +46,24 @@ derived from the item (coarse ids 1..99, fine ids 100..num_categories-1), positi
 1 h) to the target time, full histories. Models are built with their default configs except the data sizes and
 `--dim`. Process: `reuse_freed_memory()` (as `longrec train`).
 
-Run:   python benchmarks/bench_scaling.py --update-readme
-Quick: python benchmarks/bench_scaling.py --quick
+Run:       python benchmarks/bench_scaling.py --update-readme
+Quick:     python benchmarks/bench_scaling.py --quick --json /tmp/scaling.json --png /tmp/scaling.png
+Re-render: python benchmarks/bench_scaling.py --from-json benchmarks/results/scaling.json --update-readme
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import re
 import statistics
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import _harness as harness
 import torch
-from _common import machine, machine_line, markdown_table, update_readme_section, write_json
-from bench_search_latency import peaks
+from _harness import median_ms, percentile, timings
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -77,7 +73,7 @@ from longrec.search import history_columns, oldest_first, one_user_request, sear
 from longrec.search.config import SearchConfig
 from longrec.search.exact import chunked_topk
 from longrec.serve.cache import UserStateCache
-from longrec.train.step import make_optimizer, reuse_freed_memory, train_step
+from longrec.train.step import reuse_freed_memory
 
 # name -> (registry name, kind): "full" attends over all L per candidate, "search" runs soft search then K,
 # "cached" has user_state / score_with_state.
@@ -151,29 +147,6 @@ def search_config(method: str, args: argparse.Namespace) -> SearchConfig:
 
 
 # ------------------------------------------------------------------------------------------------------ timing
-def timings(fn: Callable[[], Any], repeats: int, budget_s: float, warmup: int = 1) -> list[float]:
-    """Seconds of `repeats` calls after `warmup` calls; stops early (after >= 1 call) once `budget_s` is spent."""
-    for _ in range(warmup):
-        fn()
-    out: list[float] = []
-    start = time.perf_counter()
-    while len(out) < repeats and (not out or time.perf_counter() - start < budget_s):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
-
-
-def median_ms(fn: Callable[[], Any], repeats: int, budget_s: float, warmup: int = 1) -> float:
-    return 1e3 * statistics.median(timings(fn, repeats, budget_s, warmup))
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in [0, 100]) of `values`."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
-
-
 def din_request(model: nn.Module, batch: Batch, args: argparse.Namespace) -> Callable[[], Any]:
     """DIN over the full history, candidates in groups of ⌈din_rows_x_length / L⌉ rows."""
     step = max(1, args.din_rows_x_length // batch.history.shape[1])
@@ -198,19 +171,21 @@ def inference_row(
     reps, budget = args.repeats, args.budget
     with torch.no_grad():
         if kind == "full":
-            row["request_ms"] = median_ms(din_request(model, batch, args), reps, budget)
+            row["request_ms"] = median_ms(din_request(model, batch, args), reps, budget_s=budget)
         elif kind == "search":
-            row["request_ms"] = median_ms(search_request(model, batch, search_config(method, args)), reps, budget)
+            row["request_ms"] = median_ms(
+                search_request(model, batch, search_config(method, args)), reps, budget_s=budget
+            )
         else:
             user = rows(batch, 0, 1)  # the user's history once
-            row["user_state_ms"] = median_ms(lambda: model.user_state(user), reps, budget)
+            row["user_state_ms"] = median_ms(lambda: model.user_state(user), reps, budget_s=budget)
             cache = UserStateCache(capacity=1024, max_age_s=3600.0, refresh_after_new=8)
             state = cache.state_for(model, batch, version="v1", now=0.0)  # [C, ...] (a miss: computed once)
-            row["cache_hit_ms"] = median_ms(lambda: cache.state_for(model, batch, "v1", now=1.0), reps, budget)
+            row["cache_hit_ms"] = median_ms(lambda: cache.state_for(model, batch, "v1", now=1.0), reps, budget_s=budget)
             assert cache.refreshes == 0 and cache.misses == 1, "the cache must serve hits here"
             score_reps = max(reps, args.score_repeats)
             scorers[(method, L)] = lambda: model.score_with_state(state, batch)  # [C]
-            row["score_ms"] = median_ms(scorers[(method, L)], score_reps, budget)
+            row["score_ms"] = median_ms(scorers[(method, L)], score_reps, budget_s=budget)
             row["request_ms"] = row["cache_hit_ms"] + row["score_ms"]
             row["miss_per_candidate_us"] = 1e3 * (row["user_state_ms"] + row["score_ms"]) / C
             row["hit_per_candidate_us"] = 1e3 * row["request_ms"] / C
@@ -231,7 +206,7 @@ def interleaved_scores(
     with torch.no_grad():
         for _ in range(rounds):
             for key, fn in scorers.items():
-                times[key] += timings(fn, repeats, budget_s=math.inf)
+                times[key] += timings(fn, repeats)
     return {key: 1e3 * statistics.median(t) for key, t in times.items()}
 
 
@@ -250,11 +225,9 @@ def train_row(method: str, L: int, args: argparse.Namespace, previous: dict[str,
         row["skipped"] = f"skipped at L = {previous['L']:,} already"
         return row
     batch = make_batch(args.train_users, args.train_candidates, L, args, seed=1)
-    model = build(method, args)
-    optimizer = make_optimizer(model, 1e-3)
-    search = search_config(method, args)
-    row["step_ms"] = median_ms(lambda: train_step(model, batch, search, optimizer), args.repeats, args.budget)
-    row["adam_ms"] = median_ms(optimizer.step, max(args.repeats, 5), args.budget)
+    trainer = harness.Trainer(build(method, args), search_config(method, args), lr=1e-3)
+    row["step_ms"] = 1e3 * statistics.median(trainer.repeat(batch, args.repeats, budget_s=args.budget))
+    row["adam_ms"] = median_ms(trainer.optimizer.step, max(args.repeats, 5), budget_s=args.budget)
     return row
 
 
@@ -330,13 +303,13 @@ def dare_split(model: nn.Module, batch: Batch, args: argparse.Namespace) -> dict
     positions, kept = chunked_topk([(0, scores)], batch.history_mask, k)  # [C, K] each
     searched = gather_history(batch, *oldest_first(positions, kept))
     split = {
-        "embed_ms": median_ms(lambda: (embed(one), embed(history_columns(batch, L - 1, L))), reps, budget),
-        "score_ms": median_ms(lambda: query @ keys.T, reps, budget),
+        "embed_ms": median_ms(lambda: (embed(one), embed(history_columns(batch, L - 1, L))), reps, budget_s=budget),
+        "score_ms": median_ms(lambda: query @ keys.T, reps, budget_s=budget),
         "topk_ms": median_ms(
-            lambda: chunked_topk([(0, scores)], batch.history_mask, k, best_first=False), reps, budget
+            lambda: chunked_topk([(0, scores)], batch.history_mask, k, best_first=False), reps, budget_s=budget
         ),
-        "gather_ms": median_ms(lambda: gather_history(batch, *oldest_first(positions, kept)), reps, budget),
-        "attend_ms": median_ms(lambda: model(searched), reps, budget),
+        "gather_ms": median_ms(lambda: gather_history(batch, *oldest_first(positions, kept)), reps, budget_s=budget),
+        "attend_ms": median_ms(lambda: model(searched), reps, budget_s=budget),
     }
     split["score_gflops"] = 2 * scores.numel() * query.shape[1] / (split["score_ms"] * 1e6)
     from torch.profiler import ProfilerActivity, profile
@@ -467,9 +440,11 @@ def status_mb() -> dict[str, float]:
     return {k: int(m.group(1)) / 1024 if m else math.nan for k, m in found.items()}
 
 
-def memory_probe(spec: str, args: argparse.Namespace) -> None:
-    """In a fresh process: peak RSS growth (MB) of one request or one training step; prints one JSON line."""
-    method, phase, L = spec.split(":")
+def memory_probe(job: dict[str, Any]) -> dict[str, float]:
+    """In a fresh process (`harness.in_subprocess`): peak RSS growth (MB) of one request or one training step."""
+    args = argparse.Namespace(**job["args"])
+    torch.set_num_threads(args.threads)
+    method, phase, L = job["spec"].split(":")
     L_ = int(L)
     if phase == "infer":
         batch = one_user(make_batch(1, args.candidates, L_, args))
@@ -491,51 +466,28 @@ def memory_probe(spec: str, args: argparse.Namespace) -> None:
             fn()
     else:
         batch = make_batch(args.train_users, args.train_candidates, L_, args, seed=1)
-        model = build(method, args)
-        optimizer = make_optimizer(model, 1e-3)
+        trainer = harness.Trainer(build(method, args), search_config(method, args), lr=1e-3)
         before = status_mb()["VmRSS"]
-        train_step(model, batch, search_config(method, args), optimizer)
-    print(json.dumps({"peak_growth_mb": status_mb()["VmHWM"] - before}))
+        trainer.step(batch)
+    return {"peak_growth_mb": status_mb()["VmHWM"] - before}
 
 
 def memory_rows(L: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    sizes = ("threads", "candidates", "k", "num_items", "num_categories", "taxonomy_levels", "dim", "train_users",
+             "train_candidates", "din_rows_x_length")  # fmt: skip
     out = []
     for method in METHODS:
         row: dict[str, Any] = {"method": method, "L": L}
         for phase in ("infer", "train"):
-            cmd = [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                *forwarded(args),
-                "--memory-probe",
-                f"{method}:{phase}:{L}",
-            ]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            lines = [x for x in done.stdout.splitlines() if x.startswith("{")]
-            if done.returncode or not lines:
+            job = {"spec": f"{method}:{phase}:{L}", "args": {k: getattr(args, k) for k in sizes}}
+            try:
+                row[f"{phase}_mb"] = harness.in_subprocess(__file__, job)["peak_growth_mb"]
+            except RuntimeError as error:
                 row[f"{phase}_mb"] = None
-                print(f"  memory probe {method}:{phase} failed: {done.stderr[-500:]}", flush=True)
-            else:
-                row[f"{phase}_mb"] = json.loads(lines[-1])["peak_growth_mb"]
+                print(f"  memory probe {method}:{phase} failed: {str(error)[-500:]}", flush=True)
         out.append(row)
         print(f"  {method:<6} L={L:,}: peak RSS growth request {row['infer_mb']} MB, train step {row['train_mb']} MB")
     return out
-
-
-def forwarded(args: argparse.Namespace) -> list[str]:
-    """The size arguments a memory-probe subprocess needs."""
-    return [
-        f"--threads={args.threads}",
-        f"--candidates={args.candidates}",
-        f"--k={args.k}",
-        f"--num-items={args.num_items}",
-        f"--num-categories={args.num_categories}",
-        f"--taxonomy-levels={args.taxonomy_levels}",
-        f"--dim={args.dim}",
-        f"--train-users={args.train_users}",
-        f"--train-candidates={args.train_candidates}",
-        f"--din-rows-x-length={args.din_rows_x_length}",
-    ]
 
 
 # ------------------------------------------------------------------------------------------------------ report
@@ -578,7 +530,7 @@ def render_inference(inference: list[dict[str, Any]], lengths: list[int]) -> str
             fmt(next((r.get(key) for r in inference if r["method"] == method and r["L"] == L), None)) for L in lengths
         ]
         lines.append([label, *cells, fmt(growth(inference, method, key, 1000, hi))])
-    return markdown_table(header, lines)
+    return harness.markdown_table(header, lines)
 
 
 def render_user_side(inference: list[dict[str, Any]], lengths: list[int]) -> str:
@@ -595,7 +547,7 @@ def render_user_side(inference: list[dict[str, Any]], lengths: list[int]) -> str
                 for L in lengths
             ]
             lines.append([f"{method} {label}", *cells])
-    return markdown_table(header, lines)
+    return harness.markdown_table(header, lines)
 
 
 def render_training(training: list[dict[str, Any]], lengths: list[int]) -> str:
@@ -608,7 +560,7 @@ def render_training(training: list[dict[str, Any]], lengths: list[int]) -> str:
             cells.append("skipped" if r is None or "skipped" in r else fmt(r["step_ms"]))
         adam = [x["adam_ms"] for x in training if x["method"] == method and "adam_ms" in x]
         lines.append([method, *cells, fmt(statistics.median(adam)) if adam else "—"])
-    return markdown_table(header, lines)
+    return harness.markdown_table(header, lines)
 
 
 def render_latency(latency: list[dict[str, Any]]) -> str:
@@ -649,7 +601,7 @@ def render_latency(latency: list[dict[str, Any]]) -> str:
                 f"{r['p50_ms'] / r['path_floor_ms']:,.1f}x",
             ]
         )
-    return markdown_table(header, lines)
+    return harness.markdown_table(header, lines)
 
 
 def render_memory(memory: list[dict[str, Any]]) -> str:
@@ -657,90 +609,7 @@ def render_memory(memory: list[dict[str, Any]]) -> str:
         return ""
     L = memory[0]["L"]
     header = ["method", f"request, L = {L:,} (MB)", f"train step, L = {L:,} (MB)"]
-    return markdown_table(header, [[r["method"], fmt(r["infer_mb"], 0), fmt(r["train_mb"], 0)] for r in memory])
-
-
-def explain(
-    inference: list[dict[str, Any]],
-    training: list[dict[str, Any]],
-    latency: list[dict[str, Any]],
-    gate: list[dict[str, Any]],
-    lengths: list[int],
-    args: argparse.Namespace,
-) -> str:
-    """The result in words, from this run's numbers."""
-    hi = max(lengths)
-    span = hi / 1000
-    out = []
-    grow = {m: growth(inference, m, "per_candidate_us", 1000, hi) for m in METHODS}
-    uncached = ", ".join(f"{m} {fmt(grow[m])}x" for m in ("DIN", "TWIN", "DARE") if grow[m])
-    cached = ", ".join(f"{g['method']} {fmt(g['ratio'])}x ({'PASS' if g['pass'] else 'FAIL'})" for g in gate)
-    out.append(
-        f"From L = 10³ to {hi:,} ({span:,.0f}x longer histories) the per-candidate inference cost grew {uncached} "
-        f"(TWIN and DARE embed the history once per request but still score all L behaviours for every candidate "
-        f"before keeping K; DIN attends over all L per candidate), and {cached} for the cached methods' "
-        f"`score_with_state` (gate: at most {GATE}x), which reads only the state."
-    )
-    hits = {m: growth(inference, m, "cache_hit_ms", 1000, hi) for m in ("VISTA", "VQL")}
-    r_hi = {m: next((r for r in inference if r["method"] == m and r["L"] == hi), None) for m in ("VISTA", "VQL")}
-    if all(r_hi.values()) and all(hits.values()):
-        v = r_hi["VISTA"]
-        assert v is not None
-        out.append(
-            f"The cache hit itself (`UserStateCache.state_for` on the one-user request) grew {fmt(hits['VISTA'])}x "
-            f"(VISTA) and {fmt(hits['VQL'])}x (VQL) and took {fmt(v['cache_hit_ms'])} ms at L = {hi:,} against "
-            f"{fmt(v['score_ms'])} ms of scoring: the user is looked up once, and the refresh policy reads two "
-            "columns of the one history and bisects its mask (O(log L), not O(C·L))."
-        )
-    dare = next((r for r in latency if r["row"].startswith("DARE, search") and r["part"] == "request"), None)
-    dare_copies = next((r for r in latency if r["method"] == "DARE" and r["part"] == "copies"), None)
-    if dare is not None and dare_copies is not None:
-        s = dare["split"]
-        pieces = ("embed_ms", "score_ms", "topk_ms", "gather_ms", "attend_ms")
-        parts = sum(s[p] for p in pieces)
-        share = {p: f"{s[p] / parts:.0%}" for p in pieces}
-        ops = ", ".join(f"{o['op'].removeprefix('aten::')} {o['share']:.0%}" for o in s["top_ops"][:4])
-        verdict = "meets" if dare["p50_ms"] <= dare["target_ms"] else "misses"
-        out.append(
-            f"DARE at L = {dare['L']:,}, C = {dare['C']} {verdict} its {dare['target_ms']:g} ms target: p50 "
-            f"{fmt(dare['p50_ms'])} ms on the one-user request against {fmt(dare_copies['p50_ms'])} ms on C copies "
-            f"of the history ({dare_copies['p50_ms'] / dare['p50_ms']:.1f}x, same run), of which (timed apart, sum "
-            f"{fmt(parts)} ms) embedding the history once and the C queries {share['embed_ms']}, the [C, A] x [A, L] "
-            f"score product {share['score_ms']}, the top-K {share['topk_ms']}, gathering the K "
-            f"{share['gather_ms']} and attention + MLP over K {share['attend_ms']} (top operators: {ops}). Its "
-            f"floor is {fmt(dare['floor_ms'], 3)} ms ({dare['p50_ms'] / dare['floor_ms']:,.1f}x): the product runs "
-            f"at {s['score_gflops']:.0f} GFLOP/s (GEMM peak {args.peak_gflops:.0f}), the rest is passes over [C, L] "
-            "and [C, K] tensors that move bytes without arithmetic (the top-K's block maxima and selections, "
-            "`search/exact.py`; the lookups and small matmuls over the K kept)."
-        )
-    hit = {r["method"]: r for r in latency if r["part"] == "score" and "copies" not in r["row"]}
-    hit_copies = {r["method"]: r for r in latency if r["part"] == "score" and "copies" in r["row"]}
-    misses = {r["method"]: r for r in latency if r["part"] == "miss"}
-    if hit:
-        out.append(
-            "From the cache: "
-            + "; ".join(
-                f"{r['method']} p50 {fmt(r['p50_ms'])} ms ({'PASS' if r['p50_ms'] <= r['target_ms'] else 'FAIL'} "
-                f"against {r['target_ms']:g} ms, {r['p50_ms'] / r['floor_ms']:,.0f}x its floor)"
-                for r in hit.values()
-            )
-            + ": a few dozen small operators on [C, S, E] tensors, so per-operator overhead, not arithmetic. "
-            "On C contiguous copies of the history the same hit takes "
-            + "; ".join(f"{m} {fmt(r['p50_ms'])} ms" for m, r in hit_copies.items())
-            + " (every row's history is checked against the user's first: O(C·L)). A miss (user_state on L "
-            "behaviours + score): " + "; ".join(f"{m} {fmt(r['p50_ms'])} ms" for m, r in misses.items()) + "."
-        )
-    trained = [m for m in METHODS if growth(training, m, "step_ms", 1000, hi)]
-    skipped = [f"{r['method']} at L = {r['L']:,} ({r['skipped']})" for r in training if "skipped" in r]
-    if trained:
-        out.append(
-            f"Training step from L = 10³ to {hi:,}: "
-            + ", ".join(f"{m} {fmt(growth(training, m, 'step_ms', 1000, hi))}x" for m in trained)
-            + ": every method trains on the whole history (DIN, VISTA and VQL differentiate through all L; TWIN and "
-            "DARE search all L without gradient), so only the serving side of VISTA and VQL is independent of L. "
-            + ("Skipped: " + "; ".join(skipped) + "." if skipped else "No training row was skipped.")
-        )
-    return " ".join(out)
+    return harness.markdown_table(header, [[r["method"], fmt(r["infer_mb"], 0), fmt(r["train_mb"], 0)] for r in memory])
 
 
 def plot(
@@ -750,94 +619,49 @@ def plot(
     args: argparse.Namespace,
     lengths: list[int],
 ) -> None:
-    import matplotlib
+    with harness.figure(path, 2, (12, 4.5), f"Cost vs history length, {args.threads} CPU threads") as (left, right):
+        colours = dict(zip(METHODS, ("tab:red", "tab:orange", "tab:green", "tab:blue", "tab:purple"), strict=True))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        def series(rows_: list[dict[str, Any]], method: str, key: str) -> tuple[list[int], list[float]]:
+            pts = [(r["L"], r[key]) for r in sorted(rows_, key=lambda r: r["L"]) if r["method"] == method and key in r]
+            return [p[0] for p in pts], [p[1] for p in pts]
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    colours = dict(zip(METHODS, ("tab:red", "tab:orange", "tab:green", "tab:blue", "tab:purple"), strict=True))
-
-    def series(rows_: list[dict[str, Any]], method: str, key: str) -> tuple[list[int], list[float]]:
-        pts = [(r["L"], r[key]) for r in sorted(rows_, key=lambda r: r["L"]) if r["method"] == method and key in r]
-        return [p[0] for p in pts], [p[1] for p in pts]
-
-    for method in METHODS:
-        cached = METHODS[method][1] == "cached"
-        x, y = series(inference, method, "per_candidate_us")
-        left.plot(x, y, marker="o", color=colours[method], label=method + (" cached (score)" if cached else ""))
-        if cached:
-            x, y = series(inference, method, "hit_per_candidate_us")
-            left.plot(x, y, marker=".", linestyle=":", color=colours[method], label=f"{method} incl. cache hit")
-            x, y = series(inference, method, "miss_per_candidate_us")
-            left.plot(
-                x, y, marker="x", linestyle="--", color=colours[method], label=f"{method} miss (user_state + score)"
-            )
-        x, y = series(training, method, "step_ms")
-        right.plot(x, y, marker="o", color=colours[method], label=method)
-    rows_ = args.train_users * args.train_candidates
-    for ax, ylabel, title in (
-        (left, "µs per candidate", f"inference, one user x {args.candidates} candidates"),
-        (
-            right,
-            "ms per step",
-            f"train step, {args.train_users} users x {args.train_candidates} candidates = {rows_} rows",
-        ),
-    ):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xticks(lengths, [f"{L:,}" for L in lengths])
-        ax.set_xlabel("history length L")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"Cost vs history length, {args.threads} CPU threads")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        for method in METHODS:
+            cached = METHODS[method][1] == "cached"
+            x, y = series(inference, method, "per_candidate_us")
+            left.plot(x, y, marker="o", color=colours[method], label=method + (" cached (score)" if cached else ""))
+            if cached:
+                x, y = series(inference, method, "hit_per_candidate_us")
+                left.plot(x, y, marker=".", linestyle=":", color=colours[method], label=f"{method} incl. cache hit")
+                x, y = series(inference, method, "miss_per_candidate_us")
+                left.plot(
+                    x, y, marker="x", linestyle="--", color=colours[method], label=f"{method} miss (user_state + score)"
+                )
+            x, y = series(training, method, "step_ms")
+            right.plot(x, y, marker="o", color=colours[method], label=method)
+        rows_ = args.train_users * args.train_candidates
+        for ax, ylabel, title in (
+            (left, "µs per candidate", f"inference, one user x {args.candidates} candidates"),
+            (
+                right,
+                "ms per step",
+                f"train step, {args.train_users} users x {args.train_candidates} candidates = {rows_} rows",
+            ),
+        ):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xticks(lengths, [f"{L:,}" for L in lengths])
+            ax.set_xlabel("history length L")
+            ax.set_ylabel(ylabel)
+            ax.set_title(title)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
 
 
 # ------------------------------------------------------------------------------------------------------ main
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="L up to 10^4, few repeats, no memory probes (< 1 min)")
-    parser.add_argument("--lengths", nargs="+", type=int, default=None, help="history lengths L (default 10^2..10^5)")
-    parser.add_argument("--candidates", type=int, default=200, help="C candidates per request in part A")
-    parser.add_argument("--k", type=int, default=100, help="behaviours TWIN and DARE keep (soft search)")
-    parser.add_argument("--num-items", type=int, default=100_000)
-    parser.add_argument("--num-categories", type=int, default=5_000, help="ids shared by the taxonomy levels")
-    parser.add_argument("--taxonomy-levels", type=int, default=2, choices=(1, 2))
-    parser.add_argument("--dim", type=int, default=16, help="embedding dim D of every model")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per part-A cell (median; default 5)")
-    parser.add_argument("--score-repeats", type=int, default=None, help="timed runs of score_with_state (default 100)")
-    parser.add_argument("--score-rounds", type=int, default=None, help="interleaved rounds over L (default 5)")
-    parser.add_argument("--budget", type=float, default=None, help="seconds per part-A cell before it stops early")
-    parser.add_argument("--train-users", type=int, default=4)
-    parser.add_argument("--train-candidates", type=int, default=4)
-    parser.add_argument("--train-max-seconds", type=float, default=30.0, help="skip a train step expected slower")
-    parser.add_argument(
-        "--din-rows-x-length", type=int, default=2_000_000, help="DIN scores ⌈this / L⌉ candidates per call"
-    )
-    parser.add_argument("--latency-length", type=int, default=10_000)
-    parser.add_argument("--latency-candidates", type=int, default=200)
-    parser.add_argument("--latency-repeats", type=int, default=None, help="requests timed per row (default 200)")
-    parser.add_argument("--reference-repeats", type=int, default=None, help="for DIN and cache misses (default 30)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed requests before each part-B row")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses")
-    parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "scaling.json")
-    parser.add_argument("--png", type=Path, default=Path(__file__).parent / "results" / "scaling.png")
-    parser.add_argument("--update-readme", action="store_true", help="replace the section in benchmarks/README.md")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.memory_probe:
-        memory_probe(args.memory_probe, args)
-        return
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
-    lengths = sorted(args.lengths or ([100, 1000, 10_000] if quick else [100, 1000, 10_000, 100_000]))
+    lengths = args.lengths = sorted(args.lengths or ([100, 1000, 10_000] if quick else [100, 1000, 10_000, 100_000]))
     args.repeats = args.repeats or (2 if quick else 5)
     args.score_repeats = args.score_repeats or (20 if quick else 100)
     args.score_rounds = args.score_rounds or (2 if quick else 5)
@@ -847,11 +671,7 @@ def main() -> None:
     if quick:
         args.warmup = min(args.warmup, 1)
     allocator = "reuse_freed_memory()" if reuse_freed_memory() else "glibc default"
-    info = machine()
-    load_before = os.getloadavg()
-    started = time.perf_counter()
-    peak = peaks()
-    args.peak_gflops = peak["gflops"]
+    peak = harness.peaks()
     print(f"peaks on {args.threads} threads: {peak['gflops']:.0f} GFLOP/s GEMM, {peak['gbytes_per_s']:.1f} GB/s copy")
 
     print("A. cost vs L", flush=True)
@@ -905,86 +725,83 @@ def main() -> None:
     latency = latency_rows(args, peak)
 
     memory: list[dict[str, Any]] = []
-    if not quick and not args.no_memory:
+    if not args.quick and not args.no_memory:
         print("memory: peak RSS growth in fresh processes", flush=True)
         memory = memory_rows(max(lengths), args)
-    load_after = os.getloadavg()
-    elapsed = time.perf_counter() - started
-
-    tables = {
-        "inference": render_inference(inference, lengths),
-        "user_side": render_user_side(inference, lengths),
-        "training": render_training(training, lengths),
-        "latency": render_latency(latency),
-        "memory": render_memory(memory),
-    }
-    text = explain(inference, training, latency, gate, lengths, args)
-    print("\n" + "\n\n".join(t for t in tables.values() if t) + "\n\n" + text)
-    print(f"\n{elapsed:.0f} s")
     plot(inference, training, args.png, args, lengths)
-    write_json(
-        args.json,
-        {
-            "machine": info,
-            "load_average": {"before": load_before, "after": load_after},
-            "peaks": peak,
-            "allocator": allocator,
-            "elapsed_s": elapsed,
-            "config": vars(args) | {"json": str(args.json), "png": str(args.png), "lengths": lengths},
-            "inference": inference,
-            "training": training,
-            "gates": gate,
-            "latency": latency,
-            "memory": memory,
-        },
+    return {"peaks": peak, "allocator": allocator, "png": harness.relative(args.png), "inference": inference,
+            "training": training, "gates": gate, "latency": latency, "memory": memory}  # fmt: skip
+
+
+def render(payload: dict[str, Any]) -> str:
+    config, peak, gate = payload["config"], payload["peaks"], payload["gates"]
+    inference, training, lengths = payload["inference"], payload["training"], config["lengths"]
+    memory = render_memory(payload["memory"])
+    gate_text = "; ".join(f"{g['method']} {fmt(g['ratio'])}x ({'PASS' if g['pass'] else 'FAIL'})" for g in gate)
+    return (
+        f"Command: `{payload['command']}`. {harness.machine_line(payload['machine'])} "
+        + harness.load_line(payload).removesuffix(".")
+        + f"; {payload['seconds'] / 60:.1f} min. Allocator: {payload['allocator']}. Synthetic full histories "
+        f"({config['num_items']:,} items, {config['taxonomy_levels']}-level taxonomy, dim {config['dim']}, default "
+        f"model configs), TWIN/DARE soft search K = {config['k']} (`search.chunk` auto). Inference: one user x C = "
+        f"{config['candidates']} candidates, no gradient, the request built by `one_user_request` (C rows viewing one "
+        f"history), median of up to {config['repeats']} requests ({config['score_repeats']} for `score_with_state`); "
+        f"DIN in groups of ⌈{config['din_rows_x_length']:,} / L⌉ candidates. VISTA / VQL: `user_state` once per "
+        "user, `UserStateCache.state_for` on the request (a hit), `score_with_state` for the C candidates; 'per "
+        f"candidate' of a cached method = score_with_state / C, timed last, in {config['score_rounds']} rounds of "
+        f"{config['score_repeats']} calls that visit every L in turn (the JSON keeps the in-sequence medians too)."
+        "\n\n"
+        + render_inference(inference, lengths)
+        + f"\n\nGate (cached per-candidate cost, L = {max(lengths):,} over L = 10³, at most {GATE}x): {gate_text}."
+        "\n\n"
+        + render_user_side(inference, lengths)
+        + "\n\nTraining: `train_step` (search, forward, BCE + extra losses, backward, fused Adam) on "
+        f"{config['train_users']} users x {config['train_candidates']} candidates = "
+        f"{config['train_users'] * config['train_candidates']} rows, median of up to {config['repeats']}; 'skipped' = "
+        f"the step at the previous L scaled linearly in L exceeds {config['train_max_seconds']:g} s.\n\n"
+        + render_training(training, lengths)
+        + f"\n\nOne request, L = {config['latency_length']:,}, C = {config['latency_candidates']}: p50 / p99 after "
+        f"{config['warmup']} warm-up requests. FLOPs counted on the path (FlopCounterMode); MB (distinct) = the "
+        "history's ids and embedding rows once, the candidates' rows, the non-embedding weights and the cached "
+        "state; MB (path) = what the path as written gathers (DIN, and TWIN and DARE on C copies: the history "
+        "once per candidate; TWIN and DARE on the one-user request: the history once plus C·K kept rows; cached "
+        "methods: the state per candidate). 'C copies' rows run the same request on a collated batch holding the "
+        f"history C times. Floor = max(FLOPs at {peak['gflops']:.0f} GFLOP/s (1024³ matmul), bytes at "
+        f"{peak['gbytes_per_s']:.1f} GB/s (copy)), measured in this run.\n\n"
+        + render_latency(payload["latency"])
+        + ("\n\nPeak RSS growth (VmHWM over VmRSS before the call, fresh process each):\n\n" + memory if memory else "")
+        + f"\n\n![scaling]({harness.readme_link(payload['png'])})"
     )
-    if args.update_readme:
-        command = "python benchmarks/bench_scaling.py" + (" --quick" if quick else "") + " --update-readme"
-        gate_text = "; ".join(f"{g['method']} {fmt(g['ratio'])}x ({'PASS' if g['pass'] else 'FAIL'})" for g in gate)
-        body = (
-            f"Command: `{command}`. "
-            + machine_line(info)
-            + f" Load average {load_before[0]:.2f} before, {load_after[0]:.2f} after (1 min; 2 cores); "
-            f"{elapsed / 60:.1f} min. Allocator: {allocator}. Synthetic full histories ({args.num_items:,} items, "
-            f"{args.taxonomy_levels}-level taxonomy, dim {args.dim}, default model configs), TWIN/DARE soft search "
-            f"K = {args.k} (`search.chunk` auto). Inference: one user x C = {args.candidates} candidates, no "
-            f"gradient, the request built by `one_user_request` (C rows viewing one history), median of up to "
-            f"{args.repeats} requests ({args.score_repeats} for `score_with_state`); DIN in "
-            f"groups of ⌈{args.din_rows_x_length:,} / L⌉ candidates. VISTA / VQL: `user_state` once per user, "
-            "`UserStateCache.state_for` on the request (a hit), `score_with_state` for the C candidates; "
-            "'per candidate' of a cached method = score_with_state / C, timed last, in "
-            f"{args.score_rounds} rounds of {args.score_repeats} calls that visit every L in turn (the JSON keeps the "
-            "in-sequence medians too).\n\n"
-            + tables["inference"]
-            + f"\n\nGate (cached per-candidate cost, L = {max(lengths):,} over L = 10³, at most {GATE}x): "
-            + gate_text
-            + ".\n\n"
-            + tables["user_side"]
-            + f"\n\nTraining: `train_step` (search, forward, BCE + extra losses, backward, fused Adam) on "
-            f"{args.train_users} users x {args.train_candidates} candidates = "
-            f"{args.train_users * args.train_candidates} rows, median of up to {args.repeats}; 'skipped' = the step "
-            f"at the previous L scaled linearly in L exceeds {args.train_max_seconds:g} s.\n\n"
-            + tables["training"]
-            + f"\n\nOne request, L = {args.latency_length:,}, C = {args.latency_candidates}: p50 / p99 after "
-            f"{args.warmup} warm-up requests. FLOPs counted on the path (FlopCounterMode); MB (distinct) = the "
-            "history's ids and embedding rows once, the candidates' rows, the non-embedding weights and the cached "
-            "state; MB (path) = what the path as written gathers (DIN, and TWIN and DARE on C copies: the history "
-            "once per candidate; TWIN and DARE on the one-user request: the history once plus C·K kept rows; cached "
-            f"methods: the state per candidate). 'C copies' rows run the same request on a collated batch holding the "
-            f"history C times. Floor = max(FLOPs at {peak['gflops']:.0f} "
-            f"GFLOP/s (1024³ matmul), bytes at {peak['gbytes_per_s']:.1f} GB/s (copy)), measured in this run.\n\n"
-            + tables["latency"]
-            + (
-                "\n\nPeak RSS growth (VmHWM over VmRSS before the call, fresh process each):\n\n" + tables["memory"]
-                if tables["memory"]
-                else ""
-            )
-            + "\n\n"
-            + text
-            + f"\n\n![scaling]({args.png.relative_to(Path(__file__).parent).as_posix()})"
-        )
-        update_readme_section("scaling", body)
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = harness.options(__doc__, "scaling", threads=2, png=True, child=True)
+    parser.add_argument("--quick", action="store_true", help="L up to 10^4, few repeats, no memory probes (< 1 min)")
+    parser.add_argument("--lengths", nargs="+", type=int, default=None, help="history lengths L (default 10^2..10^5)")
+    parser.add_argument("--candidates", type=int, default=200, help="C candidates per request in part A")
+    parser.add_argument("--k", type=int, default=100, help="behaviours TWIN and DARE keep (soft search)")
+    parser.add_argument("--num-items", type=int, default=100_000)
+    parser.add_argument("--num-categories", type=int, default=5_000, help="ids shared by the taxonomy levels")
+    parser.add_argument("--taxonomy-levels", type=int, default=2, choices=(1, 2))
+    parser.add_argument("--dim", type=int, default=16, help="embedding dim D of every model")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per part-A cell (median; default 5)")
+    parser.add_argument("--score-repeats", type=int, default=None, help="timed runs of score_with_state (default 100)")
+    parser.add_argument("--score-rounds", type=int, default=None, help="interleaved rounds over L (default 5)")
+    parser.add_argument("--budget", type=float, default=None, help="seconds per part-A cell before it stops early")
+    parser.add_argument("--train-users", type=int, default=4)
+    parser.add_argument("--train-candidates", type=int, default=4)
+    parser.add_argument("--train-max-seconds", type=float, default=30.0, help="skip a train step expected slower")
+    parser.add_argument(
+        "--din-rows-x-length", type=int, default=2_000_000, help="DIN scores ⌈this / L⌉ candidates per call"
+    )
+    parser.add_argument("--latency-length", type=int, default=10_000)
+    parser.add_argument("--latency-candidates", type=int, default=200)
+    parser.add_argument("--latency-repeats", type=int, default=None, help="requests timed per row (default 200)")
+    parser.add_argument("--reference-repeats", type=int, default=None, help="for DIN and cache misses (default 30)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed requests before each part-B row")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses")
+    return parser
 
 
 if __name__ == "__main__":
-    main()
+    harness.main(parser().parse_args(), "scaling", measure, render, child=memory_probe)

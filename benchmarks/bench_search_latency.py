@@ -18,22 +18,19 @@ d_a.
 Inputs are synthetic (random ids over a `--num-items` table, full histories): latency does not depend on what the
 model learnt. Batches: B requests of one user each (one target, one history), `--batch-size`.
 
-Run:   python benchmarks/bench_search_latency.py --update-readme
-Quick: python benchmarks/bench_search_latency.py --lengths 1000 --repeats 5
+Run:       python benchmarks/bench_search_latency.py --update-readme
+Quick:     python benchmarks/bench_search_latency.py --lengths 1000 --repeats 5 --json /tmp/search_latency.json
+Re-render: python benchmarks/bench_search_latency.py --from-json benchmarks/results/search_latency.json --update-readme
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import _harness as harness
 import torch
-from _common import machine, machine_line, markdown_table, update_readme_section, write_json
 
 from longrec.data.batch import Batch
 from longrec.models import build_model
@@ -56,25 +53,6 @@ def make_batch(B: int, L: int, num_items: int, num_categories: int, seed: int = 
     )
 
 
-def median_ms(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
-
-
-def peaks(repeats: int = 5) -> dict[str, float]:
-    """fp32 GEMM rate (1024³ matmul) and copy bandwidth (256 MB into a reused buffer) on the current threads."""
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    src, dst = torch.randn(2**26), torch.empty(2**26)
-    gemm = 2 * 1024**3 / (median_ms(lambda: torch.mm(a, b), repeats) / 1e3)
-    copy = 2 * src.numel() * 4 / (median_ms(lambda: dst.copy_(src), repeats) / 1e3)
-    return {"gflops": gemm / 1e9, "gbytes_per_s": copy / 1e9}
-
-
 def floor_ms(B: int, L: int, A: int, fields: int, peak: dict[str, float]) -> dict[str, float]:
     """Arithmetic floor of lookup + score for a batch: every behaviour's A key floats read once (a fused gather-and-dot
     would never write them) plus its ids, at the copy bandwidth; and the score FLOPs at the GEMM rate."""
@@ -88,7 +66,7 @@ def floor_ms(B: int, L: int, A: int, fields: int, peak: dict[str, float]) -> dic
     }
 
 
-def measure(L: int, d_a: int, args: argparse.Namespace, peak: dict[str, float]) -> dict[str, Any]:
+def measure_one(L: int, d_a: int, args: argparse.Namespace, peak: dict[str, float]) -> dict[str, Any]:
     torch.manual_seed(0)
     model = build_model(
         "dare",
@@ -100,6 +78,7 @@ def measure(L: int, d_a: int, args: argparse.Namespace, peak: dict[str, float]) 
         max_position=L,
     ).eval()
     batch = make_batch(args.batch_size, L, args.num_items, args.num_categories)
+    reps = args.repeats
     with torch.no_grad():
         query, keys = model.search_embeddings(batch)  # [B, A], [B, L, A]
         scores = torch.einsum("ba,bla->bl", query, keys)  # [B, L]
@@ -112,47 +91,61 @@ def measure(L: int, d_a: int, args: argparse.Namespace, peak: dict[str, float]) 
             "L": L,
             "d_a": d_a,
             "A": keys.shape[-1],
-            "lookup_ms": median_ms(lambda: model.search_embeddings(batch), args.repeats),
-            "score_ms": median_ms(lambda: torch.einsum("ba,bla->bl", query, keys), args.repeats),
-            "topk_ms": median_ms(lambda: topk_positions(scores, batch.history_mask, args.k), args.repeats),
-            "total_ms": median_ms(total, args.repeats),
+            "lookup_ms": harness.median_ms(lambda: model.search_embeddings(batch), reps),
+            "score_ms": harness.median_ms(lambda: torch.einsum("ba,bla->bl", query, keys), reps),
+            "topk_ms": harness.median_ms(lambda: topk_positions(scores, batch.history_mask, args.k), reps),
+            "total_ms": harness.median_ms(total, reps),
         }
     row |= floor_ms(args.batch_size, L, row["A"], 3, peak)
     row["per_request_us"] = 1e3 * row["total_ms"] / args.batch_size
     return row
 
 
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    allocator = "glibc default" if args.default_allocator or not reuse_freed_memory() else "reuse_freed_memory()"
+    peak = harness.peaks()
+    print(f"peaks on {args.threads} threads: {peak['gflops']:.0f} GFLOP/s GEMM, {peak['gbytes_per_s']:.1f} GB/s copy")
+    rows = []
+    for L in args.lengths:
+        for d_a in sorted(args.attention_dims, reverse=True):
+            rows.append(measure_one(L, d_a, args, peak))
+            r = rows[-1]
+            print(
+                f"L={L:6d} d_a={d_a:4d}: lookup {r['lookup_ms']:7.2f}  score {r['score_ms']:6.2f}  "
+                f"top-K {r['topk_ms']:6.2f}  total {r['total_ms']:7.2f} ms per batch of {args.batch_size}",
+                flush=True,
+            )
+    plot(rows, args.png, args.batch_size, args.threads)
+    return {"peaks": peak, "allocator": allocator, "png": harness.relative(args.png), "rows": rows}
+
+
 def plot(rows: list[dict[str, Any]], path: Path, batch_size: int, threads: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, L in zip(axes, sorted({r["L"] for r in rows}), strict=False):
-        sub = sorted((r for r in rows if r["L"] == L), key=lambda r: r["d_a"])
-        d = [r["d_a"] for r in sub]
-        for key, label in (("total_ms", "total"), ("lookup_ms", "lookup"), ("score_ms", "score"), ("topk_ms", "top-K")):
-            ax.plot(d, [r[key] for r in sub], marker="o", label=label)
-        ax.plot(d, [r["bytes_ms"] for r in sub], linestyle="--", color="grey", label="floor (bytes)")
-        top = sub[-1]["total_ms"]
-        ax.plot(d, [top * x / d[-1] for x in d], linestyle=":", color="black", label="∝ d_a (the paper's claim)")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xticks(d, [str(x) for x in d])
-        ax.set_xlabel("attention dim d_a (per field)")
-        ax.set_ylabel(f"ms per batch of {batch_size} requests")
-        ax.set_title(f"L = {L:,}")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"DARE soft search (lookup + score + top-K) vs attention dim, {threads} threads")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    title = f"DARE soft search (lookup + score + top-K) vs attention dim, {threads} threads"
+    with harness.figure(path, 2, (10, 4), title) as axes:
+        for ax, L in zip(axes, sorted({r["L"] for r in rows}), strict=False):
+            sub = sorted((r for r in rows if r["L"] == L), key=lambda r: r["d_a"])
+            d = [r["d_a"] for r in sub]
+            for key, label in (
+                ("total_ms", "total"),
+                ("lookup_ms", "lookup"),
+                ("score_ms", "score"),
+                ("topk_ms", "top-K"),
+            ):
+                ax.plot(d, [r[key] for r in sub], marker="o", label=label)
+            ax.plot(d, [r["bytes_ms"] for r in sub], linestyle="--", color="grey", label="floor (bytes)")
+            top = sub[-1]["total_ms"]
+            ax.plot(d, [top * x / d[-1] for x in d], linestyle=":", color="black", label="∝ d_a (the paper's claim)")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xticks(d, [str(x) for x in d])
+            ax.set_xlabel("attention dim d_a (per field)")
+            ax.set_ylabel(f"ms per batch of {batch_size} requests")
+            ax.set_title(f"L = {L:,}")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].legend(fontsize=8)
 
 
-def render(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]]) -> str:
     header = [
         "L",
         "d_a",
@@ -183,38 +176,26 @@ def render(rows: list[dict[str, Any]]) -> str:
                 f"{r['bytes_ms']:.2f} / {r['flops_ms']:.2f}",
             ]
         )
-    return markdown_table(header, out)
+    return harness.markdown_table(header, out)
 
 
-def explain(rows: list[dict[str, Any]]) -> str:
-    """The result in words, with this run's numbers: what scales with d_a, what does not."""
-    ratios = [
-        r["total_ms"] / prev["total_ms"]
-        for r in rows
-        if (prev := next((p for p in rows if p["L"] == r["L"] and p["d_a"] == 2 * r["d_a"]), None))
-    ]
-    smallest = [r for r in rows if r["d_a"] == min(x["d_a"] for x in rows)]
-    fixed = max(r["topk_ms"] / r["total_ms"] for r in smallest)
-    lookup = sum(r["lookup_ms"] for r in rows) / sum(r["total_ms"] for r in rows)
-    speed = sum(r["bytes_ms"] for r in rows) / sum(r["lookup_ms"] + r["score_ms"] for r in rows)
+def render(payload: dict[str, Any]) -> str:
+    config, peak = payload["config"], payload["peaks"]
     return (
-        f"Per halving of d_a the search time went to {min(ratios):.2f}-{max(ratios):.2f} of its value (mean "
-        f"{sum(ratios) / len(ratios):.2f}; the paper: about 0.5). It can come close to 0.5 because almost all the work "
-        f"is moving key floats, and their number is B·L·3·d_a: the lookup writes them ({lookup:.0%} of the time over "
-        "all rows) and the score reads them back. What does not shrink with d_a: the ids (24 bytes per behaviour, "
-        "against 12·d_a bytes of keys), top-K over the [B, L] scores (at most "
-        f"{fixed:.0%} of the total at the smallest d_a) and the per-call overhead: these pull the ratio above 0.5. "
-        "Caches pull it below: once a batch's keys fit in the 32 MB L3 (about 12 MB at L = 1k, d_a = 32), the score "
-        "reads them from cache right after the lookup wrote them, and its time drops by more than half. "
-        "Our lookup + score run at "
-        f"{speed:.0%} of the floor's speed: the gather writes every key once and the score reads it back, where a "
-        "fused gather-and-dot (not written: `search_embeddings` returns the keys, the searchers take them) would read "
-        "each table row once."
+        f"Command: `{payload['command']}`. {harness.machine_line(payload['machine'])} {harness.load_line(payload)} "
+        f"DARE soft search, no gradient, batch of {config['batch_size']} requests with full histories, "
+        f"K = {config['k']}, one taxonomy level (A = 3·d_a: item, category, time), d_r = "
+        f"{config['representation_dim']}, {config['num_items']:,} items; median of {config['repeats']} runs; "
+        f"allocator: {payload['allocator']}. 'vs 2·d_a' = total time over the total at twice the attention dim (the "
+        f"paper: about 0.5). Floor: key + id bytes at the measured {peak['gbytes_per_s']:.1f} GB/s copy bandwidth / "
+        f"score FLOPs at {peak['gflops']:.0f} GFLOP/s.\n\n"
+        + table(payload["rows"])
+        + f"\n\n![search latency]({harness.readme_link(payload['png'])})"
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> argparse.ArgumentParser:
+    parser = harness.options(__doc__, "search_latency", threads=2, png=True)
     parser.add_argument("--lengths", nargs="+", type=int, default=[1000, 10000], help="history lengths L")
     parser.add_argument("--attention-dims", nargs="+", type=int, default=list(ATTENTION_DIMS))
     parser.add_argument("--representation-dim", type=int, default=64, help="d_r, fixed (search never reads it)")
@@ -222,66 +203,14 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=20, help="behaviours kept")
     parser.add_argument("--num-items", type=int, default=100_000)
     parser.add_argument("--num-categories", type=int, default=5_000)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument(
         "--default-allocator",
         action="store_true",
         help="skip reuse_freed_memory(): every [B, L, A] key tensor then comes from fresh, page-faulted memory",
     )
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "search_latency.json")
-    parser.add_argument("--png", type=Path, default=Path(__file__).parent / "results" / "search_latency.png")
-    parser.add_argument("--update-readme", action="store_true", help="replace the section in benchmarks/README.md")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    allocator = "glibc default" if args.default_allocator or not reuse_freed_memory() else "reuse_freed_memory()"
-    info = machine()
-    load_before = os.getloadavg()
-    peak = peaks()
-    print(f"peaks on {args.threads} threads: {peak['gflops']:.0f} GFLOP/s GEMM, {peak['gbytes_per_s']:.1f} GB/s copy")
-    rows = []
-    for L in args.lengths:
-        for d_a in sorted(args.attention_dims, reverse=True):
-            rows.append(measure(L, d_a, args, peak))
-            r = rows[-1]
-            print(
-                f"L={L:6d} d_a={d_a:4d}: lookup {r['lookup_ms']:7.2f}  score {r['score_ms']:6.2f}  "
-                f"top-K {r['topk_ms']:6.2f}  total {r['total_ms']:7.2f} ms per batch of {args.batch_size}",
-                flush=True,
-            )
-    load_after = os.getloadavg()
-    table = render(rows)
-    print("\n" + table + "\n\n" + explain(rows))
-    plot(rows, args.png, args.batch_size, args.threads)
-    write_json(
-        args.json,
-        {
-            "machine": info,
-            "load_average": {"before": load_before, "after": load_after},
-            "peaks": peak,
-            "allocator": allocator,
-            "config": vars(args) | {"json": str(args.json), "png": str(args.png)},
-            "rows": rows,
-        },
-    )
-    if args.update_readme:
-        body = (
-            "Command: `python benchmarks/bench_search_latency.py --update-readme`. "
-            + machine_line(info)
-            + f" Load average {load_before[0]:.2f} before, {load_after[0]:.2f} after (1 min; 2 cores). "
-            f"DARE soft search, no gradient, batch of {args.batch_size} requests with full histories, K = {args.k}, "
-            f"one taxonomy level (A = 3·d_a: item, category, time), d_r = {args.representation_dim}, "
-            f"{args.num_items:,} items; median of {args.repeats} runs; allocator: {allocator}. 'vs 2·d_a' = total time "
-            "over the total at "
-            "twice the attention dim (the paper: about 0.5). Floor: key + id bytes at the measured "
-            f"{peak['gbytes_per_s']:.1f} GB/s copy bandwidth / score FLOPs at {peak['gflops']:.0f} GFLOP/s.\n\n"
-            + table
-            + "\n\n"
-            + explain(rows)
-            + f"\n\n![search latency]({args.png.relative_to(Path(__file__).parent).as_posix()})"
-        )
-        update_readme_section("search-latency", body)
+    return parser
 
 
 if __name__ == "__main__":
-    main()
+    harness.main(parser().parse_args(), "search-latency", measure, render)

@@ -20,8 +20,9 @@ Training: Adam lr 0.01, batch 128 drawn from 8,192 training samples, test AUC on
 end of training: layer 2's attention mass on the target's partners in positives (where that partner matches) and
 in hard negatives (where it does not): equal mass means layer 2 does not *find* the match, the cross checks it.
 
-Run:   python benchmarks/bench_stacked_chain.py --update-readme       (5 seeds, ~4 min on 2 cores)
-Quick: python benchmarks/bench_stacked_chain.py --seeds 0 --steps 300 1000
+Run:       python benchmarks/bench_stacked_chain.py --update-readme       (5 seeds, ~4 min on 2 cores)
+Quick:     python benchmarks/bench_stacked_chain.py --seeds 0 --steps 300 1000 --json /tmp/stacked_chain.json
+Re-render: python benchmarks/bench_stacked_chain.py --from-json benchmarks/results/stacked_chain.json --update-readme
 """
 
 from __future__ import annotations
@@ -30,12 +31,11 @@ import argparse
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Any
 
+import _harness as harness
 import numpy as np
 import torch
-from _common import machine, machine_line, markdown_table, update_readme_section, write_json
 
 from longrec.data.batch import Batch
 from longrec.models import build_model
@@ -107,37 +107,34 @@ def summarise(runs: list[dict[str, Any]], steps: list[int]) -> list[list[str]]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--steps", nargs="+", type=int, default=[500, 1000, 3000], help="AUC checkpoints")
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "stacked_chain.json")
-    parser.add_argument("--update-readme", action="store_true", help="replace the section in benchmarks/README.md")
-    args = parser.parse_args()
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     steps = sorted(set(args.steps))
     jobs = [(v, h, s, steps) for h in HEADS for v in VARIANTS for s in args.seeds]
-    info = machine()
-    start = time.perf_counter()
     context = multiprocessing.get_context("spawn")  # torch state must not be forked into workers
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
         runs = list(pool.map(run_one, jobs))
-    seconds = time.perf_counter() - start
+    return {"task": repr(TASK), "steps": steps, "runs": runs}
+
+
+def render(payload: dict[str, Any]) -> str:
+    config, steps = payload["config"], payload["steps"]
+    runs = [run | {"auc": {int(s): auc for s, auc in run["auc"].items()}} for run in payload["runs"]]  # JSON: str keys
     header = ["head", "variant", *[f"AUC @ {s} steps" for s in steps], f"vs L_s=2 none @ {max(steps)}",
               "layer-2 α on partner, pos (match)", "neg (no match)"]  # fmt: skip
-    table = markdown_table(header, summarise(runs, steps))
-    print(table)
-    write_json(args.json, {"machine": info, "task": repr(TASK), "steps": steps, "seeds": args.seeds, "runs": runs})
-    print(f"\n{len(runs)} runs in {seconds:.0f} s; JSON: {args.json}")
-    if args.update_readme:
-        body = (
-            f"Command: `python benchmarks/bench_stacked_chain.py --update-readme`. {machine_line(info)} "
-            f"{len(runs)} runs in {seconds / 60:.1f} min ({args.jobs} processes, 1 thread each). Task: `{TASK!r}`, "
-            f"{TRAIN_ROWS:,} training and {TEST_ROWS:,} test samples; Adam lr {LR}, batch {BATCH}; mean ± std over "
-            f"model seeds {args.seeds}.\n\n{table}\n"
-        )
-        update_readme_section("stacked-chain", body)
+    return (
+        f"Command: `{payload['command']}`. {harness.machine_line(payload['machine'])} {len(runs)} runs in "
+        f"{payload['seconds'] / 60:.1f} min ({config['jobs']} processes, 1 thread each). Task: `{payload['task']}`, "
+        f"{TRAIN_ROWS:,} training and {TEST_ROWS:,} test samples; Adam lr {LR}, batch {BATCH}; mean ± std over "
+        f"model seeds {config['seeds']}.\n\n" + harness.markdown_table(header, summarise(runs, steps))
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = harness.options(__doc__, "stacked_chain", seeds=[0, 1, 2, 3, 4])
+    parser.add_argument("--steps", nargs="+", type=int, default=[500, 1000, 3000], help="AUC checkpoints")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
+    return parser
 
 
 if __name__ == "__main__":
-    main()
+    harness.main(parser().parse_args(), "stacked-chain", measure, render)

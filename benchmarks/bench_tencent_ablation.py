@@ -1,10 +1,11 @@
 """The Tencent sequence-modeling stage, module by module: does each module beat its ablation where its mechanism is
 planted, and only there?
 
-Each study pairs a module with its ablation on two synthetic datasets that differ in one planted mechanism (SPEC §1,
-`longrec.ingest.synthetic`): "planted" = the base mechanism (a) plus the study's mechanism; "absent" = (a) alone (the
-same base for every study, so the absent runs are comparable across studies). A module that helps on "planted" and
-not on "absent" has found its mechanism; one that does not help where its mechanism is planted is a finding.
+Each study pairs a module with its ablation on two synthetic datasets that differ in one planted mechanism (the
+generator's mechanisms, `longrec.ingest.synthetic`): "planted" = the base mechanism (a) plus the study's mechanism;
+"absent" = (a) alone (the same base for every study, so the absent runs are comparable across studies). A module that
+helps on "planted" and not on "absent" has found its mechanism; one that does not help where its mechanism is planted
+is a finding.
 
 | study      | module                          | ablation                          | mechanism                       |
 |------------|---------------------------------|-----------------------------------|---------------------------------|
@@ -29,13 +30,13 @@ Run:   python benchmarks/bench_tencent_ablation.py --update-readme          (all
 Quick: python benchmarks/bench_tencent_ablation.py --studies stacked --seeds 0 --no-taobao --users 800
 One study again, keeping the others (each labelled with its commit, date and CPU in the README line):
        python benchmarks/bench_tencent_ablation.py --studies dsi --merge --update-readme
-Re-render the README section from the JSON: --from-json benchmarks/results/tencent_ablation.json --update-readme
+Re-render the README section from the JSON alone:
+       python benchmarks/bench_tencent_ablation.py --from-json benchmarks/results/tencent_ablation.json --update-readme
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import multiprocessing
 import os
@@ -47,21 +48,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import _harness as harness
 import numpy as np
 import polars as pl
 import torch
-from _common import SHARED_DATA, config_from, machine, markdown_table, update_readme_section, write_json
 
 from longrec.data.dataset import collate, make_loader
-from longrec.data.prepare import prepare
-from longrec.data.protocols import ProtocolConfig
-from longrec.data.store import TrajectoryStore
 from longrec.eval.analyze import attention_profile, field_shares
 from longrec.eval.metrics import recall_at_k
-from longrec.ingest import load_log
-from longrec.ingest.synthetic import SyntheticConfig, generate
 from longrec.models import build_model_for_sizes
-from longrec.run import load_run, train
+from longrec.run import load_run
 from longrec.search import SEARCHERS, search_stage
 from longrec.search.config import SearchConfig
 from longrec.search.hierarchical import match_depth
@@ -142,31 +138,6 @@ def _model(params: dict[str, Any]) -> dict[str, Any]:
     return {f"model.{k}": v for k, v in params.items()}
 
 
-def prepare_synthetic(work: Path, mechanisms: tuple[str, ...], users: int) -> Path:
-    """Generate and prepare (Protocol T) the synthetic data with exactly `mechanisms` planted; reuse if present."""
-    name = "synth-" + "".join(mechanisms)
-    out = work / name
-    if (out / "manifest.json").is_file():
-        return out
-    raw = work / f"{name}-raw"
-    generate(SyntheticConfig(num_users=users, mechanisms=mechanisms, goals=GOALS, seed=0)).write(raw)
-    log = load_log(raw, "synthetic")
-    prepare(log.frame, out, ProtocolConfig.for_protocol("T"), source=str(raw), load_report=log.report)
-    return out
-
-
-def prepare_taobao(work: Path, min_behaviours: int) -> Path:
-    out = work / "taobao-A"
-    if (out / "manifest.json").is_file():
-        return out
-    path = SHARED_DATA / "taobao_userbehavior" / "UserBehavior_927users.csv.gz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the Taobao slice lives in ../shared/data beside the repo.")
-    log = load_log(path, "taobao", actions=("pv",))
-    prepare(log.frame, out, ProtocolConfig.for_protocol("A", min_behaviours=min_behaviours), source=str(path))
-    return out
-
-
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train one (study, row, dataset, seed) and return its test metrics (run in a worker process, 1 thread)."""
     logging.getLogger("longrec").setLevel(logging.WARNING)
@@ -182,8 +153,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         "train.threads": 1,
         "train.progress": False,
     }
-    started = time.perf_counter()
-    result = train(config_from(values), Path(job["out"]), force=True)
+    result = harness.train_run(values, job["out"])
     test = result["test"]
     keep = ("auc", "gauc", "logloss")
     return {
@@ -191,7 +161,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         "row": job["row"],
         "data": job["data"],
         "seed": job["seed"],
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": result["seconds"],
         "test": {k: test[k] for k in keep},
         "per_goal": {goal: {k: m[k] for k in keep} for goal, m in test.get("per_goal", {}).items()},
     }
@@ -270,7 +240,7 @@ def render_study(study: str, table: dict[tuple[str, str, str], dict[str, Any]], 
                     f"{entry['seconds']:.0f}",
                 ]
             )
-    return f"**{study}**: {spec.question}; mechanism ({spec.mechanism}).\n\n" + markdown_table(header, rows)
+    return f"**{study}**: {spec.question}; mechanism ({spec.mechanism}).\n\n" + harness.markdown_table(header, rows)
 
 
 def verdicts(table: dict[tuple[str, str, str], dict[str, Any]], studies: list[str]) -> list[list[str]]:
@@ -322,45 +292,85 @@ def verdicts(table: dict[tuple[str, str, str], dict[str, Any]], studies: list[st
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Train every (study, data, row, seed) of --studies; with --merge, keep the other studies' runs (and their extra
+    tables) from the --json file, each labelled with the commit, date and CPU that produced it."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("longrec").setLevel(logging.WARNING)
+    kept = kept_runs(args.json, args.studies) if args.merge else None
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-tencent-"))
+    started = time.perf_counter()
+    info = harness.machine()
+    stores = harness.Stores(args.cache)
+    origin = {"commit": info["commit"], "date": info["date"], "cpu": info["cpu"]}
+    runs = [run | origin for run in run_all(args, work, stores)]
+    seconds = round(time.perf_counter() - started, 1)
+    recovery = decay_recovery(runs, work)
+    recall = (
+        search_recall(stores.synthetic(num_users=args.users, mechanisms=(*BASE, "b"), goals=GOALS))
+        if any(s in args.studies for s in SEARCH_STUDIES)
+        else None
+    )
+    shares = dsi_field_shares(runs, work) if "dsi" in args.studies else None
+    if kept is not None:
+        recovery = kept["decay_recovery"] | recovery
+        recall = recall if recall is not None else kept["search_recall"]
+        shares = shares if shares is not None else kept["field_shares"]
+    return {
+        "machine": {"torch_threads": 1, "jobs": args.jobs},
+        "seconds": seconds,
+        "fresh_runs": len(runs),
+        "runs": (kept["runs"] if kept is not None else []) + runs,
+        "decay_recovery": recovery,
+        "search_recall": recall,
+        "field_shares": shares,
+    }
+
+
+def render(payload: dict[str, Any]) -> str:
+    config, runs, fresh = payload["config"], payload["runs"], payload["fresh_runs"]
+    studies = [study for study in STUDIES if any(run["study"] == study for run in runs)]
+    table = summarise(runs)
+    datasets = ["planted", "absent"] + ([] if config["no_taobao"] else ["taobao"])
+    sections = {study: [render_study(study, table, datasets)] for study in studies}  # + what follows each
+    if payload["search_recall"] is not None:
+        sections[[s for s in studies if s in SEARCH_STUDIES][-1]].append(render_search_recall(payload["search_recall"]))
+    if payload["decay_recovery"]:
+        sections[[s for s in studies if s in TDPE_STUDIES][-1]].append(render_recovery(payload["decay_recovery"]))
+    if payload["field_shares"]:
+        sections["dsi"].append(render_field_shares(payload["field_shares"]))
+    header = ["study", "best module row", "ablation", "ΔAUC planted", "ΔAUC absent", "per-goal ΔAUC planted"]
+    summary = harness.markdown_table([*header, "ΔAUC Taobao", "verdict (2 std)"], verdicts(table, studies))
+    timing = f"; this command's {fresh} runs took {payload['seconds'] / 60:.0f} min, {config['jobs']} in parallel. "
+    return (
+        f"Command: `{payload['command']}`. {provenance(runs)} Torch {payload['machine']['torch']}, one thread per run"
+        + (timing if fresh else ". ")
+        + f"Synthetic: {config['users']} users × 20 labelled impressions, 3 goals, Protocol T; 'planted' = (a) + the "
+        "study's mechanism, 'absent' = (a) only. Taobao: the 927-user slice under Protocol A (user filter "
+        f"{config['min_behaviours']}). Test metrics, mean ± std over seeds {config['seeds']}; ΔAUC of the best module "
+        "row (chosen on the planted data) over the ablation.\n\n"
+        + summary
+        + "\n\n"
+        + "\n\n".join(part for study in studies for part in sections[study])
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = harness.options(__doc__, "tencent_ablation", seeds=[0, 1, 2], scratch=True)
     parser.add_argument("--studies", nargs="+", default=list(STUDIES), choices=list(STUDIES))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--users", type=int, default=2000, help="synthetic users (20 labelled impressions each)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--no-taobao", action="store_true", help="skip the real-data run on the Taobao slice")
     parser.add_argument("--min-behaviours", type=int, default=50, help="Protocol A user filter on the Taobao slice")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
-    parser.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one)")
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "tencent_ablation.json")
-    parser.add_argument("--update-readme", action="store_true", help="replace the section in benchmarks/README.md")
-    parser.add_argument("--from-json", type=Path, default=None, help="skip training: report an earlier run's JSON")
     parser.add_argument(
         "--merge",
         action="store_true",
         help="rerun only --studies and keep every other study's runs (and decay recovery) from the --json file, "
         "each labelled with the commit that produced it",
     )
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("longrec").setLevel(logging.WARNING)
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench-tencent-"))
-    started = time.perf_counter()
-
-    kept: dict[str, Any] | None = None
-    if args.from_json is not None:  # re-render an earlier run's results (every study kept, nothing rerun)
-        kept = kept_runs(args.from_json, rerun=[])
-        runs: list[dict[str, Any]] = []
-        seconds = json.loads(args.from_json.read_text())["seconds"]
-    else:
-        if args.merge:
-            kept = kept_runs(args.json, args.studies)
-        info = machine()
-        origin = {"commit": info["commit"], "date": info["date"], "cpu": info["cpu"]}
-        runs = [run | origin for run in run_all(args, work)]
-        seconds = round(time.perf_counter() - started, 1)
-    report(args, runs, work, seconds, kept)
+    return parser
 
 
 def _key_order(key: str) -> tuple[int, int, int]:
@@ -371,11 +381,9 @@ def _key_order(key: str) -> tuple[int, int, int]:
 
 
 def kept_runs(path: Path, rerun: list[str]) -> dict[str, Any]:
-    """--merge / --from-json: the runs of an earlier JSON whose study is not rerun, each labelled with the commit,
-    date and CPU that produced it (a run without labels gets that JSON's), and its extra tables for those studies."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: --merge and --from-json read an earlier run's JSON.")
-    previous = json.loads(path.read_text())
+    """--merge: the runs of an earlier JSON whose study is not rerun, each labelled with the commit, date and CPU that
+    produced it (a run without labels gets that JSON's), and its extra tables for those studies."""
+    previous = harness.read_results(path)
     machine_info = previous["machine"]
     origin = {"commit": machine_info["commit"], "date": machine_info["date"], "cpu": machine_info["cpu"]}
     runs = [origin | run for run in previous["runs"] if run["study"] not in rerun]
@@ -385,15 +393,15 @@ def kept_runs(path: Path, rerun: list[str]) -> dict[str, Any]:
     return {"runs": runs, "decay_recovery": recovery, "search_recall": recall, "field_shares": shares}
 
 
-def run_all(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+def run_all(args: argparse.Namespace, work: Path, cache: harness.Stores) -> list[dict[str, Any]]:
     """Prepare every dataset the studies need and train every (study, data, row, seed), `args.jobs` at a time."""
     stores: dict[tuple[str, str], Path] = {}
     for study in args.studies:
         mechanism = STUDIES[study].mechanism
-        stores[(study, "planted")] = prepare_synthetic(work, (*BASE, mechanism), args.users)
-        stores[(study, "absent")] = prepare_synthetic(work, BASE, args.users)
+        for data, mechanisms in (("planted", (*BASE, mechanism)), ("absent", BASE)):
+            stores[(study, data)] = cache.synthetic(num_users=args.users, mechanisms=mechanisms, goals=GOALS).path
         if not args.no_taobao and study in ("stacked", "sasrec"):
-            stores[(study, "taobao")] = prepare_taobao(work, args.min_behaviours)
+            stores[(study, "taobao")] = cache.taobao(args.min_behaviours).path
     jobs = []
     for (study, data), store in stores.items():
         for row in STUDIES[study].rows:
@@ -427,86 +435,6 @@ def run_all(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             )
 
     return runs
-
-
-def report(
-    args: argparse.Namespace, runs: list[dict[str, Any]], work: Path, seconds: float, kept: dict[str, Any] | None
-) -> None:
-    """Print the tables, write the JSON and (with --update-readme) the README section. `kept`: --merge's runs of
-    the studies not rerun (see `kept_runs`)."""
-    rerun = [study for study in STUDIES if any(run["study"] == study for run in runs)]
-    fresh = len(runs)  # runs of this command
-    recovery = decay_recovery(runs, work)
-    if kept is not None:
-        runs = kept["runs"] + runs
-        recovery |= kept["decay_recovery"]
-    args.studies = [study for study in STUDIES if any(run["study"] == study for run in runs)]
-    table = summarise(runs)
-    datasets = ["planted", "absent"] + ([] if args.no_taobao else ["taobao"])
-    sections = {study: [render_study(study, table, datasets)] for study in args.studies}  # + what follows each
-    recall = None
-    if any(s in rerun for s in SEARCH_STUDIES):
-        recall = search_recall(work)
-    elif kept is not None:
-        recall = kept.get("search_recall")
-    if recall is not None:
-        sections[[s for s in args.studies if s in SEARCH_STUDIES][-1]].append(render_search_recall(recall))
-    if recovery:
-        sections[[s for s in args.studies if s in TDPE_STUDIES][-1]].append(render_recovery(recovery))
-    shares = dsi_field_shares(runs, work) if "dsi" in rerun else None
-    if shares is None and kept is not None:
-        shares = kept.get("field_shares")
-    if shares:
-        sections["dsi"].append(render_field_shares(shares))
-    summary = markdown_table(
-        [
-            "study",
-            "best module row",
-            "ablation",
-            "ΔAUC planted",
-            "ΔAUC absent",
-            "per-goal ΔAUC planted",
-            "ΔAUC Taobao",
-            "verdict (2 std)",
-        ],
-        verdicts(table, args.studies),
-    )
-    text = "\n\n".join(part for study in args.studies for part in sections[study])
-    print(summary + "\n\n" + text, flush=True)
-    info = machine() | {"torch_threads": 1, "jobs": args.jobs}
-    payload = {
-        "machine": info,
-        "config": vars(args) | {"work": str(work), "json": str(args.json)},
-        "seconds": seconds,
-        "table": [{"study": s, "data": d, "row": r} | v for (s, d, r), v in table.items()],
-        "runs": runs,
-        "decay_recovery": recovery,
-        "search_recall": recall,
-        "field_shares": shares,
-    }
-    write_json(args.json, payload)
-    if args.update_readme:
-        command = "python benchmarks/bench_tencent_ablation.py --update-readme"
-        if args.from_json is not None:
-            command += f" --from-json {args.from_json}"
-        elif kept is not None:
-            command += " --merge --studies " + " ".join(rerun)
-        body = (
-            f"Command: `{command}`. "
-            + provenance(runs)
-            + f" Torch {torch.__version__}, one thread per run"
-            + (
-                f"; this command's {fresh} runs took {seconds / 60:.0f} min, {args.jobs} in parallel. "
-                if fresh
-                else ". "
-            )
-            + f"Synthetic: {args.users} users × 20 labelled impressions, 3 goals, Protocol T; 'planted' = (a) + the "
-            "study's mechanism, 'absent' = (a) only. Taobao: the 927-user slice under Protocol A (user filter "
-            f"{args.min_behaviours}). Test metrics, mean ± std over seeds {args.seeds}; ΔAUC of the best module row "
-            "(chosen on the planted data) over the ablation.\n\n" + summary + "\n\n" + text
-        )
-        update_readme_section("tencent-ablation", body)
-    logger.info("wrote %s", args.json)
 
 
 TDPE_STUDIES = ("tdpe", "tdpe_search")
@@ -574,7 +502,7 @@ def render_field_shares(shares: dict[str, list[dict[str, Any]]]) -> str:
         "history (mean absolute deviation of the field's term over the real behaviours, summed over histories, over "
         "the same sum for all fields' and the temporal encoding's), at initialisation → after training, mean over "
         "seeds, validation split (`longrec.eval.analyze.field_shares`; `longrec analyze` plots it).\n\n"
-        + markdown_table(["study/data/row", "module", "fields", *order], rows)
+        + harness.markdown_table(["study/data/row", "module", "fields", *order], rows)
     )
 
 
@@ -617,19 +545,18 @@ def render_recovery(recovery: dict[str, list[dict[str, float]]]) -> str:
     return (
         "Decay recovery (TDPE studies): the attention-weighted mean time gap per goal on the validation split "
         "(`longrec analyze` reports the same number). Planted: click decays fastest (τ × 0.2), buy slowest (τ × 5).\n\n"
-        + markdown_table(header, rows)
+        + harness.markdown_table(header, rows)
     )
 
 
 SEARCH_STUDIES = ("search", "search_din")
 
 
-def search_recall(work: Path, k: int = 20, max_history: int = 200, samples: int = 4000) -> list[list[str]]:
+def search_recall(planted: harness.Store, k: int = 20, max_history: int = 200, samples: int = 4000) -> list[list[str]]:
     """Search study, planted data: what each hard searcher keeps for the first `samples` test samples. Recall of the
     planted relevant behaviours of (a) (same-SPU ad behaviours) and (b) (content behaviours matching at cat_2) that
     lie in the history window, the mean number kept, and the share of kept behaviours by taxonomy match depth."""
-    store = TrajectoryStore.open(work / f"synth-{''.join(BASE)}b")
-    truth = pl.read_parquet(work / f"synth-{''.join(BASE)}b-raw" / "truth.parquet")
+    store, truth = planted.open(), planted.truth()
     split = store.samples("test")
     index = np.arange(min(samples, len(split)))
     batch = collate(store, split, index, max_history)
@@ -673,7 +600,7 @@ def render_search_recall(rows: list[list[str]]) -> str:
         "in the window (of (a): same-SPU ad behaviours; of (b): content behaviours matching the target at cat_2), "
         "behaviours kept per sample, and the share of kept behaviours matching the target down to cat_1 / cat_2 / "
         "cat_3 (the SPU).\n\n"
-        + markdown_table(["searcher", "recall (a)", "recall (b)", "kept", "kept by depth 1 / 2 / 3"], rows)
+        + harness.markdown_table(["searcher", "recall (a)", "recall (b)", "kept", "kept by depth 1 / 2 / 3"], rows)
     )
 
 
@@ -683,4 +610,4 @@ def run_name(study: str, data: str, row: str, seed: int) -> str:
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    main()
+    harness.main(parser().parse_args(), "tencent-ablation", measure, render)
