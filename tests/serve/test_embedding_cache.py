@@ -16,14 +16,12 @@ from safetensors.torch import save_file
 from longrec.data.batch import Batch
 from longrec.models import MODELS, build_model, data_params
 from longrec.models.contract import SearchEmbedder
+from longrec.models.external import ExternalTable
 from longrec.search import one_user_request
+from longrec.serve.artifact import load_artifact
 from longrec.serve.embedding_cache import EmbeddingCacheConfig, RowCache, cache_counters, cache_embeddings
 from tests.models.conftest import SIZES, make_batch
-
-
-def logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    with torch.no_grad():
-        return model(batch)
+from tests.serve.conftest import logits
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -51,6 +49,16 @@ def test_cached_tables_give_exactly_the_in_memory_logits(name: str, tmp_path: Pa
                 assert torch.equal(a, b)
     counters = cache_counters(caches)
     assert all(c["misses"] > 0 and c["rows"] <= 7 for c in counters.values())
+
+
+def test_an_artifact_loaded_with_the_cache_scores_like_one_without(artifact_dir: Path, batch: Batch) -> None:
+    cached = load_artifact(artifact_dir, EmbeddingCacheConfig(capacity=8))
+    assert list(cached.caches) == ["embedding.item_embedding.weight"]  # the item table; the small category table stays
+    assert isinstance(cached.model.embedding.item_embedding, ExternalTable)
+    expected = logits(load_artifact(artifact_dir).model, batch)
+    assert torch.equal(logits(cached.model, batch), expected) and torch.equal(logits(cached.model, batch), expected)
+    with pytest.raises(ValueError, match=r"ExternalTable serves embedding rows from outside the model"):
+        cached.model.train()
 
 
 def test_evicting_and_re_reading_gives_the_same_rows() -> None:
