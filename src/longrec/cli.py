@@ -1,4 +1,4 @@
-"""`longrec` command line: synth, prepare, import-samples, train, eval, demo, config.
+"""`longrec` command line: synth, prepare, import-samples, train, eval, export, demo, config.
 
 Results go to stdout; progress and logs go to stderr. An error prints one line and exits 2 (the traceback only
 with --debug).
@@ -48,6 +48,9 @@ EXAMPLES = {
     "eval": """examples:
   longrec eval runs/din --split test
   longrec eval runs/din --split valid --data data/synth""",
+    "export": """examples:
+  longrec export runs/din --out models/din                   # the serving artifact (docs/serving.md)
+  longrec export runs/din-day2 --delta-from models/din --out deltas/day2   # only what changed""",
     "demo": """examples:
   longrec demo                       # synthetic data -> prepare -> DIN vs mean pooling, into demo_out/
   longrec demo --out /tmp/demo --users 1000""",
@@ -233,6 +236,14 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from longrec.run import load_run
+    from longrec.serve.delta import export
+
+    print(export(load_run(args.run, args.data), args.out, args.force, args.version, args.parent, args.delta_from))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from longrec.demo import run_demo
 
@@ -362,6 +373,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder: new, empty or a previous analysis (default: RUN/plots)")
     p.add_argument("--data", default=None, help="a prepared store with the same vocabulary (default: the run's)")
     p.set_defaults(func=_cmd_analyze)
+
+    p = add("export", "Export a run's best model as a versioned serving artifact, or as a delta on top of one.")
+    p.add_argument("run", help="run directory written by 'longrec train'")
+    p.add_argument("--out", required=True, help="artifact (or delta) folder: new, empty, or a previous one (--force)")
+    p.add_argument("--force", action="store_true", help="replace a previous artifact (or delta) in OUT")
+    p.add_argument("--delta-from", default=None, metavar="MODEL_DIR", help="write only what changed since this one")
+    p.add_argument("--version", default=None, help="a version id instead of the derived LINEAGE-SHA8")
+    p.add_argument("--parent", default=None, metavar="MODEL_DIR", help="the version this one follows")
+    p.add_argument("--data", default=None, help="a prepared store with the same vocabulary (default: the run's)")
+    p.set_defaults(func=_cmd_export)
 
     p = add("demo", "Synthetic data -> prepare -> train DIN and mean pooling -> comparison table + summary.json.")
     p.add_argument(

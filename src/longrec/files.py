@@ -44,6 +44,8 @@ from typing import Any
 
 __all__ = [
     "ARTIFACT",
+    "DELTA",
+    "DELTAS",
     "DEMO",
     "PLOTS",
     "RUN",
@@ -126,6 +128,8 @@ PLOTS = OutputKind("analysis folder", "longrec analyze", "analysis.json", ("anal
 ARTIFACT = OutputKind(
     "serving model", "longrec export", "model.json", ("model.json", "weights.safetensors", "vocab", "items")
 )
+DELTA = OutputKind("model delta", "longrec export --delta-from", "delta.json", ("delta.json", "delta.safetensors"))
+DELTAS = OutputKind("delta series", "longrec.serve.delta.DeltaExporter", "deltas.json", ("deltas.json", "step-*"))
 
 
 def _umask() -> int:

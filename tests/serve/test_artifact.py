@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from longrec.cli import main
 from longrec.data.batch import Batch
 from longrec.data.vocab import Vocabulary
 from longrec.files import OutputError
@@ -102,3 +103,19 @@ def test_export_never_writes_over_what_it_did_not_write(run_dir: Path, artifact_
     assert (mine / "notes.txt").read_text() == "keep me"
     with pytest.raises(OutputError, match=r"already holds a serving model .* Pass --force"):
         export_run(run_dir, artifact_dir)
+
+
+def test_the_export_command_writes_an_artifact_and_a_delta(
+    run_dir: Path, next_run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--quiet", "export", str(run_dir), "--out", str(tmp_path / "m")]) == 0
+    version = read_meta(tmp_path / "m")["version"]
+    assert f"version {version} (parent None)" in capsys.readouterr().out
+    args = ["--quiet", "export", str(next_run_dir), "--delta-from", str(tmp_path / "m"), "--out", str(tmp_path / "d")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"{version} -> 2-" in out and "embedding.item_embedding.weight 3/" in out
+    assert main([*args, "--version", "x"]) == 2
+    assert "--version and --parent do not apply" in capsys.readouterr().err
+    assert main(["--quiet", "export", str(run_dir), "--out", str(tmp_path / "m")]) == 2
+    assert "Pass --force" in capsys.readouterr().err
