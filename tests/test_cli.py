@@ -12,7 +12,7 @@ import pytest
 
 from longrec.cli import EXAMPLES, build_parser, main
 
-COMMANDS = ("synth", "prepare", "import-samples", "train", "eval", "demo", "compact", "config")
+COMMANDS = ("synth", "prepare", "import-samples", "train", "eval", "export", "demo", "analyze", "compact", "config")
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -1,4 +1,4 @@
-"""`longrec` command line: synth, prepare, import-samples, train, eval, demo, analyze, compact, config.
+"""`longrec` command line: synth, prepare, import-samples, train, eval, export, demo, analyze, compact, config.
 
 Results go to stdout; progress and logs go to stderr. An error prints one line and exits 2 (the traceback only
 with --debug).
@@ -11,10 +11,10 @@ import errno
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
+
+from longrec import commands
 
 __all__ = ["main"]
 
@@ -48,6 +48,9 @@ EXAMPLES = {
     "eval": """examples:
   longrec eval runs/din --split test
   longrec eval runs/din --split valid --data data/synth""",
+    "export": """examples:
+  longrec export runs/din --out models/din                   # the serving artifact (docs/serving.md)
+  longrec export runs/din-day2 --delta-from models/din --out deltas/day2   # only what changed""",
     "demo": """examples:
   longrec demo                       # synthetic data -> prepare -> DIN vs mean pooling, into demo_out/
   longrec demo --out /tmp/demo --users 1000""",
@@ -61,200 +64,6 @@ EXAMPLES = {
   longrec config configs/din_synthetic.toml
   longrec config configs/din_synthetic.toml --set model.dim=32 --set train.lr=0.01""",
 }
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console()
-
-
-def _print_metrics_table(rows: list[tuple[str, dict[str, Any]]], title: str) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    for col in ("model", "split", "AUC", "GAUC (user)", "GAUC (category)", "logloss", "samples"):
-        table.add_column(col, justify="right" if col not in ("model", "split") else "left")
-    for name, metrics in rows:
-        for split in ("valid", "test"):
-            m = metrics[split]
-            table.add_row(
-                name,
-                split,
-                f"{m['auc']:.4f}",
-                f"{m['gauc']:.4f}",
-                f"{m.get('gauc_category', float('nan')):.4f}",
-                f"{m['logloss']:.4f}",
-                f"{m['count']:,}",
-            )
-    _console().print(table)
-
-
-def _cmd_config(args: argparse.Namespace) -> int:
-    from longrec.config import load_config
-
-    print(load_config(args.config, args.set).to_json(), end="")
-    return 0
-
-
-def _cmd_synth(args: argparse.Namespace) -> int:
-    from longrec.files import SYNTHETIC, check_output
-    from longrec.ingest.synthetic import SyntheticConfig, generate
-    from longrec.settings import ConfigError, fill_dataclass, parse_overrides
-
-    problems: list[str] = []
-    cfg = fill_dataclass(SyntheticConfig, parse_overrides(args.set), "", problems)
-    if cfg is None:
-        raise ConfigError(problems, "--set")
-    check_output(args.out, SYNTHETIC, args.force)  # before the work: a refused --out costs nothing
-    started = time.perf_counter()
-    synthetic = generate(cfg, progress=not args.quiet)
-    synthetic.write(Path(args.out), force=args.force)
-    log = synthetic.log
-    impressions = int(log["label"].is_not_null().sum()) if "label" in log.columns else 0
-    print(
-        f"wrote {args.out}: {log['user_id'].n_unique():,} users, {log.height - impressions:,} behaviours, "
-        f"{impressions:,} labelled impressions in {time.perf_counter() - started:.1f}s"
-    )
-    return 0
-
-
-def _load(args: argparse.Namespace) -> tuple[Any, Any, str]:
-    from longrec.ingest import load_log
-    from longrec.settings import parse_overrides
-
-    options = parse_overrides(args.option) if args.option else {}
-    loaded = load_log(args.input, args.format, **options)
-    return loaded.frame, loaded.report, loaded.source
-
-
-def _unify(args: argparse.Namespace) -> tuple[Any, Any, str, Any]:
-    """INPUT (if any), the --sources file and every --source, merged by `longrec.ingest.unify`."""
-    from longrec.ingest.sources import SourceSpec, parse_source, read_sources_file
-    from longrec.ingest.unify import unify
-    from longrec.settings import parse_overrides
-
-    specs, taxonomy_map, levels = [], args.taxonomy_map, args.taxonomy_levels
-    if args.input is not None:
-        specs.append(SourceSpec(args.input, args.format, parse_overrides(args.option) if args.option else {}))
-    if args.sources is not None:
-        listed = read_sources_file(args.sources)
-        specs += listed.sources
-        taxonomy_map = taxonomy_map if taxonomy_map is not None else listed.taxonomy_map
-        levels = levels if levels is not None else listed.taxonomy_levels
-    specs += [parse_source(text) for text in args.source]
-    unified = unify([spec.load() for spec in specs], taxonomy_map, levels)
-    return unified.frame, unified.report, " + ".join(spec.path for spec in specs), unified.coverage
-
-
-def _cmd_prepare(args: argparse.Namespace) -> int:
-    from longrec.data.prepare import prepare
-    from longrec.data.protocols import ProtocolConfig
-    from longrec.files import STORE, check_output
-    from longrec.settings import ConfigError, fill_dataclass, parse_overrides
-
-    problems: list[str] = []
-    protocol = fill_dataclass(ProtocolConfig, {"name": args.protocol}, "protocol.", problems)
-    if protocol is not None:
-        overrides = parse_overrides(args.set)
-        base = ProtocolConfig.for_protocol(args.protocol)
-        import dataclasses
-
-        protocol = fill_dataclass(ProtocolConfig, {**dataclasses.asdict(base), **overrides}, "protocol.", problems)
-    if protocol is None:
-        raise ConfigError(problems, "prepare options")
-    check_output(args.out, STORE, args.force)  # before loading: a refused --out costs nothing
-    if args.input is not None and args.format is None:
-        raise ValueError("prepare INPUT needs --format (one of the loader formats, e.g. --format taobao).")
-    if args.option and args.input is None:
-        raise ValueError("--option sets INPUT's loader options; give per-source options in a --sources file.")
-    coverage = None
-    if args.source or args.sources is not None or args.taxonomy_map is not None or args.taxonomy_levels is not None:
-        frame, report, source, coverage = _unify(args)
-    elif args.input is None:
-        raise ValueError("prepare needs a log: INPUT --format FORMAT, or --source PATH:FORMAT[:DOMAIN[:SCENE]].")
-    else:
-        frame, report, source = _load(args)
-    extra = tuple(args.extra_fields.split(",")) if args.extra_fields is not None else None
-    sections = {"taxonomy_coverage": coverage.to_dict()} if coverage is not None else None
-    result = prepare(
-        frame,
-        args.out,
-        protocol,
-        source=source,
-        load_report=report,
-        extra_fields=extra,
-        extra_manifest=sections,
-        force=args.force,
-    )
-    print("\n".join(result.lines() + (coverage.lines() if coverage is not None else [])))
-    return 0
-
-
-def _cmd_import_samples(args: argparse.Namespace) -> int:
-    from longrec.data.interop import import_samples
-
-    result = import_samples(args.train, args.valid, args.test, args.out, ids=args.ids, force=args.force)
-    print("\n".join(result.lines()))
-    return 0
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from longrec.config import load_config
-    from longrec.run import train
-
-    overrides = list(args.set)
-    if args.quiet:
-        overrides.append("train.progress=false")
-    if args.debug:
-        overrides.append("data.check_batches=true")
-    config = load_config(args.config, overrides)
-    result = train(config, args.out, resume=args.resume, force=args.force)
-    _print_metrics_table([(config.model.name, result)], f"{config.model.name}: best step {result['best_step']}")
-    print(f"run directory: {args.out}")
-    return 0
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from longrec.files import dumps_json, lock_directory, write_json
-    from longrec.run import load_run
-
-    run = load_run(args.run, args.data)
-    with lock_directory(run.path, "run directory"):
-        metrics = run.evaluate(args.split, progress=not args.quiet)
-        write_json(run.path / f"eval_{args.split}.json", metrics)
-    print(dumps_json(metrics), end="")
-    return 0
-
-
-def _cmd_analyze(args: argparse.Namespace) -> int:
-    from longrec.run import analyze_run
-
-    result = analyze_run(args.run, args.out, split=args.split, samples=args.samples, data=args.data)
-    for path in result["files"]:
-        print(path)
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from longrec.demo import run_demo
-
-    summary = run_demo(Path(args.out), users=args.users, seed=args.seed, progress=not args.quiet)
-    rows = [(name, summary["runs"][name]) for name in summary["runs"]]
-    _print_metrics_table(rows, f"longrec demo: synthetic data ({summary['data']['samples']})")
-    print(summary["verdict"])
-    print(f"summary: {Path(args.out) / 'summary.json'} ({summary['seconds']:.0f}s)")
-    return 0
-
-
-def _cmd_compact(args: argparse.Namespace) -> int:
-    from longrec.serve.history_compact import compact
-    from longrec.serve.history_sqlite import open_embedded
-
-    with open_embedded(args.history, log=args.log, create=False) as history:
-        result = compact(history, args.out, force=args.force)
-    print("\n".join(result.lines()))
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="replace OUT if it holds a previous synthetic log")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a SyntheticConfig field")
-    p.set_defaults(func=_cmd_synth)
+    p.set_defaults(func=commands.synth)
 
     from longrec.data.protocols import PROTOCOLS
     from longrec.ingest import LOADERS
@@ -326,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--taxonomy-map", default=None, metavar="FILE", help="CSV/Parquet: domain, source_category, cat_1..cat_M"
     )
     p.add_argument("--taxonomy-levels", type=int, default=None, metavar="M", help="unified depth (default: the map's)")
-    p.set_defaults(func=_cmd_prepare)
+    p.set_defaults(func=commands.prepare)
 
     p = add(
         "import-samples",
@@ -344,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "keep", "map"),
         help="auto: keep integer item/category ids, map strings (default); keep: integers only; map: map every id",
     )
-    p.set_defaults(func=_cmd_import_samples)
+    p.set_defaults(func=commands.import_samples)
 
     p = add("train", "Train a model from a TOML experiment config; writes a run directory.")
     p.add_argument("config", help="experiment TOML (see configs/)")
@@ -356,13 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the run in OUT from its last.pt (config changes are checked)"
     )
     p.add_argument("--force", action="store_true", help="replace a previous run in OUT")
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=commands.train)
 
     p = add("eval", "Score a trained run's best checkpoint on a split; writes RUN/eval_SPLIT.json.")
     p.add_argument("run", help="run directory written by 'longrec train'")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"))
     p.add_argument("--data", default=None, help="a prepared store with the same vocabulary (default: the run's)")
-    p.set_defaults(func=_cmd_eval)
+    p.set_defaults(func=commands.eval)
 
     p = add(
         "analyze",
@@ -374,7 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=4096, help="samples to analyse (default: 4096)")
     p.add_argument("--out", default=None, help="output folder: new, empty or a previous analysis (default: RUN/plots)")
     p.add_argument("--data", default=None, help="a prepared store with the same vocabulary (default: the run's)")
-    p.set_defaults(func=_cmd_analyze)
+    p.set_defaults(func=commands.analyze)
+
+    p = add("export", "Export a run's best model as a versioned serving artifact, or as a delta on top of one.")
+    p.add_argument("run", help="run directory written by 'longrec train'")
+    p.add_argument("--out", required=True, help="artifact (or delta) folder: new, empty, or a previous one (--force)")
+    p.add_argument("--force", action="store_true", help="replace a previous artifact (or delta) in OUT")
+    p.add_argument("--delta-from", default=None, metavar="MODEL_DIR", help="write only what changed since this one")
+    p.add_argument("--version", default=None, help="a version id instead of the derived LINEAGE-SHA8")
+    p.add_argument("--parent", default=None, metavar="MODEL_DIR", help="the version this one follows")
+    p.add_argument("--data", default=None, help="a prepared store with the same vocabulary (default: the run's)")
+    p.set_defaults(func=commands.export)
 
     p = add("demo", "Synthetic data -> prepare -> train DIN and mean pooling -> comparison table + summary.json.")
     p.add_argument(
@@ -382,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--users", type=int, default=None, help="synthetic users (default: the demo's size)")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(func=commands.demo)
 
     p = add(
         "compact",
@@ -393,12 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", default=None, help="the SQLite append log of the store (default: the folder's own)")
     p.add_argument("--out", required=True, help="output folder: new, empty, or a previous compaction (with --force)")
     p.add_argument("--force", action="store_true", help="replace OUT if it holds a previous compaction")
-    p.set_defaults(func=_cmd_compact)
+    p.set_defaults(func=commands.compact)
 
     p = add("config", "Print the resolved experiment config, or every problem in it.")
     p.add_argument("config", nargs="?", default=None, help="experiment TOML")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.set_defaults(func=_cmd_config)
+    p.set_defaults(func=commands.config)
     return parser
 
 

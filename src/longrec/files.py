@@ -1,7 +1,7 @@
 """Writing outputs without losing anything: atomic files and folders, and output folders that are never the user's.
 
-Every command that writes a folder (`prepare`, `import-samples`, `synth`, `train`, `demo`, `analyze`) follows one
-rule, `check_output`:
+Every command that writes a folder (`prepare`, `import-samples`, `synth`, `train`, `demo`, `analyze`, `export`) follows
+one rule, `check_output`:
 
 - `--out` may be a new path, an empty folder, or **a previous output of the same command**, recognised by its marker
   file (a store's `manifest.json`, a synthetic log's `synthetic.json`, a run's `config.json`, ...) and holding only
@@ -43,6 +43,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ARTIFACT",
+    "DELTA",
+    "DELTAS",
     "DEMO",
     "PLOTS",
     "RUN",
@@ -58,6 +61,7 @@ __all__ = [
     "dumps_json",
     "lock_directory",
     "output_directory",
+    "read_json_object",
     "write_json",
 ]
 
@@ -121,6 +125,11 @@ DEMO = OutputKind(
     "demo folder", "longrec demo", "demo.json", ("demo.json", "summary.json", "raw", "data", "runs"), True
 )
 PLOTS = OutputKind("analysis folder", "longrec analyze", "analysis.json", ("analysis.json", "*.png"), True)
+ARTIFACT = OutputKind(
+    "serving model", "longrec export", "model.json", ("model.json", "weights.safetensors", "vocab", "items")
+)
+DELTA = OutputKind("model delta", "longrec export --delta-from", "delta.json", ("delta.json", "delta.safetensors"))
+DELTAS = OutputKind("delta series", "longrec.serve.delta.DeltaExporter", "deltas.json", ("deltas.json", "step-*"))
 
 
 def _umask() -> int:
@@ -305,6 +314,21 @@ def dumps_json(value: Any, indent: int | None = 2) -> str:
 def write_json(path: str | Path, value: Any) -> None:
     """`dumps_json(value)` written atomically."""
     atomic_write_text(path, dumps_json(value))
+
+
+def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
+    """A JSON object file. Raises `FileNotFoundError` naming it as not a `what`, or `ValueError` when it is damaged
+    (not valid JSON, or not an object)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: '{path.parent}' is not a {what}.")
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is damaged (not valid JSON: {err}).") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is damaged: expected a JSON object, got {type(value).__name__}.")
+    return value
 
 
 @contextmanager

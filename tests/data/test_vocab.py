@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,3 +36,18 @@ def test_unknown_values_can_be_refused(store: TrajectoryStore, tmp_path: Path) -
         ValueError, match=r"target_item holds 1 value\(s\) the store's item_id vocabulary does not know"
     ):
         Vocabulary(store).dense("item_id", [123456789], unknown="error", what="target_item")
+
+
+def test_a_folder_holding_a_copy_of_the_vocabularies_maps_like_the_store(
+    store: TrajectoryStore, tmp_path: Path
+) -> None:
+    shutil.copytree(store.root / "vocab", tmp_path / "vocab")
+    copy, original = Vocabulary(tmp_path, sha=store.manifest["vocab_sha"]), Vocabulary(store)
+    raw = original.raw("item_id").to_list()
+    values = [raw[3], "unknown", raw[-1]]
+    np.testing.assert_array_equal(copy.dense("item_id", values), original.dense("item_id", values))
+    assert copy.sha == original.sha and copy.names() == original.names()
+    with pytest.raises(ValueError, match=r"vocab has vocabulary sha \w+, expected 0000: its files were changed"):
+        Vocabulary(tmp_path, sha="0000")
+    with pytest.raises(FileNotFoundError, match=r"no vocabularies to read"):
+        Vocabulary(tmp_path / "vocab")

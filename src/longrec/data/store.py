@@ -52,7 +52,9 @@ __all__ = [
     "TrajectoryStore",
     "id_dtype",
     "is_safe_name",
+    "read_vocab",
     "split_counts",
+    "vocab_sha",
 ]
 
 logger = logging.getLogger(__name__)
@@ -250,9 +252,14 @@ class TrajectoryStore:
 
     def vocab(self, name: str) -> pl.Series:
         """Raw values of a vocabulary in dense-id order (dense id = position + 1)."""
-        if not is_safe_name(name):
-            raise ValueError(f"vocabulary name {name!r} cannot name a file in {self.root}: expected {SAFE_NAME_RULE}.")
-        return pl.read_parquet(self.root / "vocab" / f"{name}.parquet")["raw"]
+        return read_vocab(self.root, name)
+
+
+def read_vocab(root: Path, name: str) -> pl.Series:
+    """Raw values of vocabulary `name` of a folder holding `vocab/<name>.parquet` (a store, a serving artifact)."""
+    if not is_safe_name(name):
+        raise ValueError(f"vocabulary name {name!r} cannot name a file in {root}: expected {SAFE_NAME_RULE}.")
+    return pl.read_parquet(root / "vocab" / f"{name}.parquet")["raw"]
 
 
 def vocab_sha(vocab_dir: Path) -> str:

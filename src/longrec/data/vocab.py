@@ -1,9 +1,11 @@
 """Raw ids to dense ids with a store's vocabularies, for data that arrives after `prepare` (scoring, serving).
 
 A prepared store keeps each vocabulary as `vocab/<name>.parquet`, the raw values in dense-id order (dense id = row + 1;
-0 is padding). `Vocabulary` looks raw values up in them, with one rule for values it does not hold: they map to id 0,
-**the out-of-vocabulary row**. Every model embeds id 0 as a zero vector that never gets a gradient (the padding row),
-so an unknown item contributes nothing through its id and only through its other fields (its category, action, time).
+0 is padding), and a serving artifact (`longrec.serve.artifact`) carries copies of them in the same layout.
+`Vocabulary` reads either (a store, or any folder holding `vocab/`) and looks raw values up in them, with one rule
+for values it does not hold: they map to id 0, **the out-of-vocabulary row**. Every model embeds id 0 as a zero
+vector that never gets a gradient (the padding row), so an unknown item contributes nothing through its id and only
+through its other fields (its category, action, time).
 Unknown values are counted per name (`Vocabulary.unknown`), or refused with `unknown="error"`.
 
 Lookups are vectorised (a polars join), and each vocabulary is read once and kept.
@@ -13,12 +15,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from longrec.data.store import TrajectoryStore
+from longrec.data.store import TrajectoryStore, read_vocab, vocab_sha
 
 __all__ = ["UNKNOWN_MODES", "Vocabulary"]
 
@@ -26,10 +29,17 @@ UNKNOWN_MODES = ("zero", "error")
 
 
 class Vocabulary:
-    """The vocabularies of a prepared store, as raw -> dense lookups (unknown -> 0, counted).
+    """The vocabularies of a prepared store (or of a folder holding its `vocab/`), as raw -> dense lookups (unknown
+    -> 0, counted).
 
     Args:
-        store: the prepared store whose `vocab/` folder to read.
+        source: the prepared store, or a folder holding `vocab/<name>.parquet` files (a serving artifact).
+        sha: the vocabulary sha the folder's files must have (`longrec.data.store.vocab_sha`); checked when given,
+            computed when not. Unused for a store (its manifest holds it).
+
+    Raises:
+        FileNotFoundError: a folder without `vocab/`.
+        ValueError: a folder whose vocabularies do not have `sha` (damaged or replaced files).
 
     Example:
         >>> vocab = Vocabulary(store)  # doctest: +SKIP
@@ -37,16 +47,27 @@ class Vocabulary:
         array([1, 2, 0])
     """
 
-    def __init__(self, store: TrajectoryStore) -> None:
-        self.store = store
-        self.sha: str = store.manifest["vocab_sha"]
+    def __init__(self, source: TrajectoryStore | str | Path, sha: str | None = None) -> None:
+        if isinstance(source, TrajectoryStore):
+            self.root, self.sha = source.root, str(source.manifest["vocab_sha"])
+        else:
+            self.root = Path(source)
+            if not (self.root / "vocab").is_dir():
+                raise FileNotFoundError(f"{self.root / 'vocab'} not found: no vocabularies to read in {self.root}.")
+            found = vocab_sha(self.root / "vocab")
+            if sha is not None and found != sha:
+                raise ValueError(
+                    f"{self.root / 'vocab'} has vocabulary sha {found}, expected {sha}: its files were changed or "
+                    "replaced, so raw ids would map to the wrong rows. Copy the folder again from its source."
+                )
+            self.sha = found
         self.unknown: dict[str, int] = {}
         self._tables: dict[str, pl.DataFrame] = {}
         self._lock = threading.Lock()  # the tables and the counts are shared by a server's threads
 
     def names(self) -> list[str]:
         """The vocabularies this store has (item_id, user_id, cat_1, ..., action, ...)."""
-        return sorted(p.stem for p in (self.store.root / "vocab").glob("*.parquet"))
+        return sorted(p.stem for p in (self.root / "vocab").glob("*.parquet"))
 
     def size(self, name: str) -> int:
         """Number of dense ids including 0: real values are 1 .. size - 1."""
@@ -59,7 +80,7 @@ class Vocabulary:
     def _table(self, name: str) -> pl.DataFrame:
         with self._lock:
             if name not in self._tables:
-                known = self.store.vocab(name)
+                known = read_vocab(self.root, name)
                 self._tables[name] = pl.DataFrame({"raw": known, "dense": np.arange(1, len(known) + 1, dtype=np.int64)})
             return self._tables[name]
 

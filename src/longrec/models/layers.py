@@ -13,6 +13,9 @@ of each table (`unique_ids`), gathers each distinct row once and scatters the ro
 backward sums each row's gradient over its positions in a small [U, D] buffer. Same outputs and gradients as the
 plain lookup (tests/train/test_optimizations.py).
 
+**External tables** (`longrec.models.external.ExternalTable`, inference only) stand in for an `nn.Embedding` whose
+rows live outside the model (the serving embedding cache); `lookup` reads them on the plain path.
+
 **Mixed precision.** Under `torch.autocast` (`train.precision = "bf16"`) the MLPs and DIN's scorer run in bf16; the fast
 attention kernels (`dot_scores`, `weighted_sum`) compute in fp32 with autocast off, so the softmax sees fp32 scores
 and the pooling accumulates in fp32 (on the CPU they are memory-bound mat-vecs over fp32 embeddings, where a cast to
@@ -27,12 +30,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from longrec.data.batch import Batch
+from longrec.models.external import ExternalTable
 
 __all__ = [
     "BehaviourEmbedding",
@@ -143,7 +147,7 @@ class _GatherRows(torch.autograd.Function):
         return grad_table, None, None
 
 
-def lookup(tables: Sequence[nn.Embedding], ids: Sequence[Tensor]) -> Tensor:
+def lookup(tables: Sequence[nn.Embedding | ExternalTable], ids: Sequence[Tensor]) -> Tensor:
     """Rows of several tables of one width D side by side on the last axis: [tables[0][ids[0]], tables[1][ids[1]], ...].
 
     Args:
@@ -162,20 +166,23 @@ def lookup(tables: Sequence[nn.Embedding], ids: Sequence[Tensor]) -> Tensor:
     slice of the output (`_GatherTables`): copying the tables, or the parts into a `torch.cat`, would cost more.
     """
     lead = ids[0].dim()
-    if not fast_paths():
+    if not fast_paths() or any(isinstance(t, ExternalTable) for t in tables):  # external rows: plain path
         parts = [table(i) if i.dim() == lead else table(i).flatten(-2) for table, i in zip(tables, ids, strict=True)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)  # [*S, J·D]
+    in_memory = cast(Sequence[nn.Embedding], tables)  # no ExternalTable past the plain path
     columns = [i if i.dim() > lead else i.unsqueeze(-1) for i in ids]  # [*S, 1] or [*S, M] each
     if key_collection():
-        return _collected_lookup(tables, columns)
-    if sum(c.numel() for c in columns) < sum(t.num_embeddings for t in tables):
-        return _GatherTables.apply(columns, [_padding(t) for t in tables], *(t.weight for t in tables))  # [*S, J·D]
+        return _collected_lookup(in_memory, columns)
+    if sum(c.numel() for c in columns) < sum(t.num_embeddings for t in in_memory):
+        return _GatherTables.apply(
+            columns, [_padding(t) for t in in_memory], *(t.weight for t in in_memory)
+        )  # [*S, J·D]
     padding_rows, start = [], 0
-    for j, table in enumerate(tables):
+    for j, table in enumerate(in_memory):
         padding_rows += [start + row for row in _padding(table)]
         columns[j] = columns[j] + start
         start += table.num_embeddings
-    weight = tables[0].weight if len(tables) == 1 else torch.cat([t.weight for t in tables])  # [V, D]
+    weight = in_memory[0].weight if len(in_memory) == 1 else torch.cat([t.weight for t in in_memory])  # [V, D]
     index = columns[0] if len(columns) == 1 else torch.cat(columns, dim=-1)  # [*S, J]
     return _GatherRows.apply(weight, index, padding_rows).flatten(-2)  # [*S, J·D]
 

@@ -2,7 +2,9 @@
 
 The loop (`longrec.train.loop.fit`) calls every callback at four points, in order:
 
-    on_train_start(info)                       once; info: steps_total, steps_done, epochs, samples_per_epoch, ...
+    on_train_start(info)                       once; info: steps_total, steps_done, epochs, samples_per_epoch, out
+                                               (the run directory), model (the module being trained: read it,
+                                               e.g. its state_dict(), never change it)
     on_step(step, epoch, loss, samples)        after every optimizer step; `loss` is a 0-dim tensor (call .item()
                                                only when you log it: on a GPU it waits for the step to finish)
     on_validation(step, epoch, metrics, best)  after every validation; `best` is True when it became the checkpoint

@@ -265,7 +265,7 @@ def fit(
     logger.info("training on %s: %d samples, %d steps/epoch", store.root, num_train, steps_per_epoch)
     info = {"steps_total": steps_per_epoch * tc.epochs, "steps_done": state["step"], "epochs": tc.epochs}
     for listener in listeners:
-        listener.on_train_start({**info, "samples_per_epoch": num_train, "out": str(out)})
+        listener.on_train_start({**info, "samples_per_epoch": num_train, "out": str(out), "model": model})
     stop = state.get("stopped", False)
     result: dict[str, Any] = {}
     try:

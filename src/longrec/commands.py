@@ -1,0 +1,229 @@
+"""What each `longrec` command does, once `longrec.cli` has parsed its arguments: one function per command.
+
+Each takes the parsed `argparse.Namespace` and returns the exit code; errors are raised, and the CLI's error boundary
+(`longrec.cli.main`) turns the ones a user can fix into one line. Imports stay inside the functions, so `longrec --help`
+does not load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "analyze",
+    "compact",
+    "config",
+    "demo",
+    "eval",
+    "export",
+    "import_samples",
+    "prepare",
+    "print_metrics_table",
+    "synth",
+    "train",
+]
+
+
+def console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def print_metrics_table(rows: list[tuple[str, dict[str, Any]]], title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("model", "split", "AUC", "GAUC (user)", "GAUC (category)", "logloss", "samples"):
+        table.add_column(col, justify="right" if col not in ("model", "split") else "left")
+    for name, metrics in rows:
+        for split in ("valid", "test"):
+            m = metrics[split]
+            table.add_row(
+                name,
+                split,
+                f"{m['auc']:.4f}",
+                f"{m['gauc']:.4f}",
+                f"{m.get('gauc_category', float('nan')):.4f}",
+                f"{m['logloss']:.4f}",
+                f"{m['count']:,}",
+            )
+    console().print(table)
+
+
+def config(args: argparse.Namespace) -> int:
+    from longrec.config import load_config
+
+    print(load_config(args.config, args.set).to_json(), end="")
+    return 0
+
+
+def synth(args: argparse.Namespace) -> int:
+    from longrec.files import SYNTHETIC, check_output
+    from longrec.ingest.synthetic import SyntheticConfig, generate
+    from longrec.settings import ConfigError, fill_dataclass, parse_overrides
+
+    problems: list[str] = []
+    cfg = fill_dataclass(SyntheticConfig, parse_overrides(args.set), "", problems)
+    if cfg is None:
+        raise ConfigError(problems, "--set")
+    check_output(args.out, SYNTHETIC, args.force)  # before the work: a refused --out costs nothing
+    started = time.perf_counter()
+    synthetic = generate(cfg, progress=not args.quiet)
+    synthetic.write(Path(args.out), force=args.force)
+    log = synthetic.log
+    impressions = int(log["label"].is_not_null().sum()) if "label" in log.columns else 0
+    print(
+        f"wrote {args.out}: {log['user_id'].n_unique():,} users, {log.height - impressions:,} behaviours, "
+        f"{impressions:,} labelled impressions in {time.perf_counter() - started:.1f}s"
+    )
+    return 0
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    from longrec.ingest import load_log
+    from longrec.settings import parse_overrides
+
+    options = parse_overrides(args.option) if args.option else {}
+    loaded = load_log(args.input, args.format, **options)
+    return loaded.frame, loaded.report, loaded.source
+
+
+def _unify(args: argparse.Namespace) -> tuple[Any, Any, str, Any]:
+    """INPUT (if any), the --sources file and every --source, merged by `longrec.ingest.unify`."""
+    from longrec.ingest.sources import SourceSpec, parse_source, read_sources_file
+    from longrec.ingest.unify import unify
+    from longrec.settings import parse_overrides
+
+    specs, taxonomy_map, levels = [], args.taxonomy_map, args.taxonomy_levels
+    if args.input is not None:
+        specs.append(SourceSpec(args.input, args.format, parse_overrides(args.option) if args.option else {}))
+    if args.sources is not None:
+        listed = read_sources_file(args.sources)
+        specs += listed.sources
+        taxonomy_map = taxonomy_map if taxonomy_map is not None else listed.taxonomy_map
+        levels = levels if levels is not None else listed.taxonomy_levels
+    specs += [parse_source(text) for text in args.source]
+    unified = unify([spec.load() for spec in specs], taxonomy_map, levels)
+    return unified.frame, unified.report, " + ".join(spec.path for spec in specs), unified.coverage
+
+
+def prepare(args: argparse.Namespace) -> int:
+    from longrec.data.prepare import prepare
+    from longrec.data.protocols import ProtocolConfig
+    from longrec.files import STORE, check_output
+    from longrec.settings import ConfigError, fill_dataclass, parse_overrides
+
+    problems: list[str] = []
+    protocol = fill_dataclass(ProtocolConfig, {"name": args.protocol}, "protocol.", problems)
+    if protocol is not None:
+        overrides = parse_overrides(args.set)
+        base = ProtocolConfig.for_protocol(args.protocol)
+        import dataclasses
+
+        protocol = fill_dataclass(ProtocolConfig, {**dataclasses.asdict(base), **overrides}, "protocol.", problems)
+    if protocol is None:
+        raise ConfigError(problems, "prepare options")
+    check_output(args.out, STORE, args.force)  # before loading: a refused --out costs nothing
+    if args.input is not None and args.format is None:
+        raise ValueError("prepare INPUT needs --format (one of the loader formats, e.g. --format taobao).")
+    if args.option and args.input is None:
+        raise ValueError("--option sets INPUT's loader options; give per-source options in a --sources file.")
+    coverage = None
+    if args.source or args.sources is not None or args.taxonomy_map is not None or args.taxonomy_levels is not None:
+        frame, report, source, coverage = _unify(args)
+    elif args.input is None:
+        raise ValueError("prepare needs a log: INPUT --format FORMAT, or --source PATH:FORMAT[:DOMAIN[:SCENE]].")
+    else:
+        frame, report, source = _load(args)
+    extra = tuple(args.extra_fields.split(",")) if args.extra_fields is not None else None
+    sections = {"taxonomy_coverage": coverage.to_dict()} if coverage is not None else None
+    result = prepare(
+        frame,
+        args.out,
+        protocol,
+        source=source,
+        load_report=report,
+        extra_fields=extra,
+        extra_manifest=sections,
+        force=args.force,
+    )
+    print("\n".join(result.lines() + (coverage.lines() if coverage is not None else [])))
+    return 0
+
+
+def import_samples(args: argparse.Namespace) -> int:
+    from longrec.data.interop import import_samples
+
+    result = import_samples(args.train, args.valid, args.test, args.out, ids=args.ids, force=args.force)
+    print("\n".join(result.lines()))
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    from longrec.config import load_config
+    from longrec.run import train
+
+    overrides = list(args.set)
+    if args.quiet:
+        overrides.append("train.progress=false")
+    if args.debug:
+        overrides.append("data.check_batches=true")
+    config = load_config(args.config, overrides)
+    result = train(config, args.out, resume=args.resume, force=args.force)
+    print_metrics_table([(config.model.name, result)], f"{config.model.name}: best step {result['best_step']}")
+    print(f"run directory: {args.out}")
+    return 0
+
+
+def eval(args: argparse.Namespace) -> int:
+    from longrec.files import dumps_json, lock_directory, write_json
+    from longrec.run import load_run
+
+    run = load_run(args.run, args.data)
+    with lock_directory(run.path, "run directory"):
+        metrics = run.evaluate(args.split, progress=not args.quiet)
+        write_json(run.path / f"eval_{args.split}.json", metrics)
+    print(dumps_json(metrics), end="")
+    return 0
+
+
+def analyze(args: argparse.Namespace) -> int:
+    from longrec.run import analyze_run
+
+    result = analyze_run(args.run, args.out, split=args.split, samples=args.samples, data=args.data)
+    for path in result["files"]:
+        print(path)
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from longrec.run import load_run
+    from longrec.serve.delta import export
+
+    print(export(load_run(args.run, args.data), args.out, args.force, args.version, args.parent, args.delta_from))
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from longrec.demo import run_demo
+
+    summary = run_demo(Path(args.out), users=args.users, seed=args.seed, progress=not args.quiet)
+    rows = [(name, summary["runs"][name]) for name in summary["runs"]]
+    print_metrics_table(rows, f"longrec demo: synthetic data ({summary['data']['samples']})")
+    print(summary["verdict"])
+    print(f"summary: {Path(args.out) / 'summary.json'} ({summary['seconds']:.0f}s)")
+    return 0
+
+
+def compact(args: argparse.Namespace) -> int:
+    from longrec.serve.history_compact import compact
+    from longrec.serve.history_sqlite import open_embedded
+
+    with open_embedded(args.history, log=args.log, create=False) as history:
+        result = compact(history, args.out, force=args.force)
+    print("\n".join(result.lines()))
+    return 0
