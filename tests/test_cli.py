@@ -12,7 +12,19 @@ import pytest
 
 from longrec.cli import EXAMPLES, build_parser, main
 
-COMMANDS = ("synth", "prepare", "import-samples", "train", "eval", "export", "demo", "analyze", "compact", "config")
+COMMANDS = (
+    "synth",
+    "prepare",
+    "import-samples",
+    "train",
+    "eval",
+    "export",
+    "serve",
+    "demo",
+    "analyze",
+    "compact",
+    "config",
+)
 
 
 @pytest.mark.parametrize("command", COMMANDS)

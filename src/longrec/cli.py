@@ -1,4 +1,4 @@
-"""`longrec` command line: synth, prepare, import-samples, train, eval, export, demo, analyze, compact, config.
+"""`longrec` command line: synth, prepare, import-samples, train, eval, export, serve, demo, analyze, compact, config.
 
 Results go to stdout; progress and logs go to stderr. An error prints one line and exits 2 (the traceback only
 with --debug).
@@ -57,6 +57,11 @@ EXAMPLES = {
     "analyze": """examples:
   longrec analyze runs/din                     # PNGs + analysis.json into runs/din/plots/
   longrec analyze runs/tin-tdpe --split test --samples 8192 --out /tmp/tin-plots""",
+    "serve": """examples:
+  longrec serve runs/din --port 8000                 # a run directory: its store is the history base
+  longrec serve models/din --store data/synth --history-log serving/history.sqlite
+  longrec serve models/din --store data/synth --redis redis://127.0.0.1:6379/0   # histories shared in Redis
+  curl -s localhost:8000/v1/score -d '{"user": 105, "candidates": [{"item": 7}]}'""",
     "compact": """examples:
   longrec compact data/synth --log serving/history.sqlite --out data/synth-c1
   longrec compact data/synth-c1 --out data/synth-c2      # a compacted folder holds its own log""",
@@ -202,6 +207,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=None, help="synthetic users (default: the demo's size)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=commands.demo)
+
+    p = add(
+        "serve",
+        "Serve a model over HTTP (FastAPI): score candidates for a user from the history store, append behaviours, "
+        "swap model versions without dropping requests (docs/serving.md).",
+    )
+    p.add_argument("model", help="a serving artifact ('longrec export') or a run directory ('longrec train')")
+    p.add_argument("--store", default=None, help="the prepared store histories come from (default: the run's)")
+    p.add_argument(
+        "--history-log", default=None, help="SQLite append log of new behaviours (default: ./serving-history.sqlite)"
+    )
+    p.add_argument(
+        "--redis", default=None, metavar="URL", help="append behaviours to Redis instead (shared by servers)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-candidates", type=int, default=1000, help="candidates per request at most (default: 1000)")
+    p.add_argument("--max-body-mb", type=int, default=8, help="request body size limit in MiB (default: 8)")
+    p.add_argument(
+        "--embedding-cache",
+        type=int,
+        default=0,
+        metavar="ROWS",
+        help="serve the big embedding tables from disk with this many hot rows in memory (default: off)",
+    )
+    p.set_defaults(func=commands.serve)
 
     p = add(
         "compact",

@@ -22,6 +22,7 @@ __all__ = [
     "import_samples",
     "prepare",
     "print_metrics_table",
+    "serve",
     "synth",
     "train",
 ]
@@ -216,6 +217,18 @@ def demo(args: argparse.Namespace) -> int:
     print_metrics_table(rows, f"longrec demo: synthetic data ({summary['data']['samples']})")
     print(summary["verdict"])
     print(f"summary: {Path(args.out) / 'summary.json'} ({summary['seconds']:.0f}s)")
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from longrec.serve.embedding_cache import EmbeddingCacheConfig
+    from longrec.serve.schema import Limits
+    from longrec.serve.server import open_service, run_server
+
+    limits = Limits(max_candidates=args.max_candidates, max_body_bytes=args.max_body_mb * 2**20)
+    cache = EmbeddingCacheConfig(capacity=args.embedding_cache) if args.embedding_cache else None
+    service = open_service(args.model, args.store, args.history_log, args.redis, limits, cache)
+    run_server(service, args.host, args.port, quiet=args.quiet)
     return 0
 
 

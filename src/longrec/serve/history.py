@@ -211,11 +211,18 @@ class HistoryStore:
         duplicates = tuple(str(row.event_id) for row, ok in zip(rows, stored, strict=True) if not ok)
         return AppendResult(len(rows) - len(duplicates), len(duplicates), duplicates, MappingProxyType(unknown))
 
-    def history(self, user: RawId, limit: int, before: int | None = None) -> History:
+    def history(self, user: RawId, limit: int, before: int | None = None, inline: Sequence[Event] = ()) -> History:
         """The user's newest `limit` behaviours strictly before `before` (None: all), base and appended, oldest first.
 
+        Args:
+            user: the raw user id.
+            limit: the most behaviours returned (the newest).
+            before: the cutoff, epoch seconds (None: every behaviour).
+            inline: behaviours sent with a request and not stored: merged as if appended after the log's (checked
+                as `append` checks them; the user of each must be `user`).
+
         Raises:
-            ValueError: `limit` < 1.
+            ValueError: `limit` < 1, or an inline behaviour that `append` would refuse or of another user.
         """
         if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 1:
             raise ValueError(f"history: limit must be an int >= 1. Got {limit!r} instead.")
@@ -223,6 +230,8 @@ class HistoryStore:
         cutoff = NO_CUTOFF if before is None else int(before)
         base = self._base(dense, int(limit), cutoff)
         appended = self.log.read(key, cutoff, int(limit))  # [k, W]
+        if inline:
+            appended = self._with_inline(key, appended, list(inline), cutoff, int(limit))  # [k', W]
         merged, k = self._merge(base, appended, int(limit)) if appended.shape[0] else (base, 0)
         return History(
             user=dense,
@@ -236,6 +245,18 @@ class HistoryStore:
             appended=k,
             before=before,
         )
+
+    def _with_inline(self, key: str, logged: np.ndarray, inline: list[Event], cutoff: int, limit: int) -> np.ndarray:
+        """Log rows [k, W] with the inline behaviours before `cutoff` merged in by time (after logged ties)."""
+        self.encoder.check(inline, float(self.clock()), self.max_future_s)
+        rows, _ = self.encoder.encode(inline)
+        for i, row in enumerate(rows):
+            if row.user != key:
+                raise ValueError(f"inline behaviour {i} belongs to user {row.user!r}, not to the request's {key!r}.")
+        packed = np.frombuffer(b"".join(row.packed for row in rows), "<i8").reshape(len(rows), -1).astype(np.int64)
+        both = np.concatenate([logged, packed[packed[:, 0] < cutoff]])  # [k + j, W]
+        order = np.argsort(both[:, 0], kind="stable")  # logged rows first among equal times, then inline ones
+        return both[order][-limit:]
 
     def _merge(
         self, base: dict[str, np.ndarray], appended: np.ndarray, limit: int
