@@ -76,6 +76,7 @@ def test_a_valid_request_is_scored(client: TestClient) -> None:
         ({"candidates": [{"item": 1}]}, r"user: Field required"),
         ({"user": "u1", "candidates": [{"item": 1}] * 4}, r"candidates: at most 3 per request\. Got 4"),
         ({"user": "u1", "candidates": [{"item": 1}], "timestamp": -5}, r"timestamp: Input should be greater"),
+        ({"user": -1, "candidates": [{"item": 1}]}, r"user: Input should be greater than or equal to 0"),
         ({"user": "nobody", "candidates": [{"item": 1}]}, r"user: 'nobody' is refused by the stand-in"),
     ],
 )

@@ -75,7 +75,7 @@ def test_appended_behaviours_reach_the_next_score_and_repeats_are_no_ops(client:
 
 def test_unknown_users_and_items_get_an_answer_and_are_counted(client: TestClient, store_path: Path) -> None:
     _, _, items = _raw(store_path)
-    body = {"user": "never-seen", "candidates": [{"item": items[1]}, {"item": "no-such-item"}, {"item": -3}]}
+    body = {"user": "never-seen", "candidates": [{"item": items[1]}, {"item": "no-such-item"}, {"item": 10**12}]}
     response = client.post("/v1/score", json=body)
     assert response.status_code == 200
     result = response.json()

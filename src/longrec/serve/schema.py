@@ -1,9 +1,10 @@
 """The HTTP API's request and response bodies (pydantic models; FastAPI derives the OpenAPI schema from them).
 
 Every field is checked at the edge, so a bad request is a 4xx naming the field, what was expected and what was
-sent, and never reaches the model. Ids are the raw ids of the log the model was trained on (strings or integers);
-integers must fit in int64. Timestamps are integer epoch seconds. Limits (`Limits`) come from `longrec serve`'s
-options: the most candidates per request, the most inline behaviours, how far in the future a timestamp may be.
+sent, and never reaches the model. Ids are the raw ids of the log the model was trained on: user and item ids are
+non-negative int64 or strings, other values (taxonomy, goal, action, ...) any int64 or strings. Timestamps are integer
+epoch seconds. Limits (`Limits`) come from `longrec serve`'s options: the most candidates per request, the most
+inline behaviours, how far in the future a timestamp may be.
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ __all__ = [
 ]
 
 INT64 = 2**63 - 1
-RawId = Annotated[StrictInt, Field(ge=-INT64 - 1, le=INT64)] | Annotated[StrictStr, Field(min_length=1, max_length=256)]
+# A user or item id: a non-negative int64 or a non-empty string, as in the log the model was trained on.
+RawId = Annotated[StrictInt, Field(ge=0, le=INT64)] | Annotated[StrictStr, Field(min_length=1, max_length=256)]
+# A taxonomy, goal, action, ... value: any int64 (some logs mark a missing level with a negative code) or a string.
+RawValue = (
+    Annotated[StrictInt, Field(ge=-INT64 - 1, le=INT64)] | Annotated[StrictStr, Field(min_length=1, max_length=256)]
+)
 Timestamp = Annotated[StrictInt, Field(ge=0, le=2**42, description="epoch seconds")]
 
 
@@ -51,11 +57,11 @@ class Candidate(_Strict):
     """One item to score for the user."""
 
     item: RawId
-    category: list[RawId] | None = Field(
+    category: list[RawValue] | None = Field(
         default=None, max_length=16, description="taxonomy path, coarse to fine; default: the item's own path"
     )
-    goal: RawId | None = Field(default=None, description="the advertising goal the candidate is scored for")
-    scene: RawId | None = Field(default=None, description="the app surface of the request")
+    goal: RawValue | None = Field(default=None, description="the advertising goal the candidate is scored for")
+    scene: RawValue | None = Field(default=None, description="the app surface of the request")
 
 
 class Behaviour(_Strict):
@@ -66,10 +72,10 @@ class Behaviour(_Strict):
     event_id: Annotated[StrictStr, Field(min_length=1, max_length=256)] | None = Field(
         default=None, description="repeating an event id is a no-op (idempotent append)"
     )
-    action: RawId | None = None
-    domain: RawId | None = None
-    scene: RawId | None = None
-    category: list[RawId] | None = Field(default=None, max_length=16)
+    action: RawValue | None = None
+    domain: RawValue | None = None
+    scene: RawValue | None = None
+    category: list[RawValue] | None = Field(default=None, max_length=16)
 
 
 class ScoreRequest(_Strict):
