@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 from longrec.data.prepare import prepare
@@ -51,3 +52,20 @@ def test_a_folder_holding_a_copy_of_the_vocabularies_maps_like_the_store(
         Vocabulary(tmp_path, sha="0000")
     with pytest.raises(FileNotFoundError, match=r"no vocabularies to read"):
         Vocabulary(tmp_path / "vocab")
+
+
+def test_taxonomy_levels_are_offset_like_prepare_and_both_lookup_paths_agree(store: TrajectoryStore) -> None:
+    vocab = Vocabulary(store)
+    levels = store.taxonomy_levels
+    assert levels == 2
+    stored = np.asarray(store.arrays["category"])  # [N, M] dense ids as prepare wrote them
+    for m in range(levels):
+        raw = vocab.raw(f"cat_{m + 1}")
+        dense = vocab.dense(f"cat_{m + 1}", raw.to_list())  # few values: per-value lookup
+        assert set(dense.tolist()) == set(np.unique(stored[:, m][stored[:, m] > 0]).tolist())
+        many = pl.concat([raw] * (2048 // len(raw) + 1))  # a long series: the polars join
+        np.testing.assert_array_equal(vocab.dense(f"cat_{m + 1}", many), np.tile(dense, 2048 // len(raw) + 1))
+    items = vocab.raw("item_id").to_list()
+    odd = [items[0], float(items[1]), str(items[2]), 1.5, True, None, "x"]
+    np.testing.assert_array_equal(vocab.dense("item_id", odd)[3:], [0, 0, 0, 0])
+    assert vocab.dense("item_id", odd)[:3].tolist() == [1, 2, 3]

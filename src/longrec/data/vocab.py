@@ -8,7 +8,9 @@ vector that never gets a gradient (the padding row), so an unknown item contribu
 through its other fields (its category, action, time).
 Unknown values are counted per name (`Vocabulary.unknown`), or refused with `unknown="error"`.
 
-Lookups are vectorised (a polars join), and each vocabulary is read once and kept.
+Taxonomy levels share one id space (`prepare`): level m's dense ids follow those of levels 1 .. m-1, and `dense`
+adds that offset. A few values at a time (a request) are looked up with `IdLookup` (numpy search or a dict, in
+microseconds); a long series (a DataFrame column) with one polars join. Each vocabulary is read once and kept.
 """
 
 from __future__ import annotations
@@ -23,9 +25,56 @@ import polars as pl
 
 from longrec.data.store import TrajectoryStore, read_vocab, vocab_sha
 
-__all__ = ["UNKNOWN_MODES", "Vocabulary"]
+__all__ = ["UNKNOWN_MODES", "IdLookup", "Vocabulary"]
 
 UNKNOWN_MODES = ("zero", "error")
+JOIN_FROM = 2048  # values per call from which a polars join beats per-value lookups
+
+
+class IdLookup:
+    """Raw -> dense ids of one vocabulary, in microseconds per call (`Vocabulary.lookup`).
+
+    A polars join costs about 0.3 ms a call whatever the size, too much for the handful of ids of one request. A
+    sorted integer vocabulary (what `prepare` writes for integer ids) is searched with numpy; any other is a dict.
+    Casts follow the vocabulary's type: "105" is 105 in an integer vocabulary, 105 is "105" in a string one; a value
+    that does not cast is unknown.
+    """
+
+    def __init__(self, raw: pl.Series, offset: int = 0) -> None:
+        self.integer = raw.dtype.is_integer()
+        self.offset = offset  # taxonomy levels share one id space: level m starts after levels 1 .. m-1
+        self.sorted: np.ndarray | None = None
+        self.table: dict[Any, int] = {}
+        if self.integer and raw.len() and raw.is_sorted() and raw.n_unique() == raw.len():
+            self.sorted = raw.to_numpy().astype(np.int64)  # [V - 1]
+        else:
+            self.table = {self.cast(v): i + 1 for i, v in enumerate(raw.to_list())}
+
+    def cast(self, value: Any) -> Any:
+        """`value` as the vocabulary's type, or None when it is not one (1.5 or True is no integer id)."""
+        if not self.integer:
+            return str(value)
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float):
+            return int(value) if value.is_integer() else None
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return None
+
+    def dense(self, values: Sequence[Any]) -> np.ndarray:
+        """Dense ids [n] int64 (offset included); None and unknown values give 0."""
+        cast = [None if v is None else self.cast(v) for v in values]
+        if self.sorted is None:
+            found = [None if v is None else self.table.get(v) for v in cast]
+            return np.array([0 if d is None else d + self.offset for d in found], np.int64)
+        ok = np.array([v is not None and -(2**63) <= v < 2**63 for v in cast], bool)  # [n]
+        query = np.array([v if good else 0 for v, good in zip(cast, ok, strict=True)], np.int64)  # [n]
+        at = np.minimum(np.searchsorted(self.sorted, query), self.sorted.size - 1)  # [n]
+        return np.where(ok & (self.sorted[at] == query), at + 1 + self.offset, 0).astype(np.int64)
 
 
 class Vocabulary:
@@ -63,7 +112,8 @@ class Vocabulary:
             self.sha = found
         self.unknown: dict[str, int] = {}
         self._tables: dict[str, pl.DataFrame] = {}
-        self._lock = threading.Lock()  # the tables and the counts are shared by a server's threads
+        self._lookups: dict[str, IdLookup] = {}
+        self._lock = threading.RLock()  # the tables and the counts are shared by a server's threads
 
     def names(self) -> list[str]:
         """The vocabularies this store has (item_id, user_id, cat_1, ..., action, ...)."""
@@ -77,12 +127,27 @@ class Vocabulary:
         """Raw values in dense-id order (dense id = position + 1)."""
         return self._table(name)["raw"]
 
+    def offset(self, name: str) -> int:
+        """Where the dense ids of `name` start minus one: 0, but for taxonomy level m the sizes of levels 1 .. m-1."""
+        if not name.startswith("cat_") or not name[4:].isdigit():
+            return 0
+        return sum(self._table(f"cat_{m}").height for m in range(1, int(name[4:])))
+
     def _table(self, name: str) -> pl.DataFrame:
         with self._lock:
             if name not in self._tables:
                 known = read_vocab(self.root, name)
-                self._tables[name] = pl.DataFrame({"raw": known, "dense": np.arange(1, len(known) + 1, dtype=np.int64)})
+                start = 1 + self.offset(name)
+                dense = np.arange(start, start + len(known), dtype=np.int64)
+                self._tables[name] = pl.DataFrame({"raw": known, "dense": dense})
             return self._tables[name]
+
+    def lookup(self, name: str) -> IdLookup:
+        """The per-value lookup of vocabulary `name` (offset included), built on first use."""
+        with self._lock:
+            if name not in self._lookups:
+                self._lookups[name] = IdLookup(self._table(name)["raw"], self.offset(name))
+            return self._lookups[name]
 
     def dense(self, name: str, values: pl.Series | Sequence[Any], unknown: str = "zero", what: str = "") -> np.ndarray:
         """Dense ids [N] int64 of raw `values` in vocabulary `name`; nulls and unknown values give 0.
@@ -98,16 +163,20 @@ class Vocabulary:
         """
         if unknown not in UNKNOWN_MODES:
             raise ValueError(f"unknown must be one of {', '.join(UNKNOWN_MODES)}. Got {unknown!r} instead.")
-        table = self._table(name)
-        series = values if isinstance(values, pl.Series) else _series(list(values))
-        if series.len() == 0:
+        given = values.to_list() if isinstance(values, pl.Series) and values.len() < JOIN_FROM else values
+        if len(given) == 0:
             return np.zeros(0, np.int64)
-        try:
-            cast = series.cast(table["raw"].dtype)
-        except pl.exceptions.InvalidOperationError:
-            cast = series.cast(table["raw"].dtype, strict=False)
-        joined = pl.DataFrame({"raw": cast}).join(table, on="raw", how="left", maintain_order="left")
-        dense = joined["dense"].fill_null(0).to_numpy().astype(np.int64)
+        series = values if isinstance(values, pl.Series) else _series(list(values))
+        if len(given) < JOIN_FROM:
+            dense = self.lookup(name).dense(list(given))  # the Python values as given: 14.0 is the id 14
+        else:
+            table = self._table(name)
+            try:
+                cast = series.cast(table["raw"].dtype)
+            except pl.exceptions.InvalidOperationError:
+                cast = series.cast(table["raw"].dtype, strict=False)
+            joined = pl.DataFrame({"raw": cast}).join(table, on="raw", how="left", maintain_order="left")
+            dense = joined["dense"].fill_null(0).to_numpy().astype(np.int64)
         missing = dense == 0
         if missing.any():
             label = what or name

@@ -85,7 +85,7 @@ def train(
                 if entry.name != "run.lock":
                     _remove(entry)
         write_json(out / "config.json", run_config_dict(config, store, out))
-        handler = _log_to(out / "log.txt")
+        handler, level = _log_to(out / "log.txt")
         try:
             for line in applied:
                 logger.info("--resume: %s", line)
@@ -105,7 +105,7 @@ def train(
                     report={"model": config.model.name, **({"resume_changes": applied} if applied else {})},
                 )
         finally:
-            _stop_logging(handler)
+            _stop_logging(handler, level)
     return result
 
 
@@ -129,23 +129,24 @@ def _remove(entry: Path) -> None:
     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
-def _log_to(path: Path) -> logging.Handler:
-    """Send the package's INFO lines to `path` too (whatever the console's verbosity)."""
+def _log_to(path: Path) -> tuple[logging.Handler, int]:
+    """Send the package's INFO lines to `path` too (whatever the console's verbosity); return the handler and the
+    package logger's previous level, for `_stop_logging`."""
     handler = logging.FileHandler(path)
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     package = logging.getLogger("longrec")
-    handler.previous_level = package.level  # type: ignore[attr-defined]
+    previous = package.level
     package.addHandler(handler)
     if package.getEffectiveLevel() > logging.INFO:
         package.setLevel(logging.INFO)
-    return handler
+    return handler, previous
 
 
-def _stop_logging(handler: logging.Handler) -> None:
+def _stop_logging(handler: logging.Handler, level: int) -> None:
     package = logging.getLogger("longrec")
     package.removeHandler(handler)
-    package.setLevel(handler.previous_level)  # type: ignore[attr-defined]
+    package.setLevel(level)
     handler.close()
 
 

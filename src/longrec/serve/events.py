@@ -19,11 +19,11 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-import polars as pl
 
 from longrec.data.store import TrajectoryStore
+from longrec.data.vocab import IdLookup, Vocabulary
 
-__all__ = ["SMALL_FIELDS", "AppendResult", "Event", "EventEncoder", "IdLookup", "LogRow", "RawId", "packed_width"]
+__all__ = ["SMALL_FIELDS", "AppendResult", "Event", "EventEncoder", "LogRow", "RawId", "packed_width"]
 
 RawId = int | str
 SMALL_FIELDS = ("action", "domain", "scene")  # packed columns 2, 3, 4
@@ -132,47 +132,6 @@ def packed_width(store: TrajectoryStore) -> int:
     return 5 + store.taxonomy_levels + len(store.manifest.get("extra_fields", []))
 
 
-class IdLookup:
-    """Raw -> dense ids of one vocabulary, in microseconds per call.
-
-    `Vocabulary.dense` (a polars join) costs about 0.3 ms a call whatever the size, too much for the handful of ids
-    of one request. A sorted integer vocabulary (what `prepare` writes for integer ids) is searched with numpy; any
-    other is a dict. Casts follow the vocabulary's type: "105" is 105 in an integer vocabulary, 105 is "105" in a
-    string one; a value that does not cast is unknown.
-    """
-
-    def __init__(self, raw: pl.Series, offset: int = 0) -> None:
-        self.integer = raw.dtype.is_integer()
-        self.offset = offset  # taxonomy levels share one id space: level m starts after levels 1 .. m-1
-        self.sorted: np.ndarray | None = None
-        self.table: dict[Any, int] = {}
-        if self.integer and raw.len() and raw.is_sorted() and raw.n_unique() == raw.len():
-            self.sorted = raw.to_numpy().astype(np.int64)  # [V - 1]
-        else:
-            self.table = {self.cast(v): i + 1 for i, v in enumerate(raw.to_list())}
-
-    def cast(self, value: Any) -> Any:
-        if not self.integer:
-            return str(value)
-        if isinstance(value, int):
-            return value
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            return None
-
-    def dense(self, values: Sequence[Any]) -> np.ndarray:
-        """Dense ids [n] int64 (offset included); None and unknown values give 0."""
-        cast = [None if v is None else self.cast(v) for v in values]
-        if self.sorted is None:
-            found = [None if v is None else self.table.get(v) for v in cast]
-            return np.array([0 if d is None else d + self.offset for d in found], np.int64)
-        ok = np.array([v is not None and -(2**63) <= v < 2**63 for v in cast], bool)  # [n]
-        query = np.array([v if good else 0 for v, good in zip(cast, ok, strict=True)], np.int64)  # [n]
-        at = np.minimum(np.searchsorted(self.sorted, query), self.sorted.size - 1)  # [n]
-        return np.where(ok & (self.sorted[at] == query), at + 1 + self.offset, 0).astype(np.int64)
-
-
 class EventEncoder:
     """Events -> log rows with the dense ids of one store's vocabulary (thread-safe).
 
@@ -186,18 +145,12 @@ class EventEncoder:
         self.extra_fields: tuple[str, ...] = tuple(store.manifest.get("extra_fields", []))  # E names
         self.width = packed_width(store)  # W
         self.unknown: dict[str, int] = {}  # out-of-vocabulary values per field since created
-        self._ids: dict[str, IdLookup] = {}
+        self.vocabulary = Vocabulary(store)
         self.lock = threading.Lock()
 
     def vocab(self, name: str) -> IdLookup:
         """The lookup of one vocabulary (user_id, item_id, cat_1, ..., action, ...), built on first use."""
-        with self.lock:
-            if name not in self._ids:
-                offset = 0  # taxonomy level m's ids follow levels 1 .. m-1 (`prepare`)
-                if name.startswith("cat_"):
-                    offset = sum(self.store.vocab(f"cat_{m}").len() for m in range(1, int(name[4:])))
-                self._ids[name] = IdLookup(self.store.vocab(name), offset)
-            return self._ids[name]
+        return self.vocabulary.lookup(name)
 
     def user_key(self, user: RawId) -> tuple[str, int]:
         """The user's log key (the raw id cast to the vocabulary's type, as text) and dense id (0 = unknown)."""
