@@ -107,3 +107,17 @@ def test_sources_point_nowhere_outside_the_repository() -> None:
             if marker in text:
                 offenders.append(f"{os.path.relpath(path, ROOT)}: {marker!r}")
     assert not offenders, offenders
+
+
+def test_no_model_family_imports_another() -> None:
+    """Shared pieces live in layers / checks / temporal / target_attention / tdpe, not in a sibling model's file."""
+    from longrec.models import MODELS
+
+    families = {cls.__module__ for _, cls in MODELS.values()}
+    borrowed = []
+    for module in sorted(families):
+        tree = ast.parse((ROOT / "src" / Path(*module.split("."))).with_suffix(".py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in families and node.module != module:
+                borrowed.append(f"{module} imports {node.module}")
+    assert not borrowed, borrowed

@@ -9,7 +9,7 @@ import torch
 
 from longrec.data.batch import Batch
 from longrec.models import TINConfig, build_model
-from longrec.models.tin import time_gap_bucket
+from longrec.models.temporal import time_gap_bucket
 from longrec.search import search_stage
 from longrec.search.config import SearchConfig
 from tests.models.conftest import fit_and_auc

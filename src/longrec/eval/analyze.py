@@ -30,7 +30,7 @@ from longrec.data.dataset import make_loader
 from longrec.data.store import TrajectoryStore
 from longrec.files import write_json
 from longrec.models.contract import AttentionWeights, FieldAttribution
-from longrec.models.tin import time_gap_bucket
+from longrec.models.temporal import time_gap_bucket
 from longrec.search import SEARCHERS, SearchEmbedder
 from longrec.search.config import SearchConfig
 from longrec.search.hierarchical import match_depth

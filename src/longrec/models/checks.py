@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["HEAD_NORMS", "INITS", "check_behaviour_config", "check_head_options", "check_int", "check_sizes"]
+__all__ = [
+    "HEAD_NORMS",
+    "INITS",
+    "check_behaviour_config",
+    "check_bool",
+    "check_head_options",
+    "check_int",
+    "check_sizes",
+]
 
 HEAD_NORMS = ("none", "batch", "layer")
 INITS = ("default", "normal")
@@ -56,3 +64,9 @@ def check_behaviour_config(
         raise ValueError(f"{owner}.num_categories must be 0 (no categories) or >= 2 (id 0 is padding). Got 1 instead.")
     if isinstance(init_std, bool) or not isinstance(init_std, int | float) or not init_std > 0:
         raise ValueError(f"{owner}.init_std must be a positive float. Got {init_std!r} instead.")
+
+
+def check_bool(owner: str, name: str, value: object) -> None:
+    """Raise `ValueError` unless `value` is a bool (1 and 0 are rejected: a flag is a flag)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}.{name} must be a bool (true or false). Got {value!r} instead.")

@@ -32,9 +32,9 @@ import torch
 from torch import Tensor, nn
 
 from longrec.data.batch import Batch
-from longrec.models.checks import check_behaviour_config, check_head_options, check_int, check_sizes
+from longrec.models.checks import check_behaviour_config, check_bool, check_head_options, check_int, check_sizes
 from longrec.models.layers import BehaviourEmbedding, dot_scores, head_mlp, init_weights, lookup, weighted_sum
-from longrec.models.twin import check_bool, masked_softmax, pool_full_and_kept, scaled_query, time_ids
+from longrec.models.target_attention import masked_softmax, pool_full_and_kept, scaled_query, time_ids
 from longrec.search.config import SearchConfig
 
 __all__ = ["DARE", "DAREConfig"]

@@ -51,7 +51,7 @@ from longrec.data.batch import Batch
 from longrec.models.checks import check_behaviour_config, check_int, check_sizes
 from longrec.models.layers import mlp
 from longrec.models.tdpe import GoalHeads, TargetDecoupledEncoding, check_goal_options
-from longrec.models.tin import add_temporal_encoding, check_temporal_options, temporal_tables
+from longrec.models.temporal import add_temporal_encoding, check_temporal_options, temporal_tables
 
 __all__ = ["BASE_FIELDS", "DSITIN", "DSITINConfig"]
 

@@ -51,14 +51,13 @@ from longrec.models.checks import check_behaviour_config, check_int, check_sizes
 from longrec.models.layers import BehaviourEmbedding, mlp
 from longrec.models.losses import sampled_softmax_loss
 from longrec.models.tdpe import check_goal_options
-from longrec.models.tin import check_temporal_options, temporal_tables, time_gap_bucket
+from longrec.models.temporal import YEAR, check_temporal_options, temporal_tables, time_gap_bucket
 
 __all__ = ["ENCODERS", "LOSSES", "SCORING", "TDSASRec", "TDSASRecConfig"]
 
 SCORING = ("dot", "mlp")
 LOSSES = ("bce", "sampled_softmax")
 ENCODERS = ("causal", "mean")
-_YEAR = 365.0 * 86_400.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ class TDSASRecConfig:
     num_positions: int = 256  # position buckets (0 = the target); older behaviours share the last
     time_buckets: int = 32  # log-spaced time-gap buckets (0 = the target), see tin.time_gap_bucket
     min_gap_seconds: float = 60.0  # time_gap_bucket: gaps up to this share bucket 1
-    max_gap_seconds: float = _YEAR  # time_gap_bucket: gaps beyond this share the last bucket
+    max_gap_seconds: float = YEAR  # time_gap_bucket: gaps beyond this share the last bucket
     scoring: str = "dot"  # dot (two-tower) | mlp on [U_τ, v, U_τ ⊙ v]
     encoder: str = "causal"  # causal (SASRec blocks + TDPE) | mean (the ablation: order- and time-blind mean pool)
     head_hidden: tuple[int, ...] = (64, 32)  # widths of the scoring MLP (scoring = "mlp")

@@ -52,7 +52,7 @@ from longrec.data.batch import Batch
 from longrec.models.checks import check_behaviour_config, check_int, check_sizes
 from longrec.models.layers import BehaviourEmbedding, mlp
 from longrec.models.tdpe import GoalHeads, check_goal_options
-from longrec.models.tin import add_temporal_encoding, check_temporal_options, temporal_tables
+from longrec.models.temporal import add_temporal_encoding, check_temporal_options, temporal_tables
 
 __all__ = ["QUERY_CHAIN", "StackedTIN", "StackedTINConfig"]
 

@@ -56,13 +56,12 @@ from longrec.data.batch import Batch
 from longrec.models.checks import check_behaviour_config, check_int, check_sizes
 from longrec.models.layers import BehaviourEmbedding, lookup, mlp
 from longrec.models.tdpe import GoalHeads, check_goal_options
-from longrec.models.tin import time_gap_bucket
+from longrec.models.temporal import YEAR, time_gap_bucket
 
 __all__ = ["ATTENTIONS", "VISTA", "VISTAConfig", "silu_attention", "softmax_attention"]
 
 ATTENTIONS = ("softmax", "silu")
 VISTA_TEMPORAL = ("none", "position", "time_gap", "both")
-_YEAR = 365.0 * 86_400.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ class VISTAConfig:
     num_positions: int = 256  # P rows of the relative-position table (row 0 = padding); older behaviours share row P-1
     time_buckets: int = 32  # G log-spaced time-gap buckets, see tin.time_gap_bucket
     min_gap_seconds: float = 60.0  # time_gap_bucket: gaps up to this share bucket 1
-    max_gap_seconds: float = _YEAR  # time_gap_bucket: gaps beyond this share the last bucket
+    max_gap_seconds: float = YEAR  # time_gap_bucket: gaps beyond this share the last bucket
     head_hidden: tuple[int, ...] = (200, 80)  # widths of the output MLP
     init_std: float = 0.05  # embeddings and temporal tables start at N(0, init_std²)
     num_goals: int = 1  # T, goal vocabulary size incl. id 0 = unknown (from the data); read by goal_heads
