@@ -125,6 +125,7 @@ def test_torch_compile_matches_eager(model, batch) -> None:
 EXPECTED_CAPABILITIES = {
     "dare": {"search_embeddings", "attention_weights", "auxiliary_head"},
     "din": {"search_embeddings", "attention_weights"},
+    "din_topk": {"attention_weights", "auxiliary_head"},
     "dsi_tin": {"search_embeddings", "attention_weights", "field_attribution"},
     "eta": {"search_embeddings", "attention_weights"},
     "mean_pool": set(),

@@ -22,6 +22,7 @@ from torch import nn
 from longrec.models.contract import check_contract
 from longrec.models.dare import DARE, DAREConfig
 from longrec.models.din import DIN, DINConfig
+from longrec.models.din_topk import DINTopK, DINTopKConfig
 from longrec.models.dsi_tin import DSITIN, DSITINConfig
 from longrec.models.eta import ETA, ETAConfig
 from longrec.models.mean_pool import MeanPool, MeanPoolConfig
@@ -65,6 +66,7 @@ DATA_SIZE_FIELDS = frozenset(
 MODELS: dict[str, tuple[type[Any], type[nn.Module]]] = {
     "dare": (DAREConfig, DARE),
     "din": (DINConfig, DIN),
+    "din_topk": (DINTopKConfig, DINTopK),
     "dsi_tin": (DSITINConfig, DSITIN),
     "eta": (ETAConfig, ETA),
     "mean_pool": (MeanPoolConfig, MeanPool),

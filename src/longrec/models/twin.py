@@ -10,8 +10,9 @@ behaviours by that score (the `soft` searcher with `search_embeddings`), and `fo
 recomputes the softmax over them: u = Σ_i w_i e_i. The target-aware representation (TR) h = Σ_i w_i (e_i ⊙ v_t) =
 u ⊙ v_t enters the head as in the authors' code: head MLP on [v_t, u, u ⊙ v_t] (their `use_cross_feature`).
 
-Head: the paper's BN → 200 → PReLU → 80 → PReLU → 1 without the BatchNorm, which would make a logit depend on the
-rest of the batch in train mode and break the batch-of-one and padding contracts (same choice as DIN).
+Head: the paper's BN → 200 → PReLU → 80 → PReLU → 1; the BatchNorm is the `head_norm = "batch"` option (off by
+default; evaluated with its running statistics, so a logit never depends on the rest of its batch at evaluation),
+and `init = "normal"` draws every weight from N(0, init_std²) as the authors' code does.
 Auxiliary loss (`aux_loss`): `aux_logits(full_batch)` attends over all L behaviours (softmax over L) and feeds a
 second head (200 → PReLU → 1, as the authors' code); the train loop adds its BCE with the same labels, so the search
 attention keeps learning on behaviours that top-K drops. Off by default (as in the authors' `train_pytorch.py`; their
