@@ -142,3 +142,20 @@ def test_no_request_the_schema_allows_or_forbids_reaches_a_5xx(client: TestClien
         call()
         checked.append(operation.label)
     assert {"POST /v1/score", "POST /v1/events", "POST /v1/models"} <= set(checked)
+
+
+def test_metrics_export_every_family_the_module_documents(client: TestClient, store_path: Path) -> None:
+    _, users, items = _raw(store_path)
+    timings = client.post("/v1/score", json={"user": users[0], "candidates": [{"item": items[1]}]}).json()["timings_ms"]
+    assert set(timings) == {"history", "candidates", "model", "total"}
+    text = client.get("/metrics").text
+    for family in (
+        'longrec_score_stage_seconds_count{stage="candidates"}',
+        'longrec_state_cache_lookups{outcome="hit"}',
+        "longrec_state_cache_evictions",
+        "longrec_state_cache_hit_ratio",
+        "longrec_model_info{version=",
+        "longrec_model_traffic{version=",
+        'longrec_history_events{origin="base"}',
+    ):
+        assert family in text, family

@@ -187,6 +187,28 @@ class EventEncoder:
 
     def encode(self, events: list[Event]) -> tuple[list[LogRow], dict[str, int]]:
         """Events -> log rows with dense ids of the base vocabulary, and the unknown values per field."""
+        packed, known, unknown = self.pack(events)
+        user_ids = self.vocab("user_id")
+        dense_user = user_ids.dense([e.user for e in events])  # [n]
+        rows = []
+        for i, e in enumerate(events):
+            cast = user_ids.cast(e.user)
+            rows.append(
+                LogRow(
+                    user=str(e.user if cast is None else cast),
+                    dense_user=int(dense_user[i]),
+                    event_id=e.event_id,
+                    timestamp=e.timestamp,
+                    packed=packed[i].tobytes(),
+                    raw=json.dumps(e.raw(), separators=(",", ":")),
+                    known=bool(known[i]),
+                )
+            )
+        return rows, unknown
+
+    def pack(self, events: Sequence[Event]) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+        """Events -> packed dense rows [n, W] (what a log stores), whether each was fully known [n], and the unknown
+        values per field (added to `self.unknown`). Scoring packs its candidates with it: no log row is built."""
         n, M = len(events), self.taxonomy_levels
         packed = np.zeros((n, self.width), "<i8")  # [n, W]
         packed[:, 0] = [e.timestamp for e in events]
@@ -221,23 +243,7 @@ class EventEncoder:
                 if given.size:
                     values = [events[i].extra[name] for i in given]
                     packed[given, 5 + M + j] = lookup(name, name, values, given)
-        user_ids = self.vocab("user_id")
-        dense_user = user_ids.dense([e.user for e in events])  # [n]
-        rows = []
-        for i, e in enumerate(events):
-            cast = user_ids.cast(e.user)
-            rows.append(
-                LogRow(
-                    user=str(e.user if cast is None else cast),
-                    dense_user=int(dense_user[i]),
-                    event_id=e.event_id,
-                    timestamp=e.timestamp,
-                    packed=packed[i].tobytes(),
-                    raw=json.dumps(e.raw(), separators=(",", ":")),
-                    known=bool(known[i]),
-                )
-            )
         with self.lock:
             for name, count in unknown.items():
                 self.unknown[name] = self.unknown.get(name, 0) + count
-        return rows, unknown
+        return packed, known, unknown

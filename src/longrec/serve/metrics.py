@@ -1,11 +1,13 @@
 """What `GET /metrics` reports, in the Prometheus text format (prometheus_client, one registry per server).
 
 - `longrec_requests_total{route, status}` and `longrec_request_seconds{route}` (a latency histogram per route);
-- `longrec_score_stage_seconds{stage}`: history read, search + model, per score request;
+- `longrec_score_stage_seconds{stage}`: per score request, the history read, the candidates' ids, search + model;
 - `longrec_unknown_ids_total{field}`: raw ids the model's vocabulary does not know (scored as out-of-vocabulary);
-- `longrec_cache_{hits,misses,refreshes,evictions}` (the user-state cache) and `longrec_embedding_cache_hit_ratio`;
-- `longrec_model_info{version}` (1 for each loaded version, with its traffic share as `longrec_model_traffic`);
-- `longrec_history_users`, `longrec_history_events` (the history store's size).
+- `longrec_state_cache_lookups{outcome}` (hit, miss, refresh), `longrec_state_cache_evictions`,
+  `longrec_state_cache_entries` and `longrec_state_cache_hit_ratio` (the VISTA/VQL user-state cache);
+  `longrec_embedding_cache_hit_ratio{table}` when the embedding cache is on;
+- `longrec_model_info{version}` (1 for each version held) and `longrec_model_traffic{version}` (its share of users);
+- `longrec_history_users`, `longrec_history_events{origin}` (the history store's size).
 
 Gauges that mirror other objects' counters are read when /metrics is scraped (a custom collector), so the hot path
 never updates them.

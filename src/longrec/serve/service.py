@@ -5,7 +5,7 @@
     service.append(EventsRequest(events=[...]))                               # durable on return
     service.load_model(ModelRequest(path="deltas/day2", kind="delta"))        # built aside, swapped in
 
-**A score request**, step by step (each timed, `ScoreResponse.timings_ms`):
+**A score request**, step by step (timed as history, candidates and model, `ScoreResponse.timings_ms`):
 1. *version*: the one the request pins (`version`), else the traffic split: a user is assigned by a hash of its id,
    so the same user keeps the same arm between requests;
 2. *history*: the user's newest `max_history` behaviours before the request time from the history store, merged
@@ -41,6 +41,7 @@ from longrec.search import one_user_request, search_stage
 from longrec.serve.artifact import ModelArtifact, load_artifact
 from longrec.serve.cache import UserStateCache
 from longrec.serve.delta import apply_delta
+from longrec.serve.embedding_cache import cache_counters
 from longrec.serve.events import Event
 from longrec.serve.history import HistoryStore
 from longrec.serve.http import RequestError
@@ -205,6 +206,7 @@ class ScoringService:
         read = time.perf_counter()
         candidates, unknown = self._candidates(request, cutoff)
         batch = one_user_request(one, candidates)  # [C, L], the C rows view one history
+        encoded = time.perf_counter()
         with torch.no_grad():
             model = artifact.model
             if isinstance(model, CachedUserState) and not inline and history.user != 0:
@@ -216,7 +218,8 @@ class ScoringService:
         for field, count in unknown.items():
             self.metrics.unknown.labels(field).inc(count)
         self.metrics.stages.labels("history").observe(read - started)
-        self.metrics.stages.labels("model").observe(scored - read)
+        self.metrics.stages.labels("candidates").observe(encoded - read)
+        self.metrics.stages.labels("model").observe(scored - encoded)
         return ScoreResponse(
             scores=torch.sigmoid(logits.float()).tolist(),
             version=artifact.version,
@@ -224,7 +227,8 @@ class ScoringService:
             unknown=unknown,
             timings_ms={
                 "history": round((read - started) * 1e3, 3),
-                "model": round((scored - read) * 1e3, 3),
+                "candidates": round((encoded - read) * 1e3, 3),
+                "model": round((scored - encoded) * 1e3, 3),
                 "total": round((time.perf_counter() - started) * 1e3, 3),
             },
         )
@@ -241,8 +245,7 @@ class ScoringService:
             )
             for c in request.candidates
         ]
-        rows, found = encoder.encode(events)
-        packed = np.frombuffer(b"".join(r.packed for r in rows), "<i8").reshape(len(rows), -1)  # [C, W]
+        packed, _, found = encoder.pack(events)  # [C, W]
         M, unknown = encoder.taxonomy_levels, {f"candidate.{k}": v for k, v in found.items()}
         fields: dict[str, torch.Tensor] = {"target": torch.from_numpy(packed[:, 1].astype(np.int64))}  # [C]
         if M:
@@ -288,10 +291,31 @@ class ScoringService:
                 ("origin",),
             ),
             "longrec_state_cache_entries": ("user states cached (VISTA/VQL)", {(): float(len(cache))}, ()),
+            "longrec_state_cache_lookups": (
+                "state-cache lookups by outcome since start",
+                {("hit",): float(cache.hits), ("miss",): float(cache.misses), ("refresh",): float(cache.refreshes)},
+                ("outcome",),
+            ),
+            "longrec_state_cache_evictions": ("state-cache evictions since start", {(): float(cache.evictions)}, ()),
             "longrec_state_cache_hit_ratio": (
                 "fresh state-cache hits over lookups",
                 {(): cache.hits / lookups if lookups else 0.0},
                 (),
             ),
+            "longrec_model_info": (
+                "1 for every model version held",
+                {(v,): 1.0 for v in self.versions.versions()},
+                ("version",),
+            ),
         }
+        try:
+            caches = cache_counters(self.versions.current().caches)
+        except LookupError:
+            caches = {}
+        if caches:
+            gauges["longrec_embedding_cache_hit_ratio"] = (
+                "hot-row cache hits over lookups, per table (current version)",
+                {(table,): float(c["hit_rate"]) for table, c in caches.items()},
+                ("table",),
+            )
         return gauges
