@@ -88,6 +88,7 @@ class OutputKind:
     marker: str  # the file that identifies it
     entries: tuple[str, ...]  # glob patterns of every top-level entry it may hold
     replace_freely: bool = False  # a previous output is replaced without force (cheap to rebuild)
+    hint: str = ""  # said after "Pass --force to replace it" (e.g. how to continue a previous run instead)
 
     def owns(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.entries)
@@ -120,6 +121,7 @@ RUN = OutputKind(
         "plots",
         "tensorboard",
     ),
+    hint=" To continue it instead, pass --resume.",
 )
 DEMO = OutputKind(
     "demo folder", "longrec demo", "demo.json", ("demo.json", "summary.json", "raw", "data", "runs"), True
@@ -221,7 +223,7 @@ def check_output(out: str | Path, kind: OutputKind, force: bool = False) -> bool
     if not force and not kind.replace_freely:
         raise OutputError(
             f"--out {out}: already holds a {kind.what} written by '{kind.command}'. Pass --force to replace it, "
-            "or choose a new folder."
+            f"or choose a new folder.{kind.hint}"
         )
     return True
 

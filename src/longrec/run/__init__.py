@@ -34,7 +34,7 @@ from longrec.config import Config
 from longrec.data.batch import Batch
 from longrec.data.store import TrajectoryStore
 from longrec.eval.evaluate import evaluate, predict
-from longrec.files import PLOTS, RUN, OutputError, check_output, lock_directory, write_json
+from longrec.files import PLOTS, RUN, check_output, lock_directory, write_json
 from longrec.models import build_model_for_sizes
 from longrec.models.layers import collect_keys
 from longrec.run.directory import locate_store, read_run_config, resume_changes, run_config_dict
@@ -112,12 +112,7 @@ def train(
 def _check_run_folder(out: Path, config: Config, store: TrajectoryStore, continuing: bool, force: bool) -> list[str]:
     """Refuse a run folder that may not take this run; for --resume, the config changes it applies."""
     if not continuing:
-        try:
-            check_output(out, RUN, force)
-        except OutputError as err:
-            if "Pass --force" in str(err):
-                raise OutputError(f"{err} To continue it instead, pass --resume.") from None
-            raise
+        check_output(out, RUN, force)
         return []
     old, info = read_run_config(out)
     sha = info.get("store", {}).get("vocab_sha")
