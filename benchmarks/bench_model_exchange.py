@@ -285,9 +285,10 @@ def scorer(artifact: ModelArtifact) -> Callable[[Batch], torch.Tensor]:
 
 
 def cache_bytes(cache: RowCache) -> int:
-    """Bytes of the arrays and tensors a RowCache holds (cached rows, slot map, bookkeeping), not its memory map."""
+    """Bytes of the arrays and tensors a RowCache holds (cached rows, slot map, bookkeeping), not its memory map; an
+    array that is a view counts the whole array it views."""
     held = [v for v in vars(cache).values() if isinstance(v, np.ndarray | torch.Tensor) and v is not cache.table]
-    return sum(v.nbytes for v in held)
+    return sum((v.base if isinstance(v, np.ndarray) and isinstance(v.base, np.ndarray) else v).nbytes for v in held)
 
 
 def mapped_rss(path: Path) -> int | None:
@@ -510,10 +511,10 @@ def render(payload: dict[str, Any]) -> str:
         f"cached and the in-memory model alternating on the same requests (search + forward, no gradient, "
         f"{payload['machine']['torch_threads']} thread(s)); logits equal on every request. The weights file sits in "
         f"the OS page cache: misses read RAM, not disk. Memory = bytes of the tensors and arrays holding the table "
-        f"(counted, not RSS): in memory the table, cached the RowCache's arrays. File pages resident = RSS of this "
-        f"process's mappings of the weights file at the end (pages the misses faulted in, reclaimable); pages of "
-        f"the cached rows = the 4 KiB pages that hold the rows the cache holds at the end (what the page cache "
-        f"alone would keep for them)."
+        f"(counted, not RSS): in memory the table, cached the RowCache's arrays (in brackets its cached rows; the "
+        f"rest is mostly its 4-byte slot per table row). File pages resident = RSS of this process's mappings of "
+        f"the weights file at the end (pages the misses faulted in, reclaimable); pages of the cached rows = the 4 "
+        f"KiB pages that hold the rows the cache holds at the end (what the page cache alone would keep for them)."
     )
     cache_rows = [
         [
@@ -523,7 +524,7 @@ def render(payload: dict[str, Any]) -> str:
             f"{r['memory_p50_ms']:.2f} / {r['memory_p99_ms']:.2f}",
             f"{r['cached_p50_ms']:.2f} / {r['cached_p99_ms']:.2f}",
             f"{r['cached_p50_ms'] / r['memory_p50_ms']:.2f}x ({r['paired_ratio']:.2f}x)",
-            f"{kib(r['table_bytes'])} / {kib(r['cache_bytes'])}",
+            f"{kib(r['table_bytes'])} / {kib(r['cache_bytes'])} ({kib(r['capacity'] * cache['dim'] * 4)} rows)",
             kib(r["mapped_rss_bytes"]) if r["mapped_rss_bytes"] is not None else "—",
             kib(r["cached_rows_page_bytes"]),
             f"{r['logits_equal']:,} / {config['requests']:,}",
