@@ -40,13 +40,14 @@ alternately (which goes first alternates too), search + forward without gradient
 logits must be equal (asserted). Hit rate = the item cache's hits / (hits + misses) over the measured requests
 (distinct rows per request). Memory: the bytes of the tensors and arrays that hold the table's rows in this process,
 counted, not RSS: in memory, the item table [V, D]; cached, the arrays of the `RowCache` (its C cached rows, a 4-byte
-slot per table row, per-slot bookkeeping), the memory map excluded. Besides, 'file pages resident' is the RSS of
-this process's mappings of the weights file at the end (/proc/self/smaps: every page a miss faulted in, kept by the
-OS page cache and reclaimable), and 'pages of the cached rows' the 4 KiB pages that hold the rows the cache holds at
-the end: what the page cache alone would need to keep the same rows in memory. The weights file is in the OS page
-cache throughout (it was just written and read): misses are served from RAM, no disk read is measured.
+slot per table row, per-slot bookkeeping), the memory map excluded. RSS would not separate the two: they share one
+process, and the resident pages of a memory map do not follow the rows read (touching one row every 64 pages of a
+weights file in the page cache left almost every page of its mapping resident, in a check by hand). 'Pages of the
+cached rows' = the 4 KiB pages that hold the rows the cache holds at the end: what the OS page cache alone would need
+to keep the same rows in memory. The weights file is in the OS page cache throughout (it was just written and read):
+misses are served from RAM, no disk read is measured.
 
-Run:       python benchmarks/bench_model_exchange.py --update-readme       (~10 min on 2 cores)
+Run:       python benchmarks/bench_model_exchange.py --update-readme       (~6 min on 2 cores)
 Quick:     python benchmarks/bench_model_exchange.py --quick --json /tmp/model_exchange.json       (< 2 min)
 Re-render: python benchmarks/bench_model_exchange.py --from-json benchmarks/results/model_exchange.json --update-readme
 """
@@ -291,21 +292,6 @@ def cache_bytes(cache: RowCache) -> int:
     return sum((v.base if isinstance(v, np.ndarray) and isinstance(v.base, np.ndarray) else v).nbytes for v in held)
 
 
-def mapped_rss(path: Path) -> int | None:
-    """Resident bytes of this process's mappings of `path` (/proc/self/smaps), or None where there is none."""
-    smaps = Path("/proc/self/smaps")
-    if not smaps.is_file():
-        return None
-    target, total, inside = str(path.resolve()), 0, False
-    for line in smaps.read_text().splitlines():
-        head = line.split(maxsplit=5)
-        if len(head) >= 5 and "-" in head[0] and not head[0].endswith(":"):  # a mapping's header line
-            inside = len(head) == 6 and head[5] == target
-        elif inside and line.startswith("Rss:"):
-            total += int(line.split()[1]) * 1024
-    return total
-
-
 def row_pages(cache: RowCache, rows: np.ndarray) -> int:
     """How many OS pages hold `rows` of the cache's memory-mapped table (a row may straddle two)."""
     table = cache.table
@@ -380,7 +366,6 @@ def cache_runs(args: argparse.Namespace, stores: harness.Stores, work: Path) -> 
                     "paired_ratio": statistics.median(c / m for c, m in zip(ms["cached"], ms["memory"], strict=True)),
                     "table_bytes": table.nbytes,
                     "cache_bytes": cache_bytes(cache),
-                    "mapped_rss_bytes": mapped_rss(weights),
                     "cached_rows_page_bytes": PAGE * row_pages(cache, held),
                     "cached_rows": int(held.size),
                     "logits_equal": equal,
@@ -512,9 +497,8 @@ def render(payload: dict[str, Any]) -> str:
         f"{payload['machine']['torch_threads']} thread(s)); logits equal on every request. The weights file sits in "
         f"the OS page cache: misses read RAM, not disk. Memory = bytes of the tensors and arrays holding the table "
         f"(counted, not RSS): in memory the table, cached the RowCache's arrays (in brackets its cached rows; the "
-        f"rest is mostly its 4-byte slot per table row). File pages resident = RSS of this process's mappings of "
-        f"the weights file at the end (pages the misses faulted in, reclaimable); pages of the cached rows = the 4 "
-        f"KiB pages that hold the rows the cache holds at the end (what the page cache alone would keep for them)."
+        f"rest is mostly its 4-byte slot per table row). Pages of the cached rows = the 4 KiB pages that hold the "
+        f"rows the cache holds at the end (what the OS page cache alone would keep for them)."
     )
     cache_rows = [
         [
@@ -525,7 +509,6 @@ def render(payload: dict[str, Any]) -> str:
             f"{r['cached_p50_ms']:.2f} / {r['cached_p99_ms']:.2f}",
             f"{r['cached_p50_ms'] / r['memory_p50_ms']:.2f}x ({r['paired_ratio']:.2f}x)",
             f"{kib(r['table_bytes'])} / {kib(r['cache_bytes'])} ({kib(r['capacity'] * cache['dim'] * 4)} rows)",
-            kib(r["mapped_rss_bytes"]) if r["mapped_rss_bytes"] is not None else "—",
             kib(r["cached_rows_page_bytes"]),
             f"{r['logits_equal']:,} / {config['requests']:,}",
         ]
@@ -533,7 +516,7 @@ def render(payload: dict[str, Any]) -> str:
     ]
     cache_table = harness.markdown_table(
         ["Zipf a", "capacity (rows)", "hit rate", "in memory p50 / p99 (ms)", "cached p50 / p99 (ms)",
-         "cached / in memory p50 (median per request)", "memory: in memory / cached", "file pages resident",
+         "cached / in memory p50 (median per request)", "memory: in memory / cached",
          "pages of the cached rows", "logits equal"],
         cache_rows,
     )  # fmt: skip
