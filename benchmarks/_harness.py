@@ -8,14 +8,16 @@
   and renders an earlier JSON, so a section can always be rebuilt from its JSON alone.
 - **Machine facts**: `machine()` (CPU, cores, threads, torch, commit, date), the load average before and after a
   measurement, `peaks()` (GEMM rate and copy bandwidth).
-- **Data** (`Stores`): the Taobao slice under Protocol A, MovieLens, and synthetic logs with given knobs and planted
-  mechanisms, each prepared once into a cache folder (a temporary one unless --cache names one; a store whose knobs
-  changed is prepared again with `force=True`).
-- **Training**: `train_run(values, out)` trains a whole run with the package's own `longrec.run.train`; `Trainer`
+- **Data** (`Stores`): the Taobao slice under Protocol A, MovieLens, synthetic logs with given knobs and planted
+  mechanisms, a catalog log (every item of a large vocabulary once) and a store's copy whose train split keeps a
+  window of sample times, each prepared once into a cache folder (a temporary one unless --cache names one; a store
+  whose knobs changed is prepared again with `force=True`).
+- **Training**: `train_run(values, out)` trains a whole run with the package's own `longrec.run.train` (and
+  `newest_run` loads it back with the weights of its last step); `Trainer`
   times `longrec.train.step.train_step` calls (its own Adam from `make_optimizer`, warm-up, rounds, per-step
   minimum, rates), and `timings` / `median_ms` / `percentile` time anything else.
-- **Output**: `markdown_table`, `write_section` (the text between `<!-- BEGIN name -->` and `<!-- END name -->` of a
-  README given by path), `write_results` / `read_results`.
+- **Output**: `markdown_table`, `folder_bytes`, `write_section` (the text between `<!-- BEGIN name -->` and
+  `<!-- END name -->` of a README given by path), `write_results` / `read_results`.
 
 Readings of the numbers are written by hand in benchmarks/README.md, outside the markers; a section holds what a
 script can render from its JSON: the command, the machine, the settings and the tables.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -43,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import torch
 
@@ -51,14 +55,15 @@ from longrec.data.batch import Batch
 from longrec.data.device import autocast
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
-from longrec.data.store import TrajectoryStore
+from longrec.data.store import TrajectoryStore, write_manifest
 from longrec.files import atomic_write_text, dumps_json
 from longrec.ingest import load_log
 from longrec.ingest.synthetic import SyntheticConfig, generate
 from longrec.models import build_model_for_sizes
-from longrec.run import train
+from longrec.run import Run, load_run, train
 from longrec.search import search_stage
 from longrec.search.config import SearchConfig
+from longrec.train.checkpoint import load_checkpoint
 from longrec.train.step import make_optimizer, train_step
 from longrec.version import __version__
 
@@ -295,6 +300,15 @@ def train_run(values: dict[str, Any], out: str | Path) -> dict[str, Any]:
     return result | {"seconds": round(time.perf_counter() - started, 1)}
 
 
+def newest_run(run_dir: Path) -> Run:
+    """The run with its newest weights (last.pt, the step it stopped at) instead of its best checkpoint: a few steps
+    on a small validation split need not move the best one, and a model update is the weights training reached."""
+    run = load_run(run_dir)
+    saved = load_checkpoint(run_dir / "last.pt")
+    run.model.load_state_dict(saved["model"])
+    return dataclasses.replace(run, step=int(saved["state"]["step"]))
+
+
 # ---------------------------------------------------------------------------------------------------- data
 @dataclass(frozen=True)
 class Store:
@@ -390,6 +404,51 @@ class Stores:
         name = "synthetic-" + "".join(config.mechanisms)
         return self.get(name, {"config": repr(config), "protocol": repr(protocol)}, build)
 
+    def catalog(self, num_items: int, num_users: int = 2_000, num_categories: int = 9_439, days: int = 9) -> Store:
+        """A large item vocabulary, cheaply: a generated log in which each of `num_items` items is one behaviour of a
+        random user (of `num_users`), in a random category (one taxonomy level, `num_categories` values) at a random
+        time within `days`; Protocol T with the 3 most recent behaviours of a user as targets. For serving
+        measurements that need the tables of a big catalog, not a model that learned anything."""
+
+        def build(folder: Path) -> dict[str, Any]:
+            rng = np.random.default_rng(0)
+            frame = pl.DataFrame(
+                {
+                    "user_id": rng.integers(0, num_users, num_items),
+                    "item_id": np.arange(1, num_items + 1),
+                    "timestamp": 1_700_000_000 + rng.integers(0, days * 86_400, num_items),
+                    "cat_1": rng.integers(0, num_categories, num_items),
+                }
+            )
+            protocol = ProtocolConfig.for_protocol("T", max_targets_per_user=3)
+            result = prepare(frame, folder / "store", protocol, source="catalog", force=True)
+            line = f"a generated catalog log: {num_items:,} items, one behaviour each, {num_users:,} users"
+            return {"line": line, "counts": result.manifest["counts"], "sizes": result.manifest["sizes"]}
+
+        key = {"num_items": num_items, "num_users": num_users, "num_categories": num_categories, "days": days}
+        return self.get("catalog", key, build)
+
+    def train_window(self, store: Store, start: int, end: int) -> Store:
+        """A copy of `store` whose train split keeps only the samples with `start` <= target_time < `end` (epoch
+        seconds); trajectories, vocabularies (so the vocabulary sha), item tables, valid and test are the same. A
+        model trained on one window continues on another of the same store (`--resume` accepts the same
+        vocabulary), as a day's update continues the model of the days before."""
+
+        def build(folder: Path) -> dict[str, Any]:
+            shutil.copytree(store.path, folder / "store", dirs_exist_ok=True, ignore=shutil.ignore_patterns("train"))
+            train_split = store.open().samples("train")
+            times = np.asarray(train_split.target_time)  # [N]
+            kept = train_split.take(np.flatnonzero((times >= start) & (times < end)))
+            kept.save(folder / "store" / "samples" / "train")
+            manifest = json.loads((store.path / "manifest.json").read_text())
+            counts = manifest["counts"]
+            counts["samples"]["train"], counts["positives"]["train"] = len(kept), int(kept.label.sum())
+            manifest["train_window"] = {"source": store.folder.name, "start": start, "end": end}
+            write_manifest(folder / "store", manifest)
+            return {"counts": counts, "window": [start, end]}
+
+        return self.get(f"{store.folder.name}-window", {"source": store.folder.name, "start": start, "end": end}, build)
+
 
 # ---------------------------------------------------------------------------------------------------- output
 @contextlib.contextmanager
@@ -408,6 +467,11 @@ def figure(path: Path, columns: int, size: tuple[float, float], title: str | Non
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of every file under `folder`."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

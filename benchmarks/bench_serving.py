@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -70,13 +69,12 @@ import _harness as harness
 import httpx
 import numpy as np
 
-from longrec.run import Run, load_run, train
+from longrec.run import train
 from longrec.serve.artifact import export_run
 from longrec.serve.delta import export_delta
 from longrec.serve.schema import ScoreRequest
 from longrec.serve.server import open_service
 from longrec.serve.service import ScoringService
-from longrec.train.checkpoint import load_checkpoint
 
 logger = logging.getLogger("bench_serving")
 
@@ -158,25 +156,12 @@ def version_of(artifact: Path) -> str:
     return str(json.loads((artifact / "model.json").read_text())["version"])
 
 
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-def newest(run_dir: Path) -> Run:
-    """The run with its newest weights (last.pt, the step it stopped at) instead of its best checkpoint: a few steps
-    on a small validation split need not move the best one, and a model update is the weights training reached."""
-    run = load_run(run_dir)
-    saved = load_checkpoint(run_dir / "last.pt")
-    run.model.load_state_dict(saved["model"])
-    return dataclasses.replace(run, step=int(saved["state"]["step"]))
-
-
 def exported(artifact: Path, **record: Any) -> dict[str, Any]:
     return record | {
         "artifact": str(artifact),
         "version": version_of(artifact),
         "weights_bytes": (artifact / "weights.safetensors").stat().st_size,
-        "artifact_bytes": folder_bytes(artifact),
+        "artifact_bytes": harness.folder_bytes(artifact),
     }
 
 
@@ -192,7 +177,7 @@ def prepare_models(job: dict[str, Any]) -> dict[str, Any]:
             values = run_values(method, L, job, job["steps"])
             run = work / "runs" / f"{method}-{L}"
             result = harness.train_run(values, run)
-            artifact = export_run(newest(run), work / "models" / f"{method}-{L}")
+            artifact = export_run(harness.newest_run(run), work / "models" / f"{method}-{L}")
             settings = {k: v for k, v in values.items() if k != "data.path"}
             models[f"{method} {L}"] = exported(artifact, method=method, L=L, settings=settings, steps=result["steps"],
                                                train_seconds=result["seconds"])  # fmt: skip
@@ -203,12 +188,12 @@ def prepare_models(job: dict[str, Any]) -> dict[str, Any]:
     for kind in ("delta", "full"):
         steps += job["swap_steps"]
         result = train(harness.config_from(run_values("DARE", L, job, steps)), run, resume=True)
-        trained = newest(run)
+        trained = harness.newest_run(run)
         artifact = export_run(trained, work / "models" / f"DARE-{L}-{kind}", parent=previous)
         swap[kind] = exported(artifact, steps=result["steps"], train_seconds=result["segments"][-1]["seconds"])
         if kind == "delta":
             delta = export_delta(previous, trained, work / "deltas" / f"DARE-{L}")
-            swap[kind] |= {"delta": str(delta), "delta_bytes": folder_bytes(delta)}
+            swap[kind] |= {"delta": str(delta), "delta_bytes": harness.folder_bytes(delta)}
         previous = artifact
     return {"models": models, "swap": swap}
 
