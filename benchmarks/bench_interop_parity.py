@@ -79,12 +79,13 @@ OPTIONS: dict[str, tuple[dict[str, Any], bool]] = {
     "fill latest": ({"search.fill": "latest"}, True),
     "file order": ({"train.shuffle": False}, False),
 }
+REFERENCE_ROWS = list(dict.fromkeys(row for _, _, row in VARIANTS.values()))  # DARE, TWIN, TWIN (hard), DIN
 BEFORE, AFTER, LAYER = "as before", "as the reference", "as the reference, LayerNorm heads"
 
 # The reference code run on the same files (seeds 1, 2, 3; measured, not run by this script): test metrics of the
 # best-validation checkpoint per seed. "auc" is the rank AUC (ties 1/2, as longrec computes it); "auc_own" is what the
 # reference prints: its trapezoid (utils.calc_auc) averages each negative's column with the previous one, which reads
-# (positives above the lowest negative) / (2 · negatives) lower, 0.00044 in every run here. GAUC groups by user;
+# (positives above the lowest negative) / (2 · negatives) lower, 0.00042-0.00044 in the runs here. GAUC groups by user;
 # logloss is the main head's BCE alone (the reference's own "loss" adds the auxiliary loss). "diagnostics": the
 # reference with one change each (the eval-mode question and two experiments on the TWIN gap).
 REFERENCE: dict[str, Any] = {
@@ -293,7 +294,8 @@ def render(payload: dict[str, Any]) -> str:
     config, reference, results = payload["config"], payload["reference"], payload["results"]
     ref = {name: mean_std(runs) for name, runs in reference.get("rows", {}).items()}
     headline, detail = [], []
-    for variant, rows in results.items():
+    for variant in (v for v in VARIANTS if v in results):  # the JSON sorts its keys: render in the script's order
+        rows = {row: results[variant][row] for row in rows_of(variant) if row in results[variant]}
         name = VARIANTS[variant][2]
         target = ref.get(name)
         before, after = rows[BEFORE]["table"], rows[AFTER]["table"]
@@ -326,7 +328,7 @@ def render(payload: dict[str, Any]) -> str:
         sections.append(
             f"Reference: {reference['code']} at commit {reference['commit']}, seeds {reference['seeds']}. "
             f"{reference['how']} Arguments: `{reference['arguments']}` plus, per row, "
-            + "; ".join(f"{row}: `{args}`" for row, args in reference["row_arguments"].items())
+            + "; ".join(f"{row}: `{reference['row_arguments'][row]}`" for row in REFERENCE_ROWS)
             + f". Its AUC here is the rank AUC; its own `calc_auc` reads {own:.5f} lower (its trapezoid rule)."
         )
     table = harness.markdown_table(["longrec variant", "reference", BEFORE, "Δ", AFTER, "Δ"], headline)
