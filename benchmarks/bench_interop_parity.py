@@ -28,7 +28,7 @@ Settings compared, per variant:
 The reference's numbers (`REFERENCE`) were measured by running the reference code on the same files (see its "how"
 entry); this script does not run it, and they go into the results JSON as the `reference` block.
 
-Run:       python benchmarks/bench_interop_parity.py --update-readme       (5 variants, 3 seeds; ~35 min, 1 thread)
+Run:       python benchmarks/bench_interop_parity.py --update-readme       (5 variants, 3 seeds; ~20 min, 1 thread)
 Quick:     python benchmarks/bench_interop_parity.py --quick               (1 seed, 1 epoch, TWIN and TWIN (hard))
 Re-render: python benchmarks/bench_interop_parity.py --from-json benchmarks/results/interop_parity.json --update-readme
 """
@@ -190,8 +190,10 @@ REFERENCE: dict[str, Any] = {
         },
         {
             "row": "TWIN",
-            "change": "BatchNorm weights 1 and PReLU slopes 0.25 at init (N(0, 0.01²) only for Linear "
-            "weights and embeddings, as longrec's init = 'normal')",
+            "change": (
+                "BatchNorm weights 1 and PReLU slopes 0.25 at init (N(0, 0.01²) only for Linear weights and "
+                "embeddings, as longrec's init = 'normal')"
+            ),
             "auc": [0.761859, 0.781308, 0.753217],
             "gauc": [0.755672, 0.763525, 0.753927],
             "logloss": [0.570853, 0.525056, 0.579581],
