@@ -19,9 +19,9 @@ Settings compared, per variant:
   hard search leaves unmatched slots empty, training samples reshuffled every epoch);
 - as the reference: `model.head_norm = "batch"` (BatchNorm at the input of the main and auxiliary heads, evaluated
   in eval mode with its running statistics, not the reference's train mode), `model.init = "normal"` with
-  `init_std = 0.01` (every Linear weight and embedding from N(0, 0.01²)), `search.fill = "latest"` (hard search only:
-  slots without a same-category behaviour take the most recent other ones) and `train.shuffle = false` (the
-  reference reads its once-shuffled training file in the same order every epoch);
+  `init_std = 0.01` (every weight but the biases, embeddings included, from N(0, 0.01²)), `search.fill = "latest"`
+  (hard search only: slots without a same-category behaviour take the most recent other ones) and
+  `train.shuffle = false` (the reference reads its once-shuffled training file in the same order every epoch);
 - one row per option: that option alone on top of "as before", and "as the reference" with LayerNorm heads
   (`head_norm = "layer"`, no batch dependence) in place of BatchNorm.
 

@@ -65,3 +65,16 @@ def test_din_topk_learns_a_planted_target_match() -> None:
     finally:
         torch.set_num_threads(threads)
     assert auc > 0.85, f"DIN-top-K test AUC {auc:.3f}"
+
+
+def test_the_time_embedding_is_an_option_off_by_default_as_in_the_reference() -> None:
+    batch = make_batch()
+    plain, timed = _model(), _model(use_time=True)
+    assert plain.time_embedding is None and timed.time_embedding is not None
+    with torch.no_grad():
+        v, e = plain._embed(batch)
+        tv, te = timed._embed(batch)
+    assert v.shape[-1] == e.shape[-1] == 4 * 3  # item + 2 category levels at D = 4: the score is divided by 12
+    assert tv.shape[-1] == te.shape[-1] == 4 * 4  # + time
+    torch.testing.assert_close(te[..., :12], e)  # the same semantic part; time appended last
+    assert "time_embedding.weight" not in plain.state_dict()

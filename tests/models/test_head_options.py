@@ -55,17 +55,27 @@ def test_layernorm_heads_normalise_each_rows_input(
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_normal_init_draws_every_linear_weight_from_n0_std_and_zeroes_biases(
+def test_normal_init_draws_every_weight_but_the_biases_from_n0_std(
     name: str, make_model: Callable[..., nn.Module]
 ) -> None:
-    model = make_model(name, init="normal", init_std=0.01, head_hidden=(400, 80))
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    assert linears
-    for layer in linears:
-        assert layer.bias is None or torch.count_nonzero(layer.bias) == 0
-    weights = torch.cat([layer.weight.detach().flatten() for layer in linears])
+    """As the reference code: every parameter not named `bias` (Linear weights, PReLU slopes, BatchNorm scales) from
+    N(0, std²); the biases keep PyTorch's initialisation; embedding tables stay their owners' (padding rows 0)."""
+    torch.manual_seed(0)
+    model = make_model(name, init="normal", init_std=0.01, head_hidden=(400, 80), head_norm="batch")
+    torch.manual_seed(0)
+    default = make_model(name, head_hidden=(400, 80), head_norm="batch")
+    drawn = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.PReLU, nn.BatchNorm1d))]
+    assert {type(m) for m in drawn} >= {nn.Linear, nn.BatchNorm1d} and any(isinstance(m, nn.PReLU) for m in drawn)
+    weights = torch.cat([m.weight.detach().flatten() for m in drawn])
     assert abs(float(weights.std()) - 0.01) < 0.0005 and abs(float(weights.mean())) < 0.0005
-    default = make_model(name, head_hidden=(400, 80))
+    for m in model.modules():
+        if isinstance(m, nn.PReLU | nn.BatchNorm1d):
+            assert float(m.weight.detach().abs().max()) < 0.1, "slopes (0.25) and BN scales (1) are drawn too"
+    linear_biases = [m.bias for m in model.modules() if isinstance(m, nn.Linear) and m.bias is not None]
+    assert any(torch.count_nonzero(b) > 0 for b in linear_biases), "Linear biases keep PyTorch's uniform init"
+    for m in model.modules():
+        if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+            assert torch.count_nonzero(m.weight[m.padding_idx]) == 0
     first = next(m for m in default.modules() if isinstance(m, nn.Linear))
     assert float(first.weight.detach().std()) > 0.02, "PyTorch's default init is wider"
 

@@ -42,7 +42,9 @@ class DINConfig:
     max_history: int | None = None  # keep only the K most recent behaviours; None = the whole history
     init_std: float = 0.05  # embeddings start at N(0, init_std²); DARE's protocol uses 0.01 with lr 1e-2
     head_norm: str = "none"  # none | batch | layer: normalise the head's input (layers.head_mlp)
-    init: str = "default"  # default (PyTorch's) | normal: every Linear weight from N(0, init_std²), biases 0
+    init: str = (
+        "default"  # default (PyTorch's) | normal: every non-bias weight from N(0, init_std²) (layers.init_weights)
+    )
 
     def __post_init__(self) -> None:
         owner = type(self).__name__

@@ -3,21 +3,23 @@ https://arxiv.org/abs/2410.02604, Table 1), as its released code builds it.
 
 It differs from longrec's DIN (`din.py`, the original Deep Interest Network: unnormalised MLP weights over the
 history, searched, if at all, by embedding dot products):
-- behaviours and the target are embedded like TWIN's: [item ⊕ category per level ⊕ time], one shared table per field,
-  time = relative position (the target's own time id 0);
-- the attention score is a learned MLP on [v_t, e_i, v_t − e_i, v_t ⊙ e_i] (4E → 36 → PReLU → 1), divided by E (the
-  reference's constant scale), and it also **selects**: the K behaviours with the highest scores are kept (no search
-  stage: `search.method = "none"`), the softmax is recomputed over them, and u = Σ_k w_k e_k;
+- behaviours and the target are embedded as [item ⊕ category per level], one shared table per field; `use_time`
+  appends a time embedding as TWIN's (time = relative position, the target's own time id 0). Off by default: the
+  reference's DIN row runs without one (its `-use_time` flag, a store_false, turns it off);
+- the attention score is a learned MLP on [v_t, e_i, v_t − e_i, v_t ⊙ e_i] (4E → 36 → PReLU → 1), divided by E, the
+  behaviour width (the reference divides by its query width, the same E: 32 at D = 16 without time), and it also
+  **selects**: the K behaviours with the highest scores are kept (no search stage: `search.method = "none"`), the
+  softmax is recomputed over them, and u = Σ_k w_k e_k;
 - the head reads [v_t, u, v_t ⊙ u] (the reference's cross feature); `aux_loss` adds a second head on the softmax
   over all L behaviours, trained with the same labels, so behaviours outside the top K still teach the scorer.
 
 Our choices where the reference differs or is silent: padding is never selected (the reference's top-K can pick
-padding when a history has fewer than K behaviours; here those slots stay empty); the score scale is E, the
-behaviour width the reference divides by; `head_norm` and `init` follow `models/checks.py` (the reference uses
-BatchNorm at the head inputs, left in training mode at evaluation, and N(0, 0.01²) weights).
+padding when a history has fewer than K behaviours; here those slots stay empty); `head_norm` and `init` follow
+`models/checks.py` (the reference uses BatchNorm at the head inputs, left in training mode at evaluation, and
+N(0, 0.01²) weights).
 
-Shapes: B batch, L history length, K kept behaviours, M taxonomy levels, D embedding dim, E = D·(2 + M) behaviour
-width (item, M categories, time), P = max_position.
+Shapes: B batch, L history length, K kept behaviours, M taxonomy levels, D embedding dim, E = D·(1 + M) behaviour
+width (item, M categories), D·(2 + M) with `use_time`, P = max_position.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class DINTopKConfig:
     num_categories: int = 0  # category vocabulary shared by every taxonomy level, id 0 = missing; 0 = no categories
     taxonomy_levels: int = 0  # M, depth of history_category [B, L, M]
     dim: int = 16  # D, width of each table: item, category (per level) and time
-    max_position: int = 200  # P: time ids 1..P (older behaviours share P)
+    use_time: bool = False  # append a relative-position time embedding (the reference's DIN row has none)
+    max_position: int = 200  # P: time ids 1..P (older behaviours share P); read only with use_time
     k: int = 20  # behaviours the learned score keeps
     scorer_hidden: tuple[int, ...] = (36,)  # widths of the attention scorer MLP (the reference's 36)
     head_hidden: tuple[int, ...] = (200, 80)  # widths of the output MLP
@@ -50,7 +53,9 @@ class DINTopKConfig:
     aux_hidden: tuple[int, ...] = (200,)  # widths of the auxiliary head
     init_std: float = 0.05  # embeddings start at N(0, init_std²); the reference uses 0.01 with lr 1e-2
     head_norm: str = "none"  # none | batch | layer: normalise the heads' input (layers.head_mlp)
-    init: str = "default"  # default (PyTorch's) | normal: every Linear weight from N(0, init_std²), biases 0
+    init: str = (
+        "default"  # default (PyTorch's) | normal: every non-bias weight from N(0, init_std²) (layers.init_weights)
+    )
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -61,6 +66,7 @@ class DINTopKConfig:
         check_int(owner, "max_position", self.max_position)
         check_int(owner, "k", self.k)
         check_bool(owner, "aux_loss", self.aux_loss)
+        check_bool(owner, "use_time", self.use_time)
         # Lists come back from config.json; store tuples so the config stays hashable and compares equal.
         for name in ("scorer_hidden", "head_hidden", "aux_hidden"):
             object.__setattr__(self, name, check_sizes(owner, name, getattr(self, name)))
@@ -76,10 +82,12 @@ class DINTopK(nn.Module):
         self.embedding = BehaviourEmbedding(
             config.num_items, D, config.num_categories, config.taxonomy_levels, config.init_std
         )
-        # No padding row: row 0 is the target's own time (padding behaviours also map there, with weight 0).
-        self.time_embedding = nn.Embedding(config.max_position + 1, D)
-        nn.init.normal_(self.time_embedding.weight, std=config.init_std)
-        E = self.embedding.out_dim + D
+        self.time_embedding: nn.Embedding | None = None
+        if config.use_time:
+            # No padding row: row 0 is the target's own time (padding behaviours also map there, with weight 0).
+            self.time_embedding = nn.Embedding(config.max_position + 1, D)
+            nn.init.normal_(self.time_embedding.weight, std=config.init_std)
+        E = self.embedding.out_dim + (D if config.use_time else 0)
         self.scorer = mlp(4 * E, config.scorer_hidden)
         self.head = head_mlp(3 * E, config.head_hidden, config.head_norm)
         self.aux_head = head_mlp(3 * E, config.aux_hidden, config.head_norm) if config.aux_loss else None
@@ -87,7 +95,10 @@ class DINTopK(nn.Module):
         init_weights(self, config.init, config.init_std)
 
     def _embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Target v [B, E] (time id 0) and behaviours e [B, L, E] = [semantic ⊕ time]."""
+        """Target v [B, E] and behaviours e [B, L, E]: the semantic fields, ⊕ time with `use_time` (target id 0)."""
+        if self.time_embedding is None:
+            e, v = self.embedding(batch)
+            return v, e  # [B, E], [B, L, E]
         tables = [*self.embedding.tables, self.time_embedding]
         e = lookup(tables, [*self.embedding.history_ids(batch), time_ids(batch, self.config.max_position)])
         v = lookup(tables, [*self.embedding.target_ids(batch), torch.zeros_like(batch.target)])

@@ -370,16 +370,19 @@ def head_mlp(in_dim: int, hidden: Sequence[int], norm: str = "none") -> nn.Seque
 
 
 def init_weights(module: nn.Module, init: str, std: float) -> None:
-    """`init = "normal"`: every `nn.Linear` weight of `module` drawn from N(0, std²) and its bias set to 0 (the DARE
-    reference code draws every weight from N(0, 0.01²)); `"default"` keeps PyTorch's initialisation. Embedding
-    tables are initialised by their owners (`BehaviourEmbedding`, N(0, init_std²)) either way."""
+    """`init = "normal"`: every weight of `module` outside its embedding tables drawn from N(0, std²) — the Linear
+    weights, the PReLU slopes and the scale of a BatchNorm or LayerNorm — as the DARE reference code draws every
+    parameter whose name is not `bias`; the biases keep PyTorch's initialisation, as there. `"default"` keeps
+    PyTorch's initialisation. Embedding tables are initialised by their owners (`BehaviourEmbedding`, N(0, init_std²),
+    padding rows 0) either way."""
     if init != "normal":
         return
     for layer in module.modules():
-        if isinstance(layer, nn.Linear):
-            nn.init.normal_(layer.weight, std=std)
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
+        if isinstance(layer, nn.Embedding):
+            continue
+        for name, parameter in layer.named_parameters(recurse=False):
+            if name != "bias":
+                nn.init.normal_(parameter, std=std)
 
 
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int = 1) -> nn.Sequential:

@@ -12,7 +12,7 @@ u ⊙ v_t enters the head as in the authors' code: head MLP on [v_t, u, u ⊙ v_
 
 Head: the paper's BN → 200 → PReLU → 80 → PReLU → 1; the BatchNorm is the `head_norm = "batch"` option (off by
 default; evaluated with its running statistics, so a logit never depends on the rest of its batch at evaluation),
-and `init = "normal"` draws every weight from N(0, init_std²) as the authors' code does.
+and `init = "normal"` draws every weight but the biases from N(0, init_std²) as the authors' code does.
 Auxiliary loss (`aux_loss`): `aux_logits(full_batch)` attends over all L behaviours (softmax over L) and feeds a
 second head (200 → PReLU → 1, as the authors' code); the train loop adds its BCE with the same labels, so the search
 attention keeps learning on behaviours that top-K drops. Off by default (as in the authors' `train_pytorch.py`; their
@@ -77,7 +77,9 @@ class TWINConfig:
     aux_hidden: tuple[int, ...] = (200,)  # widths of the auxiliary head (the authors' 200)
     init_std: float = 0.05  # embeddings start at N(0, init_std²); DARE's protocol uses 0.01 with lr 1e-2
     head_norm: str = "none"  # none | batch | layer: normalise the heads' input (layers.head_mlp)
-    init: str = "default"  # default (PyTorch's) | normal: every Linear weight from N(0, init_std²), biases 0
+    init: str = (
+        "default"  # default (PyTorch's) | normal: every non-bias weight from N(0, init_std²) (layers.init_weights)
+    )
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
