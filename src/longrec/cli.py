@@ -44,7 +44,10 @@ EXAMPLES = {
     "train": """examples:
   longrec train configs/din_synthetic.toml --out runs/din
   longrec train configs/din_synthetic.toml --out runs/din-32 --set model.dim=32 --set train.epochs=3
-  longrec train configs/din_synthetic.toml --out runs/din --resume      # continue a killed run""",
+  longrec train configs/din_synthetic.toml --out runs/din --resume      # continue a killed run
+  longrec train configs/din_synthetic.toml --out runs/din-ddp --nproc 2  # 2 data-parallel ranks (torchrun)
+  torchrun --nproc-per-node 2 -m longrec.train configs/din_synthetic.toml --out runs/din-ddp   # the same
+  # train.batch_size is the global batch: each of N ranks trains on 1/N of it; --resume may change N""",
     "eval": """examples:
   longrec eval runs/din --split test
   longrec eval runs/din --split valid --data data/synth""",
@@ -170,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the run in OUT from its last.pt (config changes are checked)"
     )
     p.add_argument("--force", action="store_true", help="replace a previous run in OUT")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data-parallel ranks on this machine, launched with torchrun over loopback (gloo on the CPU, NCCL on "
+        "CUDA); train.batch_size stays the global batch (default: 1, no torchrun)",
+    )
     p.set_defaults(func=commands.train)
 
     p = add("eval", "Score a trained run's best checkpoint on a split; writes RUN/eval_SPLIT.json.")

@@ -8,6 +8,7 @@ does not load torch.
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -167,16 +168,28 @@ def import_samples(args: argparse.Namespace) -> int:
 def train(args: argparse.Namespace) -> int:
     from longrec.config import load_config
     from longrec.run import train
+    from longrec.train.distributed import check_nproc, current_ranks, launch
 
     overrides = list(args.set)
     if args.quiet:
         overrides.append("train.progress=false")
     if args.debug:
         overrides.append("data.check_batches=true")
-    config = load_config(args.config, overrides)
+    check_nproc(args.nproc)
+    config = load_config(args.config, overrides)  # every config problem shows here, before any process starts
+    if args.nproc > 1:
+        # the same command, without --nproc, on N ranks: `torchrun ... -m longrec.train CONFIG --out OUT ...`
+        again = [args.config, "--out", args.out, *[x for s in args.set for x in ("--set", s)]]
+        flags = ("resume", "force", "debug", "quiet")
+        return launch([*again, *[f"--{flag}" for flag in flags if getattr(args, flag)]], args.nproc)
+    ranks = current_ranks()
+    if ranks.world > 1 and not ranks.main:
+        logging.getLogger("longrec").setLevel(logging.WARNING)  # rank 0 logs; the others only warn
+        config = load_config(args.config, [*overrides, "train.progress=false"])
     result = train(config, args.out, resume=args.resume, force=args.force)
-    print_metrics_table([(config.model.name, result)], f"{config.model.name}: best step {result['best_step']}")
-    print(f"run directory: {args.out}")
+    if ranks.main:
+        print_metrics_table([(config.model.name, result)], f"{config.model.name}: best step {result['best_step']}")
+        print(f"run directory: {args.out}")
     return 0
 
 

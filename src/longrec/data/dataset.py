@@ -171,6 +171,7 @@ def make_loader(
     check: bool = False,
     bucket_by_length: bool = False,
     bucket_batches: int = 50,
+    batches: list[np.ndarray] | None = None,
 ) -> Iterator[Batch] | DataLoader[Batch]:
     """Batches of one split for one epoch, in a deterministic order, every sample included (no dropped tail).
 
@@ -189,14 +190,17 @@ def make_loader(
         check: validate every batch with `check_batch` (shapes, dtypes, id ranges, no negative time gaps).
         bucket_by_length: batch samples of similar history length together (`epoch_batches`), to cut padding.
         bucket_batches: batches per sorting pool when bucketing (0 = the whole epoch).
+        batches: the sample rows of each batch, planned by the caller (a rank's parts of the global batches of
+            `epoch_batches`); given, `batch_size`, `shuffle`, `seed`, `epoch` and the bucketing are not read.
 
     Returns:
         An iterable of `Batch`.
     """
     samples = store.samples(split)
-    lengths = np.minimum(samples.end, max_history) if bucket_by_length else None  # [N] collated history lengths
-    batches = epoch_batches(len(samples), batch_size, shuffle, seed, epoch, lengths, bucket_batches)[start_batch:]
-    plan = BatchPlan(store, samples, batches, max_history, check)
+    if batches is None:
+        lengths = np.minimum(samples.end, max_history) if bucket_by_length else None  # [N] collated history lengths
+        batches = epoch_batches(len(samples), batch_size, shuffle, seed, epoch, lengths, bucket_batches)
+    plan = BatchPlan(store, samples, batches[start_batch:], max_history, check)
     if num_workers == 0:
         return (plan[i].pin_memory() if pin_memory else plan[i] for i in range(len(plan)))
     return DataLoader(

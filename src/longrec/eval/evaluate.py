@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from rich.console import Console
 from rich.progress import track
 
 from longrec.data.batch import Batch
-from longrec.data.dataset import make_loader
+from longrec.data.dataset import epoch_batches, make_loader
 from longrec.data.device import DevicePrefetcher, autocast
 from longrec.data.store import TrajectoryStore
 from longrec.eval.metrics import compute_metrics
@@ -76,11 +77,15 @@ def evaluate(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     bucket_by_length: bool = False,
+    ranks: tuple[int, int] = (0, 1),
 ) -> dict[str, Any]:
     """Metrics of `model` on every sample of `split` (no dropped partial batch).
 
     `device` and `precision` as in `predict`; `bucket_by_length` batches samples of similar history length together
-    (sorted over the whole split: less padding, same metrics up to float rounding).
+    (sorted over the whole split: less padding, same metrics up to float rounding). `ranks` = (rank r, world W) in a
+    data-parallel run (a joined `torch.distributed` process group): each rank scores every W-th batch, the scores and
+    labels of all ranks are gathered, and every rank computes the metrics over the whole split (never an average of
+    per-rank metrics); every rank must call it.
 
     Returns:
         {"auc", "gauc", "gauc_category", "logloss", "count", "positive_rate"}, plus "per_goal" keyed by goal name
@@ -88,18 +93,15 @@ def evaluate(
     """
     samples = store.samples(split)
     pin = torch.device(device).type == "cuda"
-    batches = make_loader(
-        store,
-        split,
-        batch_size,
-        max_history,
-        num_workers=num_workers,
-        pin_memory=pin,
-        bucket_by_length=bucket_by_length,
-        bucket_batches=0,
-    )
-    total = -(-len(samples) // batch_size)
-    out = predict(model, batches, search=search, progress=progress, total=total, device=device, precision=precision)
+    rank, world = ranks
+    lengths = np.minimum(samples.end, max_history) if bucket_by_length else None  # [N] collated history lengths
+    plan = epoch_batches(len(samples), batch_size, False, 0, 0, lengths, bucket_batches=0)[rank::world]
+    batches = make_loader(store, split, batch_size, max_history, num_workers=num_workers, pin_memory=pin, batches=plan)
+    out = predict(model, batches, search=search, progress=progress, total=len(plan), device=device, precision=precision)
+    if world > 1:
+        parts: list[dict[str, np.ndarray]] = [{} for _ in range(world)]
+        dist.all_gather_object(parts, out)
+        out = {k: np.concatenate([part[k] for part in parts]) for k in out}
     has_goals = store.sizes.get("num_goals", 1) > 1
     metrics = compute_metrics(
         out["labels"],

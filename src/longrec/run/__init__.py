@@ -19,6 +19,7 @@ its vocabulary (`locate_store`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from torch import nn
 
 from longrec.config import Config
 from longrec.data.batch import Batch
+from longrec.data.device import resolve_device
 from longrec.data.store import TrajectoryStore
 from longrec.eval.evaluate import evaluate, predict
 from longrec.files import PLOTS, RUN, check_output, lock_directory, write_json
@@ -41,6 +43,7 @@ from longrec.run.directory import locate_store, read_run_config, resume_changes,
 from longrec.run.frames import frame_batches
 from longrec.train.callbacks import Callback
 from longrec.train.checkpoint import load_checkpoint
+from longrec.train.distributed import Ranks, broadcast, check_options, current_ranks, process_group
 from longrec.train.loop import fit
 
 __all__ = ["Run", "analyze_run", "load_run", "train"]
@@ -67,6 +70,12 @@ def train(
         callbacks: listeners of the training loop (`longrec.train.callbacks.Callback`).
         on_step: called with the global step after every optimizer step (tests simulate a crash with it).
 
+    Under torchrun (RANK, WORLD_SIZE in the environment; `longrec train --nproc N`) every rank calls `train`: the
+    ranks join a process group over loopback, rank 0 checks, locks and writes `out` and tells the others whether
+    to start (and whether the run continues), and all of them train (`longrec.train.distributed`); the others
+    write nothing and report to no callback. `train.batch_size` is the global batch, so `resume` may change the
+    number of ranks.
+
     Raises:
         OutputError: `out` holds something else, or a previous run without `force`/`resume`.
         DirectoryLockedError: another process is writing `out`.
@@ -74,39 +83,69 @@ def train(
         TrainingDiverged / ValueError / FileNotFoundError: from the store and the loop.
     """
     out = Path(out)
-    store = TrajectoryStore.open(config.data.path)
-    continuing = resume and (out / "config.json").is_file()
-    applied = _check_run_folder(out, config, store, continuing, force)
-    out.mkdir(parents=True, exist_ok=True)
-    with lock_directory(out, "run directory"):
-        applied = _check_run_folder(out, config, store, continuing, force)  # again: someone may have finished
-        if not continuing:
-            for entry in out.iterdir():  # only a previous run's files are here (checked above)
-                if entry.name != "run.lock":
-                    _remove(entry)
-        write_json(out / "config.json", run_config_dict(config, store, out))
+    ranks = current_ranks()
+    check_options(ranks, config.train.compile)
+    with process_group(ranks, resolve_device(config.train.device)), contextlib.ExitStack() as stack:
+        store = TrajectoryStore.open(config.data.path)
+        if not ranks.main:
+            refused, continuing = broadcast(None, ranks)  # rank 0's verdict on the run folder
+            if refused is not None:
+                raise ValueError(f"rank 0 did not start the run: {refused}")
+            return _fit(config, store, out, continuing, ranks, [], on_step, {})
+        continuing = resume and (out / "config.json").is_file()
+        try:
+            applied = _check_run_folder(out, config, store, continuing, force)
+            out.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(lock_directory(out, "run directory"))
+            applied = _check_run_folder(out, config, store, continuing, force)  # again: someone may have finished
+            if not continuing:
+                for entry in out.iterdir():  # only a previous run's files are here (checked above)
+                    if entry.name != "run.lock":
+                        _remove(entry)
+            write_json(out / "config.json", run_config_dict(config, store, out))
+        except BaseException as err:
+            broadcast((str(err) or type(err).__name__, False), ranks)  # the other ranks stop too
+            raise
+        broadcast((None, continuing), ranks)
         handler, level = _log_to(out / "log.txt")
         try:
             for line in applied:
                 logger.info("--resume: %s", line)
-            torch.manual_seed(config.train.seed)
-            model = build_model_for_sizes(config.model.name, config.model.params, store.sizes)
-            with collect_keys(config.train.key_collection):
-                result = fit(
-                    model,
-                    store,
-                    out,
-                    config.train,
-                    config.data,
-                    config.search,
-                    resume=continuing,
-                    callbacks=callbacks,
-                    on_step=on_step,
-                    report={"model": config.model.name, **({"resume_changes": applied} if applied else {})},
-                )
+            if ranks.world > 1:
+                logger.info("data-parallel: %d ranks, global batch %d", ranks.world, config.train.batch_size)
+            report = {"model": config.model.name, **({"resume_changes": applied} if applied else {})}
+            return _fit(config, store, out, continuing, ranks, callbacks, on_step, report)
         finally:
             _stop_logging(handler, level)
-    return result
+
+
+def _fit(
+    config: Config,
+    store: TrajectoryStore,
+    out: Path,
+    continuing: bool,
+    ranks: Ranks,
+    callbacks: Sequence[Callback],
+    on_step: Callable[[int], None] | None,
+    report: dict[str, Any],
+) -> dict[str, Any]:
+    """Build the model (seeded: the same on every rank) and train it."""
+    torch.manual_seed(config.train.seed)
+    model = build_model_for_sizes(config.model.name, config.model.params, store.sizes)
+    with collect_keys(config.train.key_collection):
+        return fit(
+            model,
+            store,
+            out,
+            config.train,
+            config.data,
+            config.search,
+            resume=continuing,
+            callbacks=callbacks,
+            on_step=on_step,
+            report=report,
+            ranks=ranks,
+        )
 
 
 def _check_run_folder(out: Path, config: Config, store: TrajectoryStore, continuing: bool, force: bool) -> list[str]:

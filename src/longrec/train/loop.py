@@ -17,7 +17,9 @@ also when `eval_every` does not divide them. What the run does is reported to `l
 `fit` writes only the training artefacts (checkpoint.pt, last.pt, metrics.jsonl, metrics.json, the loggers' files);
 the run directory itself (config.json, the lock, what may be resumed) belongs to `longrec.run`, which calls it.
 
-One step is `longrec.train.step.train_step` (with the optimizer, compilation and the system options).
+One step is `longrec.train.step.train_step` (with the optimizer, compilation and the system options). With several
+ranks (torchrun; `ranks`), each rank trains on its part of every global batch under `DistributedDataParallel`, the
+validation metrics are computed over the whole split, and only rank 0 writes (`longrec.train.distributed`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 from longrec.data.config import DataConfig
-from longrec.data.dataset import make_loader
+from longrec.data.dataset import epoch_batches, make_loader
 from longrec.data.device import DevicePrefetcher, resolve_device
 from longrec.data.store import TrajectoryStore
 from longrec.eval.evaluate import evaluate, metrics_lines
@@ -43,6 +45,7 @@ from longrec.search.config import SearchConfig
 from longrec.train.callbacks import Callback, make_loggers, progress_callback
 from longrec.train.checkpoint import load_checkpoint, save_checkpoint
 from longrec.train.config import TrainConfig
+from longrec.train.distributed import LossModule, Ranks, all_mean, barrier, check_options, setup, shard
 from longrec.train.step import compile_model, goal_loss_weights, make_optimizer, reuse_freed_memory, train_step
 
 __all__ = [
@@ -90,6 +93,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     on_step: Callable[[int], None] | None = None,
     report: Mapping[str, Any] | None = None,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
     """Train `model` on `store`'s train split, validating on its valid split; write the artefacts into `out`.
 
@@ -105,6 +109,8 @@ def fit(
         callbacks: listeners (`longrec.train.callbacks`), besides the progress display and `train.loggers`.
         on_step: called with the global step after every optimizer step (tests use it to simulate a crash).
         report: JSON-ready fields put first in the result and metrics.json (e.g. the model's name).
+        ranks: this process's rank in a data-parallel run (default: one rank); every rank calls `fit`, only rank 0
+            writes into `out` and reports to `callbacks`.
 
     Returns:
         The final metrics (what metrics.json holds): {"valid": {...}, "test": {...}, "best_step", "steps",
@@ -116,12 +122,14 @@ def fit(
     """
     out = Path(out)
     tc, dc = train, data
+    ranks = ranks or Ranks()
+    check_options(ranks, tc.compile)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     if fast_paths():
         reuse_freed_memory()
     _check_validation_labels(store, tc.metric)
-    device = resolve_device(tc.device)
+    device = setup(ranks, resolve_device(tc.device))
     model = model.to(device)
     optimizer = make_optimizer(model, tc.lr)
     goal_names = [str(g) for g in store.vocab("goal").to_list()] if store.sizes.get("num_goals", 1) > 1 else []
@@ -150,7 +158,9 @@ def fit(
         for group in optimizer.param_groups:  # a changed train.lr applies from here on (longrec.run checked it)
             group["lr"] = tc.lr
         # metrics.jsonl holds exactly the saved validations: lines a killed run wrote after last.pt are redone
-        atomic_write_text(out / "metrics.jsonl", "".join(dumps_json(x, indent=None) + "\n" for x in state["history"]))
+        if ranks.main:
+            history = "".join(dumps_json(x, indent=None) + "\n" for x in state["history"])
+            atomic_write_text(out / "metrics.jsonl", history)
         logger.info(
             "resumed from %s at step %d (epoch %d, batch %d)",
             out / "last.pt",
@@ -160,8 +170,16 @@ def fit(
         )
     if tc.compile:
         compile_model(model)
-    shown = [c for c in (progress_callback(tc.progress),) if c is not None]
-    listeners: list[Callback] = [*shown, *make_loggers(tc.loggers, out, tc.log_every), *callbacks]
+    # Several ranks: DDP wraps the whole loss (the model's capability methods run inside its forward) and averages
+    # the gradients over the ranks in backward.
+    step_module = None
+    if ranks.world > 1:
+        loss_module = LossModule(model, search, tc.l2, goal_weight, tc.precision)
+        step_module = torch.nn.parallel.DistributedDataParallel(loss_module, find_unused_parameters=True)
+    listeners: list[Callback] = []
+    if ranks.main:
+        shown = [c for c in (progress_callback(tc.progress),) if c is not None]
+        listeners = [*shown, *make_loggers(tc.loggers, out, tc.log_every), *callbacks]
     eval_options: dict[str, Any] = {
         "batch_size": tc.eval_batch_size,
         "max_history": dc.max_history,
@@ -170,6 +188,7 @@ def fit(
         "device": device,
         "precision": tc.precision,
         "bucket_by_length": dc.bucket_by_length,
+        "ranks": (ranks.rank, ranks.world),
     }
     vocab_sha = store.manifest["vocab_sha"]
     segment = {"from_step": state["step"], "to_step": state["step"], "seconds": 0.0}
@@ -192,31 +211,27 @@ def fit(
         line = {"step": state["step"], "epoch": state["epoch"], **{k: v for k, v in metrics.items() if k != "per_goal"}}
         state["history"].append(line)
         state["validated_step"] = state["step"]
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(dumps_json(line, indent=None) + "\n")
+        if ranks.main:
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(dumps_json(line, indent=None) + "\n")
         best = _better(tc.metric, value, state["best"])
         if best:
             state["best"], state["best_step"], state["stale"] = value, state["step"], 0
-            save_checkpoint(
-                out / "checkpoint.pt",
-                {
-                    "model": model.state_dict(),
-                    "step": state["step"],
-                    "metric": {tc.metric: value},
-                    "vocab_sha": vocab_sha,
-                },
-            )
         else:
             state["stale"] += 1
-        save_checkpoint(
-            out / "last.pt",
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": torch.get_rng_state(),
-                "state": checkpoint_state(),
-            },
-        )
+        if ranks.main:  # every rank keeps the same state; rank 0 writes it
+            if best:
+                checkpoint = {"model": model.state_dict(), "step": state["step"], "metric": {tc.metric: value}}
+                save_checkpoint(out / "checkpoint.pt", {**checkpoint, "vocab_sha": vocab_sha})
+            save_checkpoint(
+                out / "last.pt",
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "state": checkpoint_state(),
+                },
+            )
         logger.info(
             "step %d valid %s=%.5f (best %.5f at step %d)",
             state["step"],
@@ -262,7 +277,14 @@ def fit(
             f"and train again with --force; {kept}."
         )
 
-    logger.info("training on %s: %d samples, %d steps/epoch", store.root, num_train, steps_per_epoch)
+    logger.info(
+        "training on %s: %d samples, %d steps/epoch%s",
+        store.root,
+        num_train,
+        steps_per_epoch,
+        f", {ranks.world} ranks" if ranks.world > 1 else "",
+    )
+    lengths = np.minimum(store.samples("train").end, dc.max_history) if dc.bucket_by_length else None  # [N]
     info = {"steps_total": steps_per_epoch * tc.epochs, "steps_done": state["step"], "epochs": tc.epochs}
     for listener in listeners:
         listener.on_train_start({**info, "samples_per_epoch": num_train, "out": str(out), "model": model})
@@ -270,29 +292,37 @@ def fit(
     result: dict[str, Any] = {}
     try:
         while not stop and state["epoch"] < tc.epochs:
+            # The epoch's global batches (a pure function of (seed, epoch)), and this rank's part of each.
+            plan = epoch_batches(
+                num_train, tc.batch_size, tc.shuffle, tc.seed, state["epoch"], lengths, dc.bucket_batches
+            )
+            parts = [shard(rows, ranks) for rows in plan[state["batch"] :]]
+            sizes = [len(rows) for rows in plan[state["batch"] :]]  # global batch sizes
             loader = make_loader(
                 store,
                 "train",
                 tc.batch_size,
                 dc.max_history,
-                shuffle=tc.shuffle,
-                seed=tc.seed,
-                epoch=state["epoch"],
-                start_batch=state["batch"],
+                batches=[rows for rows, _ in parts],
                 num_workers=dc.num_workers,
                 prefetch_factor=dc.prefetch_factor,
                 pin_memory=device.type == "cuda",
                 check=dc.check_batches,
-                bucket_by_length=dc.bucket_by_length,
-                bucket_batches=dc.bucket_batches,
             )
-            for batch in DevicePrefetcher(loader, device):
-                loss = train_step(model, batch, search, optimizer, tc.l2, goal_weight, tc.precision)
+            for i, batch in enumerate(DevicePrefetcher(loader, device)):
+                if step_module is None:
+                    loss = train_step(model, batch, search, optimizer, tc.l2, goal_weight, tc.precision)
+                else:
+                    loss = step_module(batch, parts[i][1])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()  # DDP averages the gradients over the ranks here
+                    optimizer.step()
+                    loss = all_mean(loss.detach(), ranks)  # the global batch's loss, the same on every rank
                 state["step"] += 1
                 state["batch"] += 1
                 check_divergence(loss)
                 for listener in listeners:
-                    listener.on_step(state["step"], state["epoch"], loss, len(batch))
+                    listener.on_step(state["step"], state["epoch"], loss, sizes[i])
                 if on_step is not None:
                     on_step(state["step"])
                 at_limit = bool(tc.max_steps and state["step"] >= tc.max_steps)
@@ -310,6 +340,7 @@ def fit(
         if state["validated_step"] != state["step"]:  # the steps after the last multiple of eval_every
             validate()
         # Score the best model on valid and test, every sample.
+        barrier(ranks)  # rank 0 has written checkpoint.pt
         best = load_checkpoint(out / "checkpoint.pt")
         model.load_state_dict(best["model"])
         checkpoint_state()
@@ -324,7 +355,8 @@ def fit(
         }
         for split in ("valid", "test"):
             result[split] = evaluate(model, store, split, **eval_options)
-        write_json(out / "metrics.json", result)
+        if ranks.main:
+            write_json(out / "metrics.json", result)
         for line in metrics_lines({"valid": result["valid"], "test": result["test"]}):
             logger.info(line)
     finally:

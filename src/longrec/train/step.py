@@ -39,6 +39,7 @@ __all__ = [
     "l2_penalty",
     "make_optimizer",
     "reuse_freed_memory",
+    "step_loss",
     "train_step",
 ]
 
@@ -153,9 +154,41 @@ def train_step(
             losses are computed on fp32 logits, the backward and the update in fp32.
 
     Returns:
-        The loss, detached: the (goal-weighted) BCE averaged over the batch, plus the auxiliary BCE, the model's
-        extra loss (`forward_with_extra_loss`) and the L2 term; or, for a model whose `loss(batch)` returns a
-        tensor, that loss plus the L2 term.
+        The loss of `step_loss`, detached.
+    """
+    loss = step_loss(model, batch, search, l2, goal_weight, precision)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def step_loss(
+    model: torch.nn.Module,
+    batch: Batch,
+    search: SearchConfig,
+    l2: float = 0.0,
+    goal_weight: torch.Tensor | None = None,
+    precision: str = "fp32",
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """The training loss of `batch` (search, forward, BCE + the auxiliary BCE + the extra loss + L2), not yet
+    backpropagated; `train_step` and the data-parallel step (`longrec.train.distributed.LossModule`) share it.
+
+    Args:
+        model: the model (set to train mode here).
+        batch: a collated batch with labels.
+        search: the search stage's config.
+        l2: weight of `l2_penalty` (0 = off).
+        goal_weight: [T] BCE weight per goal id (`goal_loss_weights`), or None.
+        precision: "fp32" or "bf16" (as in `train_step`).
+        scale: multiplies the data terms (every term but L2): a rank holding n of a global batch's N samples over
+            W ranks uses n * W / N, so that the ranks' averaged gradients are those of the global batch's mean loss.
+
+    Returns:
+        A scalar: scale times the (goal-weighted) BCE averaged over the batch, plus the auxiliary BCE and the model's
+        extra loss (`forward_with_extra_loss`); or, for a model whose `loss(batch)` returns a tensor, scale times that
+        loss; plus the L2 term.
     """
     model.train()
     assert batch.label is not None  # collate always sets labels
@@ -165,12 +198,8 @@ def train_step(
     with autocast(precision, device):
         own_loss = model.loss(search_stage(batch, model, search)) if isinstance(model, OwnLoss) else None
     if own_loss is not None:
-        own_loss = own_loss.float()
-        loss = own_loss + l2 * l2_penalty(model) if l2 else own_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+        own_loss = own_loss.float() * scale if scale != 1.0 else own_loss.float()
+        return own_loss + l2 * l2_penalty(model) if l2 else own_loss
     # Fast path: a model that can serve search, the main head and the aux head from one lookup does (TWIN, DARE).
     with autocast(precision, device):
         both = model.forward_with_aux(batch, search) if isinstance(model, AuxiliaryHead) and fast_paths() else None
@@ -197,9 +226,8 @@ def train_step(
         loss = loss + extra_loss
     if aux_logits is not None:
         loss = loss + F.binary_cross_entropy_with_logits(aux_logits, batch.label, weight=weight)
+    if scale != 1.0:
+        loss = loss * scale
     if l2:
         loss = loss + l2 * l2_penalty(model)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
+    return loss
