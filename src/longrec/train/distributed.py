@@ -135,6 +135,8 @@ def process_group(ranks: Ranks, device: torch.device) -> Iterator[torch.device]:
     joined = ranks.world > 1 and not dist.is_initialized()
     try:
         yield setup(ranks, device)
+        if joined:
+            dist.barrier()  # no rank leaves while another still exchanges its last results with it
     finally:
         if joined and dist.is_initialized():
             dist.destroy_process_group()
