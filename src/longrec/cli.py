@@ -36,7 +36,10 @@ EXAMPLES = {
       --source tests/ingest/fixtures/unify/content.csv:csv:content:video \\
       --taxonomy-map tests/ingest/fixtures/unify/taxonomy_map.csv --out data/unified
   longrec prepare data/synth-raw --format synthetic --taxonomy-map data/synth-raw/taxonomy_map.csv --out data/synth
-  longrec prepare --sources tests/ingest/fixtures/unify/taobao_scenes.toml --out data/taobao-scenes""",
+  longrec prepare --sources tests/ingest/fixtures/unify/taobao_scenes.toml --out data/taobao-scenes
+  # the next day's store, continuing day 1's ids (new ids appended), train = day 2, valid = day 3:
+  longrec prepare day3.csv --format csv --vocab-from data/day1 \
+      --set 'split_times=[1700092800, 1700179200, 1700265600]' --out data/day2""",
     "import-samples": """examples:
   longrec import-samples --train train.parquet --valid valid.parquet --test test.parquet --out data/interop
   longrec train configs/din_synthetic.toml --out runs/din-interop --set data.path=data/interop
@@ -143,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--taxonomy-map", default=None, metavar="FILE", help="CSV/Parquet: domain, source_category, cat_1..cat_M"
     )
     p.add_argument("--taxonomy-levels", type=int, default=None, metavar="M", help="unified depth (default: the map's)")
+    p.add_argument(
+        "--vocab-from",
+        default=None,
+        metavar="STORE_OR_RUN",
+        help="continue this store's (or run's store's) ids: old ids keep their numbers, new ones are appended "
+        "(day-by-day training; docs/incremental.md)",
+    )
     p.set_defaults(func=commands.prepare)
 
     p = add(

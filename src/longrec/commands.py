@@ -152,9 +152,26 @@ def prepare(args: argparse.Namespace) -> int:
         extra_fields=extra,
         extra_manifest=sections,
         force=args.force,
+        vocab_from=_store_of(args.vocab_from) if args.vocab_from is not None else None,
     )
     print("\n".join(result.lines() + (coverage.lines() if coverage is not None else [])))
     return 0
+
+
+def _store_of(path: str) -> Path:
+    """The store folder of `path`: a prepared store, or a run directory (the store it was trained on)."""
+    from longrec.run.directory import locate_store, read_run_config
+
+    folder = Path(path)
+    if (folder / "manifest.json").is_file():
+        return folder
+    if (folder / "config.json").is_file():
+        config, info = read_run_config(folder)
+        return locate_store(folder, config, info).root
+    raise FileNotFoundError(
+        f"--vocab-from {path}: expected a prepared store (with manifest.json) or a run directory (with config.json), "
+        "found neither."
+    )
 
 
 def import_samples(args: argparse.Namespace) -> int:

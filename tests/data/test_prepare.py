@@ -182,3 +182,96 @@ def test_splits_holding_both_classes_raise_no_warning(tmp_path: Path, caplog: py
     with caplog.at_level(logging.WARNING, logger="longrec"):
         prepare(make_log(num_users=5, events=10), tmp_path / "store", ProtocolConfig.for_protocol("T"))
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# ---------------------------------------------------------------------------------------------------- vocab_from
+def _next_day(log: pl.DataFrame, cat_1: int = 0) -> pl.DataFrame:
+    """The later half of `log` plus a new user's behaviours on two new items, a new leaf category among them."""
+    later = log.filter(pl.col("timestamp") > log["timestamp"].median())
+    t = int(log["timestamp"].max())
+    new = pl.DataFrame(
+        {
+            "user_id": [999, 999, 999],
+            "item_id": [9_001, 9_002, 9_001],
+            "timestamp": [t + 10, t + 20, t + 30],
+            "action": ["view", "view", "click"],
+            "cat_1": [cat_1] * 3,
+            "cat_2": [1_999, 1_000, 1_999],
+        }
+    ).cast(later.schema)  # type: ignore[arg-type]
+    return pl.concat([later, new])
+
+
+def test_vocab_from_keeps_every_old_id_and_appends_the_new_ones(tmp_path: Path) -> None:
+    log = make_log(num_users=8, events=30)
+    first = log.filter(pl.col("timestamp") <= log["timestamp"].median())
+    protocol = ProtocolConfig.for_protocol("T")
+    prepare(first, tmp_path / "day1", protocol)
+    day2 = _next_day(log)
+    prepare(day2, tmp_path / "day2", protocol, vocab_from=tmp_path / "day1")
+    old, new = TrajectoryStore.open(tmp_path / "day1"), TrajectoryStore.open(tmp_path / "day2")
+    added = new.manifest["vocab_growth"]["added"]
+    for name in ("user_id", "item_id", "action", "cat_1", "cat_2"):
+        before, after = old.vocab(name).to_list(), new.vocab(name).to_list()
+        assert after[: len(before)] == before, f"{name}: an old value changed its id"
+        appended = sorted(set(day2[name].to_list()) - set(before))
+        assert after[len(before) :] == appended, f"{name}: new values are appended, sorted"
+        assert added[name] == len(appended)
+    assert {9_001, 9_002} <= set(new.vocab("item_id").tail(added["item_id"]).to_list())
+    assert 999 in new.vocab("user_id").tail(added["user_id"]).to_list() and added["cat_2"] == 1
+    gone = set(first["item_id"].to_list()) - set(day2["item_id"].to_list())
+    assert gone, "the test needs an item of day 1 that day 2 does not hold"
+    assert new.sizes["num_items"] == old.sizes["num_items"] + added["item_id"]
+    assert new.sizes["num_categories"] == old.sizes["num_categories"] + 1
+    # the stored ids decode to the log's raw values (checked per user as multisets: ties may reorder)
+    items = new.vocab("item_id").to_numpy()
+    users = new.vocab("user_id").to_list()
+    for u, raw_user in enumerate(users, start=1):
+        stored = sorted(items[np.asarray(new.trajectory(u)["item"]) - 1].tolist())
+        assert stored == sorted(day2.filter(pl.col("user_id") == raw_user)["item_id"].to_list())
+    growth = new.manifest["vocab_growth"]
+    assert growth["from"]["vocab_sha"] == old.manifest["vocab_sha"]
+    assert growth["ancestors"][0]["lengths"]["item_id"] == old.sizes["num_items"] - 1
+
+
+def test_vocab_from_a_grown_store_lists_every_ancestor(tmp_path: Path) -> None:
+    log = make_log(num_users=8, events=30)
+    protocol = ProtocolConfig.for_protocol("T")
+    prepare(log.filter(pl.col("timestamp") <= log["timestamp"].median()), tmp_path / "day1", protocol)
+    prepare(_next_day(log), tmp_path / "day2", protocol, vocab_from=tmp_path / "day1")
+    prepare(_next_day(log), tmp_path / "day3", protocol, vocab_from=tmp_path / "day2")
+    shas = [TrajectoryStore.open(tmp_path / d).manifest["vocab_sha"] for d in ("day1", "day2", "day3")]
+    growth = TrajectoryStore.open(tmp_path / "day3").manifest["vocab_growth"]
+    assert [a["vocab_sha"] for a in growth["ancestors"]] == [shas[1], shas[0]]
+    assert shas[2] == shas[1] and set(growth["added"].values()) == {0}, "nothing new: the same vocabulary"
+
+
+def test_vocab_from_refuses_new_values_in_a_taxonomy_level_before_the_last(tmp_path: Path) -> None:
+    log = make_log(num_users=8, events=30)
+    protocol = ProtocolConfig.for_protocol("T")
+    prepare(log.filter(pl.col("timestamp") <= log["timestamp"].median()), tmp_path / "day1", protocol)
+    with pytest.raises(DataError, match=r"taxonomy level cat_1 gains 1 value\(s\).*\(e\.g\. 77\).*re-number"):
+        prepare(_next_day(log, cat_1=77), tmp_path / "day2", protocol, vocab_from=tmp_path / "day1")
+    assert not (tmp_path / "day2").exists()
+
+
+def test_vocab_from_refuses_a_store_with_other_vocabularies(tmp_path: Path) -> None:
+    log = make_log(num_users=8, events=30)
+    protocol = ProtocolConfig.for_protocol("T")
+    prepare(log.drop("action"), tmp_path / "day1", protocol)
+    with pytest.raises(DataError, match=r"has vocabularies \['cat_1', 'cat_2', 'item_id', 'user_id'\], but this log"):
+        prepare(_next_day(log), tmp_path / "day2", protocol, vocab_from=tmp_path / "day1")
+
+
+def test_split_times_cut_one_day_for_training_and_the_next_for_validation(tmp_path: Path) -> None:
+    log = make_log(num_users=8, events=30)
+    t = np.quantile(log["timestamp"].to_numpy(), [0.3, 0.6]).astype(int).tolist()
+    end = int(log["timestamp"].max()) + 1
+    protocol = ProtocolConfig.for_protocol("T", split_times=(t[0], t[1], end))
+    prepare(log, tmp_path / "store", protocol)
+    store = TrajectoryStore.open(tmp_path / "store")
+    train, valid = np.asarray(store.samples("train").target_time), np.asarray(store.samples("valid").target_time)
+    assert len(train) and len(valid) and len(store.samples("test")) == 0, "the test window starts after the log"
+    assert train.min() >= t[0] and train.max() < t[1] <= valid.min() and valid.max() < end
+    with pytest.raises(ValueError, match=r"split_times must be empty or 3 non-decreasing"):
+        ProtocolConfig.for_protocol("T", split_times=(t[1], t[0], end))

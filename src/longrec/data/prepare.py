@@ -26,8 +26,10 @@ from longrec.data.store import (
     SAFE_NAME_RULE,
     SPLITS,
     SampleSet,
+    TrajectoryStore,
     id_dtype,
     is_safe_name,
+    read_vocab,
     split_counts,
     vocab_sha,
     write_manifest,
@@ -82,6 +84,9 @@ def _check_splits(samples: dict[str, SampleSet], protocol: ProtocolConfig, traj:
     A split that Protocol T gives no share (`split_fractions` 0) is empty on purpose and allowed.
     """
     on_purpose = {s for s, f in zip(SPLITS, protocol.split_fractions, strict=True) if protocol.name == "T" and f == 0}
+    if protocol.split_times:  # by times: a split whose window starts after the log's last behaviour holds nothing
+        last = int(traj.timestamp.max(initial=0))
+        on_purpose = {s for s, start in zip(SPLITS, protocol.split_times, strict=True) if start > last}
     empty = [s for s in SPLITS if len(samples[s]) == 0 and s not in on_purpose]
     if not empty:
         return
@@ -119,16 +124,63 @@ def _check_splits(samples: dict[str, SampleSet], protocol: ProtocolConfig, traj:
     )
 
 
-def _dense(frame: pl.DataFrame, column: str, offset: int = 0) -> tuple[pl.Series, pl.Series]:
+def _dense(
+    frame: pl.DataFrame, column: str, offset: int = 0, known: pl.Series | None = None
+) -> tuple[pl.Series, pl.Series]:
     """Dense ids (offset + 1..n in sorted order of raw values, 0 for null), Int32 or Int64 if the ids need it, + the
-    vocabulary (raw values in id order)."""
+    vocabulary (raw values in id order).
+
+    With `known` (a previous store's vocabulary of this column, `prepare(vocab_from=...)`), the vocabulary starts with
+    `known` in its order, so every known value keeps its id (present in this log or not), and the values `known`
+    lacks follow it, sorted: a vocabulary grows by appending, never by re-numbering."""
     col = frame[column]
+    if known is not None and known.dtype != col.dtype:
+        col = col.cast(known.dtype, strict=False)  # Int32 vs Int64 ids; values that do not cast are checked below
+        if col.null_count() > frame[column].null_count():
+            raise DataError(
+                f"column {column!r} holds {frame[column].dtype} values that the previous vocabulary ({known.dtype}) "
+                f"cannot hold (e.g. {frame[column].filter(col.is_null() & frame[column].is_not_null())[0]!r}): the "
+                "log does not continue that store's ids. Prepare without --vocab-from."
+            )
     vocab = col.drop_nulls().unique().sort()
+    if known is not None:
+        vocab = pl.concat([known, vocab.filter(~vocab.is_in(known.implode()))])
     if vocab.len() == 0:
         return pl.Series(column, np.zeros(len(col), dtype=np.int32)), vocab.rename("raw")
     dtype = pl.Int32 if id_dtype(offset + vocab.len(), np.int32) == np.int32 else pl.Int64
-    ids = (col.rank("dense").cast(dtype) + offset).fill_null(0).cast(dtype)
+    if known is None:
+        ids = (col.rank("dense").cast(dtype) + offset).fill_null(0).cast(dtype)
+    else:
+        table = pl.DataFrame({"raw": vocab, "id": np.arange(offset + 1, offset + 1 + vocab.len())})
+        joined = pl.DataFrame({"raw": col}).join(table, on="raw", how="left", maintain_order="left")
+        ids = joined["id"].fill_null(0).cast(dtype)
     return ids.rename(column), vocab.rename("raw")
+
+
+def _known_vocabularies(root: Path, names: list[str], source: str) -> dict[str, pl.Series]:
+    """The vocabularies of the store at `root` for `names`, checked to be the same set of columns."""
+    have = sorted(p.stem for p in (root / "vocab").glob("*.parquet"))
+    if sorted(names) != have:
+        raise DataError(
+            f"{source}: --vocab-from {root} has vocabularies {have}, but this log gives {sorted(names)}: a store "
+            "continues another's ids only for the same columns. Load the log with the same options (extra fields, "
+            "taxonomy) or prepare without --vocab-from."
+        )
+    return {name: read_vocab(root, name) for name in names}
+
+
+def _check_taxonomy_growth(vocabs: dict[str, pl.Series], known: dict[str, pl.Series], taxonomy: tuple[str, ...]) -> None:
+    """Taxonomy levels share one id space, level m's block after levels 1 .. m-1: only the last level may grow
+    without moving the ids of the levels after it."""
+    for name in taxonomy[:-1]:
+        added = vocabs[name].len() - known[name].len()
+        if added:
+            shown = ", ".join(repr(v) for v in vocabs[name].tail(added).head(3).to_list())
+            raise DataError(
+                f"taxonomy level {name} gains {added:,} value(s) over the previous vocabulary (e.g. {shown}); its ids "
+                f"are followed by the blocks of {', '.join(taxonomy[taxonomy.index(name) + 1 :])}, so growing it "
+                "would re-number them. Only the last taxonomy level can grow; prepare without --vocab-from."
+            )
 
 
 def _mode_table(keys: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
@@ -159,6 +211,7 @@ def prepare(
     extra_manifest: dict[str, Any] | None = None,
     force: bool = False,
     allow_empty_splits: bool = False,
+    vocab_from: str | Path | None = None,
 ) -> PrepareResult:
     """Prepare a canonical behaviour log into a trajectory store with samples.
 
@@ -175,14 +228,21 @@ def prepare(
         allow_empty_splits: write the store even when the protocol cut no samples for a split (property tests on
             tiny random logs); such a store cannot train or evaluate on that split. A Protocol T split whose
             `split_fractions` share is 0 is empty on purpose and always allowed.
+        vocab_from: a previous store whose ids this one continues (day-by-day training, docs/incremental.md): every
+            vocabulary starts with that store's, in its order, and the values it lacks are appended (sorted), so old
+            ids keep their numbers and a model trained on it can grow its tables (`longrec train --continue-from`).
+            The manifest records the growth (`vocab_growth`: the parent's sha, the values added per vocabulary, and
+            every ancestor's sha and vocabulary lengths).
 
     Returns:
         The written manifest, with counts and every filter.
 
     Raises:
-        DataError: the log fails `check_log`; an extra column's name is not a safe file name; or (unless
+        DataError: the log fails `check_log`; an extra column's name is not a safe file name; (unless
             `allow_empty_splits`) the protocol cut no samples for a split: the message names the split, the filters
-            that skipped data and what to change. Nothing is written then.
+            that skipped data and what to change; or, with `vocab_from`, the log has other vocabularies than that
+            store, ids of another type, or new values in a taxonomy level other than the last (which would re-number
+            the levels after it). Nothing is written then.
 
     Example:
         >>> from longrec.ingest import load_log  # doctest: +SKIP
@@ -222,14 +282,30 @@ def prepare(
     vocabs: dict[str, pl.Series] = {}
     encoded: dict[str, pl.Series] = {}
     max_id: dict[str, int] = {}  # largest dense id of each column: its stored dtype must hold it
-    for name in ("user_id", "item_id", *schema.categorical, *schema.extra, *(("goal",) if schema.has_goal else ())):
-        encoded[name], vocabs[name] = _dense(log, name)
+    flat = ("user_id", "item_id", *schema.categorical, *schema.extra, *(("goal",) if schema.has_goal else ()))
+    parent = TrajectoryStore.open(vocab_from) if vocab_from is not None else None
+    known = _known_vocabularies(parent.root, [*flat, *schema.taxonomy], source) if parent is not None else {}
+    for name in flat:
+        encoded[name], vocabs[name] = _dense(log, name, known=known.get(name))
         max_id[name] = vocabs[name].len()
     cat_offset = 0
     for name in schema.taxonomy:
-        encoded[name], vocabs[name] = _dense(log, name, offset=cat_offset)
+        encoded[name], vocabs[name] = _dense(log, name, offset=cat_offset, known=known.get(name))
         cat_offset += vocabs[name].len()
         max_id[name] = cat_offset
+    growth: dict[str, Any] = {}
+    if parent is not None:
+        _check_taxonomy_growth(vocabs, known, schema.taxonomy)
+        lengths = {name: known[name].len() for name in sorted(known)}
+        growth = {
+            "from": {"source": str(parent.manifest.get("source", "")), "vocab_sha": parent.manifest["vocab_sha"]},
+            "added": {name: vocabs[name].len() - lengths[name] for name in sorted(known)},
+            # parent first: a run trained on any of these stores can continue on this one
+            "ancestors": [
+                {"vocab_sha": parent.manifest["vocab_sha"], "lengths": lengths},
+                *parent.manifest.get("vocab_growth", {}).get("ancestors", []),
+            ],
+        }
     M, E = schema.taxonomy_levels, len(extras)
     N_all = log.height
 
@@ -341,6 +417,7 @@ def prepare(
             "load_report": report.to_dict(),
             "protocol_report": dict(traj.report),
             "seconds": round(time.perf_counter() - started, 2),
+            **({"vocab_growth": growth} if growth else {}),
         }
         clash = sorted(set(extra_manifest or {}) & set(manifest))
         if clash:

@@ -47,6 +47,10 @@ class ProtocolConfig:
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # T: train/valid/test by time quantile
     max_targets_per_user: int = 0  # T without labels: most recent N behaviours per user become targets; 0 = all
     min_history: int = 1  # B/T: a target needs at least this many earlier behaviours
+    # T: (train_from, valid_from, test_from) epoch seconds instead of split_fractions: a target at time t is train for
+    # train_from <= t < valid_from, valid for valid_from <= t < test_from, test from test_from on; earlier targets give
+    # no samples (their behaviours still form histories). One day's store: (day d, day d + 1, day d + 2).
+    split_times: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
@@ -62,6 +66,14 @@ class ProtocolConfig:
                 problems.append(f"protocol.{name} must be a positive int. Got {value} instead.")
         if len(self.split_fractions) != 3 or any(f < 0 for f in self.split_fractions) or sum(self.split_fractions) <= 0:
             problems.append(f"protocol.split_fractions must be 3 non-negative numbers. Got {self.split_fractions}.")
+        times = self.split_times
+        if times and (len(times) != 3 or any(not isinstance(t, int) for t in times) or list(times) != sorted(times)):
+            problems.append(
+                "protocol.split_times must be empty or 3 non-decreasing epoch seconds (train_from, valid_from, "
+                f"test_from). Got {times} instead."
+            )
+        if times and self.name != "T":
+            problems.append(f"protocol.split_times applies to protocol T only. Got protocol {self.name!r}.")
         if problems:
             raise ConfigError(problems, "ProtocolConfig")
 
@@ -217,6 +229,15 @@ def _split_by_time(times: np.ndarray, fractions: tuple[float, float, float]) -> 
     return np.where(times <= q1, 0, np.where(times <= q2, 1, 2)).astype(np.int8) if f[0] < 1 else np.zeros_like(times)
 
 
+def _split(times: np.ndarray, cfg: ProtocolConfig) -> np.ndarray:
+    """0/1/2 = train/valid/test, -1 = no sample: by `cfg.split_times` when given, else by time quantiles."""
+    if not cfg.split_times:
+        return _split_by_time(times, cfg.split_fractions)
+    train_from, valid_from, test_from = cfg.split_times
+    which = np.where(times < valid_from, 0, np.where(times < test_from, 1, 2)).astype(np.int8)
+    return np.where(times < train_from, -1, which).astype(np.int8)
+
+
 def build_samples(traj: Trajectories, cfg: ProtocolConfig) -> dict[str, SampleSet]:
     """Cut train/valid/test samples from `traj` under protocol `cfg.name` (see the module docstring)."""
     rng = np.random.default_rng(cfg.seed)
@@ -242,7 +263,7 @@ def build_samples(traj: Trajectories, cfg: ProtocolConfig) -> dict[str, SampleSe
     short = end < cfg.min_history
     traj.report["targets with fewer than min_history earlier behaviours"] = int(short.sum())
     rows, end = rows[~short], end[~short]
-    which = _split_by_time(traj.timestamp[rows], cfg.split_fractions)
+    which = _split(traj.timestamp[rows], cfg)
     return {
         name: _with_negatives(traj, rows[which == s], cfg, rng, end[which == s])
         for s, name in enumerate(("train", "valid", "test"))
@@ -271,5 +292,5 @@ def _impression_samples(traj: Trajectories, cfg: ProtocolConfig) -> dict[str, Sa
         scene=imp["scene"][keep].astype(np.int64),
         event_id=imp["event_id"][keep].astype(np.int64),
     )
-    split = _split_by_time(samples.target_time, cfg.split_fractions)
+    split = _split(samples.target_time, cfg)
     return {name: samples.take(np.flatnonzero(split == s)) for s, name in enumerate(("train", "valid", "test"))}
