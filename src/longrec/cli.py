@@ -50,7 +50,9 @@ EXAMPLES = {
   longrec train configs/din_synthetic.toml --out runs/din --resume      # continue a killed run
   longrec train configs/din_synthetic.toml --out runs/din-ddp --nproc 2  # 2 data-parallel ranks (torchrun)
   torchrun --nproc-per-node 2 -m longrec.train configs/din_synthetic.toml --out runs/din-ddp   # the same
-  # train.batch_size is the global batch: each of N ranks trains on 1/N of it; --resume may change N""",
+  # train.batch_size is the global batch: each of N ranks trains on 1/N of it; --resume may change N
+  # day by day: day 2's store continues day 1's ids (prepare --vocab-from), the run continues day 1's run
+  longrec train configs/din_synthetic.toml --out runs/day2 --continue-from runs/day1 --set data.path=data/day2""",
     "eval": """examples:
   longrec eval runs/din --split test
   longrec eval runs/din --split valid --data data/synth""",
@@ -183,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the run in OUT from its last.pt (config changes are checked)"
     )
     p.add_argument("--force", action="store_true", help="replace a previous run in OUT")
+    p.add_argument(
+        "--continue-from",
+        default=None,
+        metavar="RUN",
+        help="start from RUN's last weights and Adam state (day-by-day training): data.path must be RUN's store or "
+        "one prepared with --vocab-from it (tables grow by the new ids); scores the new train split first "
+        "(progressive validation); docs/incremental.md",
+    )
     p.add_argument(
         "--nproc",
         type=int,

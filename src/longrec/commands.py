@@ -56,6 +56,16 @@ def print_metrics_table(rows: list[tuple[str, dict[str, Any]]], title: str) -> N
     console().print(table)
 
 
+def print_before_training(result: dict[str, Any]) -> None:
+    """The progressive validation of a continued run: the incoming model on the new window, before training."""
+    before, start = result["before_training"], result["continued_from"]
+    grown = ", ".join(f"{name} +{b - a:,} rows" for name, (a, b) in start["grown"].items()) or "no table grew"
+    print(
+        f"continued from {start['path']} (step {start['step']}; {grown}); on the new {before['split']} split before "
+        f"training: AUC {before['auc']:.4f}, logloss {before['logloss']:.4f} ({before['count']:,} samples)"
+    )
+
+
 def config(args: argparse.Namespace) -> int:
     from longrec.config import load_config
 
@@ -198,13 +208,16 @@ def train(args: argparse.Namespace) -> int:
         # the same command, without --nproc, on N ranks: `torchrun ... -m longrec.train CONFIG --out OUT ...`
         again = [args.config, "--out", args.out, *[x for s in args.set for x in ("--set", s)]]
         flags = ("resume", "force", "debug", "quiet")
+        again += ["--continue-from", args.continue_from] if args.continue_from is not None else []
         return launch([*again, *[f"--{flag}" for flag in flags if getattr(args, flag)]], args.nproc)
     ranks = current_ranks()
     if ranks.world > 1 and not ranks.main:
         logging.getLogger("longrec").setLevel(logging.WARNING)  # rank 0 logs; the others only warn
         config = load_config(args.config, [*overrides, "train.progress=false"])
-    result = train(config, args.out, resume=args.resume, force=args.force)
+    result = train(config, args.out, resume=args.resume, force=args.force, continue_from=args.continue_from)
     if ranks.main:
+        if "before_training" in result:
+            print_before_training(result)
         print_metrics_table([(config.model.name, result)], f"{config.model.name}: best step {result['best_step']}")
         print(f"run directory: {args.out}")
     return 0

@@ -169,7 +169,9 @@ def _known_vocabularies(root: Path, names: list[str], source: str) -> dict[str, 
     return {name: read_vocab(root, name) for name in names}
 
 
-def _check_taxonomy_growth(vocabs: dict[str, pl.Series], known: dict[str, pl.Series], taxonomy: tuple[str, ...]) -> None:
+def _check_taxonomy_growth(
+    vocabs: dict[str, pl.Series], known: dict[str, pl.Series], taxonomy: tuple[str, ...]
+) -> None:
     """Taxonomy levels share one id space, level m's block after levels 1 .. m-1: only the last level may grow
     without moving the ids of the levels after it."""
     for name in taxonomy[:-1]:

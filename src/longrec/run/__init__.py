@@ -41,6 +41,7 @@ from longrec.models import build_model_for_sizes
 from longrec.models.layers import collect_keys
 from longrec.run.directory import locate_store, read_run_config, resume_changes, run_config_dict
 from longrec.run.frames import frame_batches
+from longrec.run.incremental import Continuation, continuation
 from longrec.train.callbacks import Callback
 from longrec.train.checkpoint import load_checkpoint
 from longrec.train.distributed import Ranks, broadcast, check_options, current_ranks, process_group
@@ -58,6 +59,7 @@ def train(
     force: bool = False,
     callbacks: Sequence[Callback] = (),
     on_step: Callable[[int], None] | None = None,
+    continue_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train `config` into the run directory `out`; return the final metrics (what `out/metrics.json` holds).
 
@@ -69,6 +71,11 @@ def train(
         force: replace a previous run in `out`.
         callbacks: listeners of the training loop (`longrec.train.callbacks.Callback`).
         on_step: called with the global step after every optimizer step (tests simulate a crash with it).
+        continue_from: a previous run to start from (day-by-day training, `longrec.run.incremental`): its last
+            weights and Adam state, grown onto the store's vocabulary (which must be the run's or grown from it with
+            `prepare --vocab-from`); the model is scored on the train split before its first step (progressive
+            validation, "before_training" in the result). `out` is a new run; with `resume`, a killed continued run
+            goes on from its own last.pt (or starts the continuation again when it wrote none).
 
     Under torchrun (RANK, WORLD_SIZE in the environment; `longrec train --nproc N`) every rank calls `train`: the
     ranks join a process group over loopback, rank 0 checks, locks and writes `out` and tells the others whether
@@ -87,12 +94,13 @@ def train(
     check_options(ranks, config.train.compile)
     with process_group(ranks, resolve_device(config.train.device)), contextlib.ExitStack() as stack:
         store = TrajectoryStore.open(config.data.path)
+        continuing = resume and (out / "config.json").is_file()
+        start = _start(out, config, store, continuing, continue_from)
         if not ranks.main:
             refused, continuing = broadcast(None, ranks)  # rank 0's verdict on the run folder
             if refused is not None:
                 raise ValueError(f"rank 0 did not start the run: {refused}")
-            return _fit(config, store, out, continuing, ranks, [], on_step, {})
-        continuing = resume and (out / "config.json").is_file()
+            return _fit(config, store, out, continuing, ranks, [], on_step, {}, start)
         try:
             applied = _check_run_folder(out, config, store, continuing, force)
             out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +110,7 @@ def train(
                 for entry in out.iterdir():  # only a previous run's files are here (checked above)
                     if entry.name != "run.lock":
                         _remove(entry)
-            write_json(out / "config.json", run_config_dict(config, store, out))
+            write_json(out / "config.json", run_config_dict(config, store, out, start.record if start else None))
         except BaseException as err:
             broadcast((str(err) or type(err).__name__, False), ranks)  # the other ranks stop too
             raise
@@ -113,8 +121,13 @@ def train(
                 logger.info("--resume: %s", line)
             if ranks.world > 1:
                 logger.info("data-parallel: %d ranks, global batch %d", ranks.world, config.train.batch_size)
-            report = {"model": config.model.name, **({"resume_changes": applied} if applied else {})}
-            return _fit(config, store, out, continuing, ranks, callbacks, on_step, report)
+            report: dict[str, Any] = {"model": config.model.name, **({"resume_changes": applied} if applied else {})}
+            if start is not None:
+                report["continued_from"] = start.record
+                grown = ", ".join(f"{n} {a:,} -> {b:,} rows" for n, (a, b) in start.record["grown"].items())
+                logger.info("continuing %s from step %d; grown: %s", start.record["path"], start.record["step"],
+                            grown or "nothing")  # fmt: skip
+            return _fit(config, store, out, continuing, ranks, callbacks, on_step, report, start)
         finally:
             _stop_logging(handler, level)
 
@@ -128,10 +141,13 @@ def _fit(
     callbacks: Sequence[Callback],
     on_step: Callable[[int], None] | None,
     report: dict[str, Any],
+    start: Continuation | None = None,
 ) -> dict[str, Any]:
-    """Build the model (seeded: the same on every rank) and train it."""
+    """Build the model (seeded: the same on every rank), or take a continued run's start, and train it."""
     torch.manual_seed(config.train.seed)
     model = build_model_for_sizes(config.model.name, config.model.params, store.sizes)
+    if start is not None and start.model is not None:
+        model.load_state_dict(start.model)
     with collect_keys(config.train.key_collection):
         return fit(
             model,
@@ -145,7 +161,35 @@ def _fit(
             on_step=on_step,
             report=report,
             ranks=ranks,
+            optimizer_state=start.optimizer if start is not None else None,
+            evaluate_first="train" if start is not None else None,
         )
+
+
+def _start(
+    out: Path, config: Config, store: TrajectoryStore, continuing: bool, continue_from: str | Path | None
+) -> Continuation | None:
+    """A continued run's start (None for a fresh run): from `continue_from`, or on --resume from the run's recorded
+    one (still needed when the killed run wrote no last.pt, and recorded again in its config.json either way)."""
+    if continuing:
+        _, info = read_run_config(out)
+        recorded = info.get("continued_from")
+        if recorded is None and continue_from is None:
+            return None
+        if recorded is not None and continue_from is not None:
+            given = Path(continue_from).resolve()
+            if given != Path(recorded["path"]):
+                raise ValueError(
+                    f"--continue-from {continue_from} differs from the run {out} continued ({recorded['path']}); "
+                    "--resume goes on from where it started. Continue into a new --out instead."
+                )
+        if recorded is not None and (out / "last.pt").is_file():
+            return Continuation(None, None, recorded)  # fit resumes from the run's own last.pt
+        if recorded is not None and continue_from is None:
+            continue_from = recorded["path"]
+            if not Path(continue_from).is_dir():
+                continue_from = out / recorded["path_from_run"]
+    return continuation(continue_from, config, store, out) if continue_from is not None else None
 
 
 def _check_run_folder(out: Path, config: Config, store: TrajectoryStore, continuing: bool, force: bool) -> list[str]:

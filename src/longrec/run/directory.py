@@ -35,13 +35,16 @@ from longrec.data.store import TrajectoryStore
 from longrec.settings import ConfigError, resume_rule
 from longrec.version import __version__
 
-__all__ = ["RUN_FORMAT", "locate_store", "read_run_config", "resume_changes", "run_config_dict"]
+__all__ = ["RUN_FORMAT", "locate_store", "model_changes", "read_run_config", "resume_changes", "run_config_dict"]
 
 RUN_FORMAT = 1
 
 
-def run_config_dict(config: Config, store: TrajectoryStore, run: Path) -> dict[str, Any]:
-    """What `config.json` holds for `config` trained on `store` into `run` (data.path made absolute)."""
+def run_config_dict(
+    config: Config, store: TrajectoryStore, run: Path, continued_from: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What `config.json` holds for `config` trained on `store` into `run` (data.path made absolute), and, for a run
+    continued from another (`longrec train --continue-from`), where it started and how its tables grew."""
     root = Path(store.root).resolve()
     saved = config.to_dict()
     saved["data"]["path"] = str(root)
@@ -54,6 +57,7 @@ def run_config_dict(config: Config, store: TrajectoryStore, run: Path) -> dict[s
             "vocab_sha": store.manifest["vocab_sha"],
             "sizes": store.sizes,
         },
+        **({"continued_from": continued_from} if continued_from else {}),
     }
     return saved
 
@@ -129,6 +133,18 @@ def _fields(value: Any, prefix: str) -> list[tuple[str, Any, str]]:
     return out
 
 
+def model_changes(old: Config, new: Config) -> list[str]:
+    """Every model setting that differs between two configs, one line each: a checkpoint holds the old model."""
+    old_model = {"model.name": old.model.name, **{f"model.{k}": v for k, v in old.model.params.items()}}
+    new_model = {"model.name": new.model.name, **{f"model.{k}": v for k, v in new.model.params.items()}}
+    return [
+        f"{key} was {old_model.get(key, '(default)')!r}, now {new_model.get(key, '(default)')!r}: the checkpoint "
+        "holds the old model"
+        for key in sorted(old_model.keys() | new_model.keys())
+        if old_model.get(key) != new_model.get(key)
+    ]
+
+
 def resume_changes(old: Config, new: Config, same_store: bool) -> list[str]:
     """Check `new` against the config a run was trained with; return the applied changes, one line each.
 
@@ -141,15 +157,7 @@ def resume_changes(old: Config, new: Config, same_store: bool) -> list[str]:
     Raises:
         ConfigError: every change of a fixed field (model, data, search, batch size, seed, metric), at once.
     """
-    refused, applied = [], []
-    old_model = {"model.name": old.model.name, **{f"model.{k}": v for k, v in old.model.params.items()}}
-    new_model = {"model.name": new.model.name, **{f"model.{k}": v for k, v in new.model.params.items()}}
-    for key in sorted(old_model.keys() | new_model.keys()):
-        if old_model.get(key) != new_model.get(key):
-            refused.append(
-                f"{key} was {old_model.get(key, '(default)')!r}, now {new_model.get(key, '(default)')!r}: the "
-                "checkpoint holds the old model"
-            )
+    refused, applied = model_changes(old, new), []
     for section in ("data", "search", "train"):
         old_fields = _fields(getattr(old, section), f"{section}.")
         new_values = {name: value for name, value, _ in _fields(getattr(new, section), f"{section}.")}

@@ -94,6 +94,8 @@ def fit(
     on_step: Callable[[int], None] | None = None,
     report: Mapping[str, Any] | None = None,
     ranks: Ranks | None = None,
+    optimizer_state: Mapping[str, Any] | None = None,
+    evaluate_first: str | None = None,
 ) -> dict[str, Any]:
     """Train `model` on `store`'s train split, validating on its valid split; write the artefacts into `out`.
 
@@ -111,6 +113,10 @@ def fit(
         report: JSON-ready fields put first in the result and metrics.json (e.g. the model's name).
         ranks: this process's rank in a data-parallel run (default: one rank); every rank calls `fit`, only rank 0
             writes into `out` and reports to `callbacks`.
+        optimizer_state: Adam's state to start from (a continued run: `longrec.train.grow`); `train.lr` applies.
+        evaluate_first: a split to score the model on before its first step (progressive validation of a continued
+            run: the model trained through day d on day d + 1's train samples, before it trains on them); kept in
+            the result as "before_training".
 
     Returns:
         The final metrics (what metrics.json holds): {"valid": {...}, "test": {...}, "best_step", "steps",
@@ -132,6 +138,10 @@ def fit(
     device = setup(ranks, resolve_device(tc.device))
     model = model.to(device)
     optimizer = make_optimizer(model, tc.lr)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(dict(optimizer_state))
+        for group in optimizer.param_groups:
+            group["lr"] = tc.lr
     goal_names = [str(g) for g in store.vocab("goal").to_list()] if store.sizes.get("num_goals", 1) > 1 else []
     goal_weight = goal_loss_weights(tc.goal_weights, goal_names)  # [T] or None
     goal_weight = goal_weight.to(device) if goal_weight is not None else None
@@ -191,6 +201,10 @@ def fit(
         "ranks": (ranks.rank, ranks.world),
     }
     vocab_sha = store.manifest["vocab_sha"]
+    if evaluate_first is not None and "before_training" not in state:
+        state["before_training"] = {"split": evaluate_first, **evaluate(model, store, evaluate_first, **eval_options)}
+        for line in metrics_lines({f"{evaluate_first} before training": state["before_training"]}):
+            logger.info(line)
     segment = {"from_step": state["step"], "to_step": state["step"], "seconds": 0.0}
     state["segments"].append(segment)
     started = time.perf_counter()
@@ -352,9 +366,11 @@ def fit(
             "train_seconds": round(sum(s["seconds"] for s in state["segments"]), 2),
             "segments": state["segments"],
             "parameters": sum(p.numel() for p in model.parameters()),
+            **({"before_training": state["before_training"]} if "before_training" in state else {}),
         }
-        for split in ("valid", "test"):
-            result[split] = evaluate(model, store, split, **eval_options)
+        for split in ("valid", "test"):  # a split empty on purpose (a day's store has no test window) has no metrics
+            empty = {"auc": math.nan, "gauc": math.nan, "logloss": math.nan, "count": 0}
+            result[split] = evaluate(model, store, split, **eval_options) if len(store.samples(split)) else empty
         if ranks.main:
             write_json(out / "metrics.json", result)
         for line in metrics_lines({"valid": result["valid"], "test": result["test"]}):
