@@ -83,16 +83,20 @@ def day_store(stores: harness.Stores, log: pl.DataFrame, d: int, parent: harness
 
 def values(store: harness.Store, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     params, search = harness.PROTOCOL_A["DIN"]
-    return {f"model.{k}": v for k, v in params.items()} | {f"search.{k}": v for k, v in search.items()} | {
-        "data.path": str(store.path),
-        "data.max_history": args.max_history,
-        "train.batch_size": args.batch_size,
-        "train.lr": args.lr,
-        "train.epochs": args.epochs,
-        "train.seed": seed,
-        "train.threads": args.threads,
-        "train.progress": False,
-    }
+    return (
+        {f"model.{k}": v for k, v in params.items()}
+        | {f"search.{k}": v for k, v in search.items()}
+        | {
+            "data.path": str(store.path),
+            "data.max_history": args.max_history,
+            "train.batch_size": args.batch_size,
+            "train.lr": args.lr,
+            "train.epochs": args.epochs,
+            "train.seed": seed,
+            "train.threads": args.threads,
+            "train.progress": False,
+        }
+    )
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -130,8 +134,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     "scored_samples": store.info["counts"]["samples"]["valid"],
                     "new_items": store.info["added"].get("item_id", store.info["sizes"]["num_items"] - 1),
                     "item_rows": store.info["sizes"]["num_items"],
-                    "continued": {"auc": result["valid"]["auc"], "logloss": result["valid"]["logloss"],
-                                  "gauc": result["valid"]["gauc"], "seconds": result["train_seconds"]},  # fmt: skip
+                    "continued": {
+                        "auc": result["valid"]["auc"],
+                        "logloss": result["valid"]["logloss"],
+                        "gauc": result["valid"]["gauc"],
+                        "seconds": result["train_seconds"],
+                    },  # fmt: skip
                 }
                 if "before_training" in result:
                     rows[-1]["progressive_next"] = {

@@ -4,6 +4,7 @@ run's last weights and Adam state (tables grown), records the growth, and scores
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,30 @@ def test_a_store_not_grown_from_the_run_is_refused(days: dict[str, Path], tmp_pa
 def test_another_model_config_is_refused(days: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"model\.dim was 4, now 8"):
         train(_config(days["day2"], dim=8), tmp_path / "run", continue_from=days["run1"])
+
+
+def test_the_commands_continue_a_run_day_by_day(
+    days: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from longrec.cli import main
+
+    log = make_log(num_users=30, events=20, seed=9)
+    log.write_csv(tmp_path / "log.csv")
+    t = int(log["timestamp"].max()) + 1
+    # --vocab-from a run directory: its store's ids
+    argv = ["prepare", str(tmp_path / "log.csv"), "--format", "csv", "--vocab-from", str(days["run1"]),
+            "--set", f"split_times=[0, {t - 5000}, {t}]", "--out", str(tmp_path / "day2")]  # fmt: skip
+    assert main(argv) == 0
+    day1, day2 = TrajectoryStore.open(days["day1"]), TrajectoryStore.open(tmp_path / "day2")
+    assert day2.vocab("item_id").head(day1.sizes["num_items"] - 1).to_list() == day1.vocab("item_id").to_list()
+    config = tmp_path / "din.toml"
+    config.write_text(
+        'model = { name = "din", dim = 4, attention_hidden = [8], head_hidden = [8] }\n'
+        f'data = {{ path = "{tmp_path / "day2"}", max_history = 10 }}\n'
+        "train = { batch_size = 16, epochs = 1, lr = 0.01 }\n"
+    )
+    argv = ["train", str(config), "--out", str(tmp_path / "run2"), "--continue-from", str(days["run1"]), "--quiet"]
+    assert main(argv) == 0
+    assert re.search(r"continued from .*run1 \(step \d+; .*\); on the new train split before training: AUC 0\.\d{4}",
+                     capsys.readouterr().out)  # fmt: skip
+    assert main([*argv[:4], "--quiet"]) == 2, "the same folder again without --force or --resume is refused"
