@@ -139,7 +139,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         "logloss": result["valid"]["logloss"],
                         "gauc": result["valid"]["gauc"],
                         "seconds": result["train_seconds"],
-                    },  # fmt: skip
+                    },
                 }
                 if "before_training" in result:
                     rows[-1]["progressive_next"] = {
