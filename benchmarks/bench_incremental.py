@@ -22,7 +22,7 @@ their numbers, the new ones of the two added days are appended).
 DIN dim 16 (`harness.PROTOCOL_A`'s), batch `--batch-size`, Adam lr `--lr`, max_history `--max-history`, `--threads`
 torch threads, seeds `--seeds` (one chain and one set of scratch runs per seed).
 
-Run:       python benchmarks/bench_incremental.py --update-readme       (~10 min on 2 busy cores)
+Run:       python benchmarks/bench_incremental.py --update-readme       (23 min on 2 cores at load average 6-8)
 Re-render: python benchmarks/bench_incremental.py --from-json benchmarks/results/incremental.json --update-readme
 """
 
@@ -62,7 +62,9 @@ def date(t: int) -> str:
     return dt.datetime.fromtimestamp(t + 8 * 3600, dt.UTC).date().isoformat()
 
 
-def day_store(stores: harness.Stores, log: pl.DataFrame, d: int, parent: harness.Store | None, cumulative: bool):
+def day_store(
+    stores: harness.Stores, log: pl.DataFrame, d: int, parent: harness.Store | None, cumulative: bool
+) -> harness.Store:
     """The store of day d (1-based): the log up to the end of day d + 1; train = day d (days 1 .. d when
     `cumulative`), valid = day d + 1; ids continued from `parent` (the store of day d - 1)."""
     S = day_starts()
