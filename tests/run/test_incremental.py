@@ -120,3 +120,25 @@ def test_the_commands_continue_a_run_day_by_day(
     assert re.search(r"continued from .*run1 \(step \d+; .*\); on the new train split before training: AUC 0\.\d{4}",
                      capsys.readouterr().out)  # fmt: skip
     assert main([*argv[:4], "--quiet"]) == 2, "the same folder again without --force or --resume is refused"
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_killed_continued_run_resumes_to_the_same_weights(days: dict[str, Path], tmp_path: Path) -> None:
+    whole = train(_config(days["day2"]), tmp_path / "whole", continue_from=days["run1"])
+
+    def crash(step: int) -> None:
+        if step == 2:
+            raise Crash
+
+    with pytest.raises(Crash):  # killed before its first last.pt: the resume starts the continuation again
+        train(_config(days["day2"]), tmp_path / "killed", continue_from=days["run1"], on_step=crash)
+    assert not (tmp_path / "killed" / "last.pt").exists()
+    resumed = train(_config(days["day2"]), tmp_path / "killed", resume=True)
+    assert resumed["continued_from"] == whole["continued_from"]
+    assert resumed["valid"]["auc"] == pytest.approx(whole["valid"]["auc"], abs=1e-6)
+    assert resumed["before_training"]["auc"] == pytest.approx(whole["before_training"]["auc"], abs=1e-6)
+    with pytest.raises(ValueError, match=r"differs from the run .* continued"):
+        train(_config(days["day2"]), tmp_path / "killed", resume=True, continue_from=days["day1"])
