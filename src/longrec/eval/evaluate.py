@@ -20,7 +20,9 @@ from longrec.data.batch import Batch
 from longrec.data.dataset import make_loader
 from longrec.data.device import DevicePrefetcher, autocast
 from longrec.data.store import TrajectoryStore
+from longrec.data.summaries import SummaryStore
 from longrec.eval.metrics import compute_metrics
+from longrec.models.contract import logits_of
 from longrec.search import search_stage
 from longrec.search.config import SearchConfig
 
@@ -51,7 +53,7 @@ def predict(
     for batch in DevicePrefetcher(batches, device):
         with autocast(precision, device):
             searched = search_stage(batch, model, search) if search is not None else batch
-            logits = model(searched)  # [B]
+            logits = logits_of(model, searched)  # [B]; score_with_state on stored user states
         parts["logits"].append(logits.float().cpu().numpy())
         n = len(batch)
         parts["labels"].append(batch.label.cpu().numpy() if batch.label is not None else np.zeros(n, np.float32))
@@ -76,8 +78,12 @@ def evaluate(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     bucket_by_length: bool = False,
+    summaries: SummaryStore | None = None,
 ) -> dict[str, Any]:
     """Metrics of `model` on every sample of `split` (no dropped partial batch).
+
+    With `summaries` (stored per-sample user states) the model scores them with `score_with_state` and reads no
+    history (stage 2 of VISTA's training).
 
     `device` and `precision` as in `predict`; `bucket_by_length` batches samples of similar history length together
     (sorted over the whole split: less padding, same metrics up to float rounding).
@@ -97,6 +103,7 @@ def evaluate(
         pin_memory=pin,
         bucket_by_length=bucket_by_length,
         bucket_batches=0,
+        summaries=summaries,
     )
     total = -(-len(samples) // batch_size)
     out = predict(model, batches, search=search, progress=progress, total=total, device=device, precision=precision)

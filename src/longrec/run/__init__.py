@@ -33,12 +33,14 @@ from torch import nn
 from longrec.config import Config
 from longrec.data.batch import Batch
 from longrec.data.store import TrajectoryStore
+from longrec.data.summaries import SummaryStore
 from longrec.eval.evaluate import evaluate, predict
 from longrec.files import PLOTS, RUN, check_output, lock_directory, write_json
 from longrec.models import build_model_for_sizes
 from longrec.models.layers import collect_keys
 from longrec.run.directory import locate_store, read_run_config, resume_changes, run_config_dict
 from longrec.run.frames import frame_batches
+from longrec.run.summaries import start_from_summaries
 from longrec.train.callbacks import Callback
 from longrec.train.checkpoint import load_checkpoint
 from longrec.train.loop import fit
@@ -91,6 +93,9 @@ def train(
                 logger.info("--resume: %s", line)
             torch.manual_seed(config.train.seed)
             model = build_model_for_sizes(config.model.name, config.model.params, store.sizes)
+            if config.data.summaries:  # stage 2: the weights that computed the summaries, user side frozen
+                frozen = start_from_summaries(model, config, store)
+                logger.info("data.summaries: started from its weights; froze the user side: %s", ", ".join(frozen))
             with collect_keys(config.train.key_collection):
                 result = fit(
                     model,
@@ -193,6 +198,7 @@ class Run:
             self.config.data.max_history,
             progress=progress,
             search=self.config.search,
+            summaries=SummaryStore.open(self.config.data.summaries, self.store) if self.config.data.summaries else None,
         )
 
 

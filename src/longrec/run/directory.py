@@ -45,6 +45,8 @@ def run_config_dict(config: Config, store: TrajectoryStore, run: Path) -> dict[s
     root = Path(store.root).resolve()
     saved = config.to_dict()
     saved["data"]["path"] = str(root)
+    if saved["data"].get("summaries"):
+        saved["data"]["summaries"] = str(Path(saved["data"]["summaries"]).resolve())
     saved["run"] = {
         "format_version": RUN_FORMAT,
         "longrec_version": __version__,

@@ -36,6 +36,7 @@ from longrec.data.config import DataConfig
 from longrec.data.dataset import make_loader
 from longrec.data.device import DevicePrefetcher, resolve_device
 from longrec.data.store import TrajectoryStore
+from longrec.data.summaries import SummaryStore
 from longrec.eval.evaluate import evaluate, metrics_lines
 from longrec.files import atomic_write_text, dumps_json, write_json
 from longrec.models.layers import fast_paths
@@ -158,6 +159,7 @@ def fit(
             state["epoch"] + 1,
             state["batch"],
         )
+    summaries = SummaryStore.open(dc.summaries, store) if dc.summaries else None
     if tc.compile:
         compile_model(model)
     shown = [c for c in (progress_callback(tc.progress),) if c is not None]
@@ -170,6 +172,7 @@ def fit(
         "device": device,
         "precision": tc.precision,
         "bucket_by_length": dc.bucket_by_length,
+        "summaries": summaries,
     }
     vocab_sha = store.manifest["vocab_sha"]
     segment = {"from_step": state["step"], "to_step": state["step"], "seconds": 0.0}
@@ -285,6 +288,7 @@ def fit(
                 check=dc.check_batches,
                 bucket_by_length=dc.bucket_by_length,
                 bucket_batches=dc.bucket_batches,
+                summaries=summaries,
             )
             for batch in DevicePrefetcher(loader, device):
                 loss = train_step(model, batch, search, optimizer, tc.l2, goal_weight, tc.precision)
