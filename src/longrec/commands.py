@@ -211,7 +211,7 @@ def export(args: argparse.Namespace) -> int:
 
 
 def summarise(args: argparse.Namespace) -> int:
-    from longrec.run.summaries import summarise
+    from longrec.run import summarise
 
     meta = summarise(args.run, args.out, args.max_history, args.batch_size, args.dtype, args.force, args.data)
     counts = ", ".join(f"{split} {n:,}" for split, n in meta["splits"].items())

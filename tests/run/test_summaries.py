@@ -19,8 +19,8 @@ from longrec.data.store import SPLITS, TrajectoryStore
 from longrec.data.summaries import SummaryStore
 from longrec.eval.evaluate import evaluate, predict
 from longrec.models import build_model_for_sizes
-from longrec.run import load_run, train
-from longrec.run.summaries import compute_summaries, summarise
+from longrec.run import load_run, summarise, train
+from longrec.run.summaries import compute_summaries
 from longrec.train.step import make_optimizer, train_step
 from tests.conftest import make_log
 

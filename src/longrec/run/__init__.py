@@ -40,12 +40,12 @@ from longrec.models import build_model_for_sizes
 from longrec.models.layers import collect_keys
 from longrec.run.directory import locate_store, read_run_config, resume_changes, run_config_dict
 from longrec.run.frames import frame_batches
-from longrec.run.summaries import start_from_summaries
+from longrec.run.summaries import compute_summaries, start_from_summaries
 from longrec.train.callbacks import Callback
 from longrec.train.checkpoint import load_checkpoint
 from longrec.train.loop import fit
 
-__all__ = ["Run", "analyze_run", "load_run", "train"]
+__all__ = ["Run", "analyze_run", "load_run", "summarise", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -253,3 +253,38 @@ def analyze_run(
             history=run.path / "metrics.jsonl",
             meta={"run": str(run.path), "model": run.config.model.name},
         )
+
+
+def summarise(
+    run: str | Path,
+    out: str | Path,
+    max_history: int | None = None,
+    batch_size: int = 64,
+    dtype: str = "float16",
+    force: bool = False,
+    data: str | Path | None = None,
+) -> dict[str, Any]:
+    """Stage 1 -> store: the summaries of every sample of a run's store, by the run's best model.
+
+    Args:
+        run: a run directory of a `CachedUserState` model (`longrec train`).
+        out: the summary store to write.
+        max_history: the history window (default: the run's `data.max_history`).
+        batch_size, dtype, force: as `compute_summaries`.
+        data: a store to use instead of the run's (same vocabulary).
+    """
+    loaded = load_run(run, data)
+    window = max_history if max_history is not None else loaded.config.data.max_history
+    source = {"run": Path(run).name, "step": loaded.step, "trained_max_history": loaded.config.data.max_history}
+    return compute_summaries(
+        loaded.model,
+        loaded.store,
+        out,
+        loaded.config.model.name,
+        loaded.config.model.params,
+        window,
+        batch_size,
+        dtype,
+        force=force,
+        source=source,
+    )

@@ -36,7 +36,7 @@ from longrec.data.summaries import SUMMARY_FORMAT, SummaryStore, file_sha256, op
 from longrec.files import SUMMARIES, dumps_json, output_directory, write_json
 from longrec.models.contract import CachedUserState
 
-__all__ = ["compute_summaries", "start_from_summaries", "summarise", "user_side_parameters"]
+__all__ = ["compute_summaries", "start_from_summaries", "user_side_parameters"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,43 +121,6 @@ def compute_summaries(
             logger.info("summarised %s: %d samples in %.1f s", split, n, meta["seconds"][split])
         write_json(tmp / "summaries.json", meta)
     return meta
-
-
-def summarise(
-    run: str | Path,
-    out: str | Path,
-    max_history: int | None = None,
-    batch_size: int = 64,
-    dtype: str = "float16",
-    force: bool = False,
-    data: str | Path | None = None,
-) -> dict[str, Any]:
-    """Stage 1 -> store: the summaries of every sample of a run's store, by the run's best model.
-
-    Args:
-        run: a run directory of a `CachedUserState` model (`longrec train`).
-        out: the summary store to write.
-        max_history: the history window (default: the run's `data.max_history`).
-        batch_size, dtype, force: as `compute_summaries`.
-        data: a store to use instead of the run's (same vocabulary).
-    """
-    from longrec.run import load_run
-
-    loaded = load_run(run, data)
-    window = max_history if max_history is not None else loaded.config.data.max_history
-    source = {"run": Path(run).name, "step": loaded.step, "trained_max_history": loaded.config.data.max_history}
-    return compute_summaries(
-        loaded.model,
-        loaded.store,
-        out,
-        loaded.config.model.name,
-        loaded.config.model.params,
-        window,
-        batch_size,
-        dtype,
-        force=force,
-        source=source,
-    )
 
 
 def user_side_parameters(model: nn.Module, batch: Any) -> list[str]:
