@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from longrec.data.store import SPLITS, TrajectoryStore
+from longrec.data.store import TrajectoryStore
 
 __all__ = ["SUMMARY_DTYPES", "SUMMARY_FORMAT", "SummaryStore", "file_sha256", "open_split_for_writing"]
 
@@ -126,9 +126,8 @@ class SummaryStore:
                 f"{self.root} was computed on a store with vocabulary sha {self.meta['vocab_sha']}, but {store.root} "
                 f"has {sha}: summaries index that store's samples. Summarise again on this store."
             )
-        for split in SPLITS:
+        for split, got in self.meta["splits"].items():
             n = len(store.samples(split))
-            got = self.meta["splits"].get(split)
             if got != n:
                 raise ValueError(
                     f"{self.root} holds {got} summaries of split '{split}', but {store.root} has {n:,} samples there: "
