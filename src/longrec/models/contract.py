@@ -17,7 +17,7 @@ loop), and the callers ask by type, `isinstance(model, OwnLoss)`, never with ad-
 | `ExtraLoss` | `forward_with_extra_loss(batch) -> (logits [B], loss [])` | `train_step` (VISTA, VQL) |
 | `AttentionWeights` | `attention_weights(batch) -> [B, L] or [B, G, L]` | `longrec analyze` |
 | `FieldAttribution` | `field_scores(batch) -> {field: [B, G, L]}`, `group_names` | `longrec analyze` (DSI-TIN) |
-| `CachedUserState` | `user_state(batch) -> [B, ...]`, `score_with_state(state, batch)` | `UserStateCache` (VISTA/VQL) |
+| `CachedUserState` | `user_state(batch) -> [B, ...]`, `score_with_state(state, batch)` | `UserStateCache`, logits_of |
 
 `SearchEmbedder` is defined by its consumer, the search stage (`longrec.search`, which sits below the models), and
 re-exported here. Shapes: B batch, L history length, D search dim, G attention groups (modules, heads or layers).
