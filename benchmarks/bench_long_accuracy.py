@@ -286,7 +286,7 @@ def render(payload: dict[str, Any]) -> str:
             {config["g_min_back"]:,}, w_g = {config["weight_g"]}, {config["g_target_prob"]:.0%} of the impressions
             show a memory SPU; store {data["store_mb"]:,.0f} MB. Training: {config["epochs"]} epoch{
                 "s" if config["epochs"] > 1 else ""
-            } (stage 1), batch {config["batch_size"]}, Adam lr {config["lr"]}, K =
+            } (for the two-stage rows: of stage 1), batch {config["batch_size"]}, Adam lr {config["lr"]}, K =
             {config["k"]}; two-stage: stage 1 on min(L, {config["stage1_window"]:,}) behaviours, summaries over L,
             stage 2 {config["stage2_epochs"]} epochs. Seed{plural} {config["seeds"]} (mean ± half-range). "memory
             AUC" = the {summary[0]["memory_rows"]} of the {summary[0]["test_rows"]} test impressions whose target
@@ -302,7 +302,7 @@ def render(payload: dict[str, Any]) -> str:
 def parser() -> argparse.ArgumentParser:
     parser = harness.options(__doc__, "long_accuracy", seeds=[0, 1], threads=1, scratch=True)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not results")
-    parser.add_argument("--users", type=int, default=48)
+    parser.add_argument("--users", type=int, default=120)
     parser.add_argument("--events", type=int, default=100_000, help="behaviours per user")
     parser.add_argument("--impressions", type=int, default=40, help="labelled impressions per user")
     parser.add_argument("--g-min-back", type=int, default=1000)
