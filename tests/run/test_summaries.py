@@ -55,7 +55,7 @@ def test_stored_summaries_equal_user_state_recomputed(store_path: Path, summarie
     assert stored.meta["max_history"] == WINDOW and stored.shape == (3, 12)  # E = dim x (1 + M = 2)
     for split in SPLITS:
         samples = store.samples(split)
-        rows = np.arange(len(samples))
+        rows = np.arange(min(len(samples), 40))  # spans several compute batches of 5
         with torch.no_grad():
             expected = model.user_state(collate(store, samples, rows, WINDOW))  # [N, S, E]
         torch.testing.assert_close(stored.state(split, rows), expected, rtol=0, atol=1e-6)
@@ -135,7 +135,7 @@ def _config(store: Path, summaries: Path | None = None, **params: Any) -> Config
         {
             "model": {"name": "vista", **PARAMS, **params},
             "data": data,
-            "train": {"batch_size": 32, "epochs": 1, "lr": 0.01, "progress": False},
+            "train": {"batch_size": 32, "epochs": 1, "max_steps": 6, "lr": 0.01, "progress": False},
         }
     )
 
@@ -178,3 +178,16 @@ def test_stage_two_step_reads_no_history_and_rejects_other_models(store_path: Pa
     din = build_model_for_sizes("din", {"dim": 4}, store.sizes)
     with pytest.raises(TypeError, match=r"stored user states .* DIN has no user_state"):
         train_step(din, batch, SearchConfig(), make_optimizer(din, 0.01))
+
+
+def test_check_batch_refuses_a_user_state_of_another_batch_size(store_path: Path, summaries: Path) -> None:
+    from longrec.data.batch import check_batch
+
+    store = TrajectoryStore.open(store_path)
+    batch = next(iter(make_loader(store, "train", 4, WINDOW, summaries=SummaryStore.open(summaries))))
+    check_batch(batch)
+    assert batch.user_state is not None
+    with pytest.raises(
+        ValueError, match=r"batch.user_state must be a float tensor \[B, ...\] with B = 4. Got .*\[3, 3, 12\]"
+    ):
+        check_batch(batch.replace(user_state=batch.user_state[:3]))
