@@ -213,7 +213,9 @@ def export(args: argparse.Namespace) -> int:
 def summarise(args: argparse.Namespace) -> int:
     from longrec.run import summarise
 
-    meta = summarise(args.run, args.out, args.max_history, args.batch_size, args.dtype, args.force, args.data)
+    meta = summarise(
+        args.run, args.out, args.max_history, args.batch_size, args.dtype, args.force, args.data, not args.quiet
+    )
     counts = ", ".join(f"{split} {n:,}" for split, n in meta["splits"].items())
     seconds = sum(meta["seconds"].values())
     print(

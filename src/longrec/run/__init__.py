@@ -263,6 +263,7 @@ def summarise(
     dtype: str = "float16",
     force: bool = False,
     data: str | Path | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Stage 1 -> store: the summaries of every sample of a run's store, by the run's best model.
 
@@ -270,7 +271,7 @@ def summarise(
         run: a run directory of a `CachedUserState` model (`longrec train`).
         out: the summary store to write.
         max_history: the history window (default: the run's `data.max_history`).
-        batch_size, dtype, force: as `compute_summaries`.
+        batch_size, dtype, force, progress: as `compute_summaries`.
         data: a store to use instead of the run's (same vocabulary).
     """
     loaded = load_run(run, data)
@@ -287,4 +288,5 @@ def summarise(
         dtype,
         force=force,
         source=source,
+        progress=progress,
     )

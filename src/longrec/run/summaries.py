@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import track
 from torch import nn
 
 from longrec.config import Config
@@ -54,6 +56,7 @@ def compute_summaries(
     splits: tuple[str, ...] = SPLITS,
     force: bool = False,
     source: dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Store `model.user_state` of every sample of `splits` into the summary store `out`; return its metadata.
 
@@ -69,6 +72,7 @@ def compute_summaries(
         splits: the splits to summarise.
         force: replace a previous summary store in `out`.
         source: JSON-ready facts about where the model came from (e.g. the run and its step), kept in the metadata.
+        progress: show a progress bar per split (stderr).
 
     Raises:
         TypeError: the model has no user_state / score_with_state.
@@ -103,7 +107,9 @@ def compute_summaries(
             n = len(samples)
             started = time.perf_counter()
             array: np.ndarray | None = None
-            for lo in range(0, n, batch_size):
+            starts = range(0, n, batch_size)
+            shown = track(starts, f"summarising {split}", console=Console(stderr=True), disable=not progress)
+            for lo in shown:
                 rows = np.arange(lo, min(n, lo + batch_size))
                 z = model.user_state(collate(store, samples, rows, max_history)).float()  # [B, S, E]
                 if array is None:
