@@ -210,3 +210,20 @@ def test_analyze_without_matplotlib_says_how_to_install_it(
     assert main(["--quiet", "analyze", str(run)]) == 2
     err = capsys.readouterr().err
     assert "matplotlib, which is not installed" in err and "longrec[plots]" in err and "Traceback" not in err
+
+
+def test_summarise_then_train_on_the_summaries(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sets = ["model.dim=4", "model.num_summaries=2", "model.head_hidden=[8]", f"data.path={tiny_store}"]
+    sets += ["data.max_history=10", "train.batch_size=64", "train.epochs=1", "train.max_steps=3"]
+    args = [f"--set={s}" for s in sets]
+    assert main(["--quiet", "train", "configs/vista_synthetic.toml", "--out", str(tmp_path / "one"), *args]) == 0
+    assert main(["summarise", str(tmp_path / "one"), "--out", str(tmp_path / "z"), "--max-history", "20"]) == 0
+    assert "states (float16)" in capsys.readouterr().out
+    assert main(["summarise", str(tmp_path / "one"), "--out", str(tmp_path / "z")]) == 2  # no --force
+    assert "already holds a summary store" in capsys.readouterr().err
+    two = ["train", "configs/vista_synthetic.toml", "--out", str(tmp_path / "two"), *args]
+    assert main(["--quiet", *two, f"--set=data.summaries={tmp_path / 'z'}"]) == 0
+    assert main(["--quiet", *two[:3], str(tmp_path / "three"), *args, f"--set=data.summaries={tmp_path}"]) == 2
+    assert "is not a summary store" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""`longrec` command line: synth, prepare, import-samples, train, eval, export, serve, demo, analyze, compact, config.
+"""`longrec` command line: synth, prepare, import-samples, train, eval, summarise, export, serve, demo, analyze,
+compact, config.
 
 Results go to stdout; progress and logs go to stderr. An error prints one line and exits 2 (the traceback only
 with --debug).
@@ -59,6 +60,10 @@ EXAMPLES = {
     "export": """examples:
   longrec export runs/din --out models/din                   # the serving artifact (docs/serving.md)
   longrec export runs/din-day2 --delta-from models/din --out deltas/day2   # only what changed""",
+    "summarise": """examples:
+  longrec summarise runs/vista --out data/vista-summaries                          # the run's window
+  longrec summarise runs/vista --out data/vista-summaries --max-history 100000 --force
+  longrec train configs/vista_synthetic.toml --out runs/vista-2 --set data.summaries=data/vista-summaries""",
     "demo": """examples:
   longrec demo                       # synthetic data -> prepare -> DIN vs mean pooling, into demo_out/
   longrec demo --out /tmp/demo --users 1000""",
@@ -230,6 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent", default=None, metavar="MODEL_DIR", help="the version this one follows")
     p.add_argument("--data", default=None, help="a prepared store with the same vocabulary (default: the run's)")
     p.set_defaults(func=commands.export)
+
+    p = add(
+        "summarise",
+        "Store every sample's user state (VISTA's summaries of its history before the cutoff) computed by a run's "
+        "best model, for stage-2 training with data.summaries (docs/ultra_long.md).",
+    )
+    p.add_argument("run", help="run directory of a VISTA or VQL model ('longrec train')")
+    p.add_argument("--out", required=True, help="summary store folder: new, empty, or a previous one (--force)")
+    p.add_argument("--max-history", type=int, default=None, help="history window (default: the run's max_history)")
+    p.add_argument("--batch-size", type=int, default=64, help="samples per user_state call (default: 64)")
+    p.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="stored dtype (default: float16)")
+    p.add_argument("--force", action="store_true", help="replace a previous summary store in OUT")
+    p.add_argument("--data", default=None, help="a prepared store with the same vocabulary (default: the run's)")
+    p.set_defaults(func=commands.summarise)
 
     p = add("demo", "Synthetic data -> prepare -> train DIN and mean pooling -> comparison table + summary.json.")
     p.add_argument(

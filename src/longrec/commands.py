@@ -24,6 +24,7 @@ __all__ = [
     "prepare",
     "print_metrics_table",
     "serve",
+    "summarise",
     "synth",
     "train",
 ]
@@ -249,6 +250,21 @@ def export(args: argparse.Namespace) -> int:
     from longrec.serve.delta import export
 
     print(export(load_run(args.run, args.data), args.out, args.force, args.version, args.parent, args.delta_from))
+    return 0
+
+
+def summarise(args: argparse.Namespace) -> int:
+    from longrec.run import summarise
+
+    meta = summarise(
+        args.run, args.out, args.max_history, args.batch_size, args.dtype, args.force, args.data, not args.quiet
+    )
+    counts = ", ".join(f"{split} {n:,}" for split, n in meta["splits"].items())
+    seconds = sum(meta["seconds"].values())
+    print(
+        f"wrote {args.out}: {meta['shape']} states ({meta['dtype']}) of {counts} samples, window "
+        f"{meta['max_history']:,}, in {seconds:.1f}s"
+    )
     return 0
 
 

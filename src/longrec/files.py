@@ -50,6 +50,7 @@ __all__ = [
     "PLOTS",
     "RUN",
     "STORE",
+    "SUMMARIES",
     "SYNTHETIC",
     "DirectoryLockedError",
     "OutputError",
@@ -129,6 +130,9 @@ DEMO = OutputKind(
 PLOTS = OutputKind("analysis folder", "longrec analyze", "analysis.json", ("analysis.json", "*.png"), True)
 ARTIFACT = OutputKind(
     "serving model", "longrec export", "model.json", ("model.json", "weights.safetensors", "vocab", "items")
+)
+SUMMARIES = OutputKind(
+    "summary store", "longrec summarise", "summaries.json", ("summaries.json", "model.safetensors", "*.npy")
 )
 DELTA = OutputKind("model delta", "longrec export --delta-from", "delta.json", ("delta.json", "delta.safetensors"))
 DELTAS = OutputKind("delta series", "longrec.serve.delta.DeltaExporter", "deltas.json", ("deltas.json", "step-*"))

@@ -54,6 +54,10 @@ class Batch:
     scene: Tensor | None = None  # [B] int64 app surface of the request
     goal: Tensor | None = None  # [B] int64 advertising target (click, conversion, purchase, ...)
     user: Tensor | None = None  # [B] int64 dense user id (GAUC grouping, per-user caches)
+    # [B, S, E] float, a user state stored per sample (VISTA's summaries of the history before the sample's cutoff,
+    # `longrec.data.summaries`): a `CachedUserState` model scores it with `score_with_state` instead of reading the
+    # history, which is then an empty placeholder column.
+    user_state: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.target.shape[0])
@@ -162,6 +166,12 @@ def check_batch(
                 f"{where}.target_category must be [B, M] = [{B}, {M}] like history_category. "
                 f"Got {_shape(batch.target_category)} instead."
             )
+    state = batch.user_state
+    if state is not None and (state.dim() < 2 or state.shape[0] != B or not state.is_floating_point()):
+        raise ValueError(
+            f"{where}.user_state must be a float tensor [B, ...] with B = {B}. Got {state.dtype} {_shape(state)} "
+            "instead."
+        )
     if batch.history_time_delta is not None and bool((batch.history_time_delta < 0).any()):
         raise ValueError(
             f"{where}.history_time_delta must be >= 0 (behaviours precede the target); a negative gap leaks."

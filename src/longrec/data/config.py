@@ -23,6 +23,10 @@ class DataConfig:
     check_batches: bool = field(default=False, metadata=RESUME_FREE)
     bucket_by_length: bool = False  # batch samples of similar history length together (less padding), order shuffled
     bucket_batches: int = 50  # bucket_by_length: batches per length-sorting pool; 0 = sort the whole epoch
+    # folder written by `longrec summarise` (stored per-sample user states, `longrec.data.summaries`): batches carry
+    # them instead of histories, the model starts from the weights that computed them with its user side frozen, and
+    # only the candidate side trains (stage 2 of VISTA's training; step cost independent of L); "" = off
+    summaries: str = ""
 
     def __post_init__(self) -> None:
         problems = []

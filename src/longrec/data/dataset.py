@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from longrec.data.batch import Batch, check_batch
 from longrec.data.store import SampleSet, TrajectoryStore
+from longrec.data.summaries import SummaryStore
 
 __all__ = ["BatchPlan", "collate", "epoch_batches", "make_loader"]
 
@@ -33,7 +34,8 @@ def collate(store: TrajectoryStore, samples: SampleSet, index: np.ndarray, max_h
         store: the trajectory store the samples index into.
         samples: one split's samples.
         index: [B] int64 sample rows.
-        max_history: L_max; longer histories keep their most recent L_max behaviours.
+        max_history: L_max; longer histories keep their most recent L_max behaviours (0: no history, one padding
+            column; for batches whose user side is stored, `BatchPlan.summaries`).
 
     Returns:
         A batch with every history field the store has, left-padded to L = max(1, longest history in the batch).
@@ -141,12 +143,21 @@ class BatchPlan(Dataset[Batch]):
     batches: list[np.ndarray]
     max_history: int
     check: bool = False  # run check_batch on every batch (the --debug edge check)
+    # Stored per-sample user states (stage 2 of VISTA's training): each batch carries them as `user_state`, and its
+    # history is an empty placeholder column, so building a batch costs nothing in L.
+    summaries: SummaryStore | None = None
+    split: str = ""
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, i: int) -> Batch:
-        batch = collate(self.store, self.samples, self.batches[i], self.max_history)
+        rows = self.batches[i]
+        if self.summaries is not None:
+            empty = collate(self.store, self.samples, rows, 0)  # target fields, a [B, 1] history of padding
+            batch = empty.replace(user_state=self.summaries.state(self.split, rows))  # [B, S, E]
+        else:
+            batch = collate(self.store, self.samples, rows, self.max_history)
         if self.check:
             check_batch(batch, num_items=self.store.sizes["num_items"], where=f"batch {i}")
         return batch
@@ -172,6 +183,7 @@ def make_loader(
     bucket_by_length: bool = False,
     bucket_batches: int = 50,
     batches: list[np.ndarray] | None = None,
+    summaries: SummaryStore | None = None,
 ) -> Iterator[Batch] | DataLoader[Batch]:
     """Batches of one split for one epoch, in a deterministic order, every sample included (no dropped tail).
 
@@ -192,15 +204,17 @@ def make_loader(
         bucket_batches: batches per sorting pool when bucketing (0 = the whole epoch).
         batches: the sample rows of each batch, planned by the caller (a rank's parts of the global batches of
             `epoch_batches`); given, `batch_size`, `shuffle`, `seed`, `epoch` and the bucketing are not read.
+        summaries: stored per-sample user states: batches carry them (`Batch.user_state`) and no history.
 
     Returns:
         An iterable of `Batch`.
     """
     samples = store.samples(split)
     if batches is None:
-        lengths = np.minimum(samples.end, max_history) if bucket_by_length else None  # [N] collated history lengths
+        bucket = bucket_by_length and summaries is None  # stored states have no length to bucket by
+        lengths = np.minimum(samples.end, max_history) if bucket else None  # [N] collated history lengths
         batches = epoch_batches(len(samples), batch_size, shuffle, seed, epoch, lengths, bucket_batches)
-    plan = BatchPlan(store, samples, batches[start_batch:], max_history, check)
+    plan = BatchPlan(store, samples, batches[start_batch:], max_history, check, summaries, split)
     if num_workers == 0:
         return (plan[i].pin_memory() if pin_memory else plan[i] for i in range(len(plan)))
     return DataLoader(

@@ -21,7 +21,9 @@ from longrec.data.batch import Batch
 from longrec.data.dataset import epoch_batches, make_loader
 from longrec.data.device import DevicePrefetcher, autocast
 from longrec.data.store import TrajectoryStore
+from longrec.data.summaries import SummaryStore
 from longrec.eval.metrics import compute_metrics
+from longrec.models.contract import logits_of
 from longrec.search import search_stage
 from longrec.search.config import SearchConfig
 
@@ -52,7 +54,7 @@ def predict(
     for batch in DevicePrefetcher(batches, device):
         with autocast(precision, device):
             searched = search_stage(batch, model, search) if search is not None else batch
-            logits = model(searched)  # [B]
+            logits = logits_of(model, searched)  # [B]; score_with_state on stored user states
         parts["logits"].append(logits.float().cpu().numpy())
         n = len(batch)
         parts["labels"].append(batch.label.cpu().numpy() if batch.label is not None else np.zeros(n, np.float32))
@@ -78,8 +80,12 @@ def evaluate(
     precision: str = "fp32",
     bucket_by_length: bool = False,
     ranks: tuple[int, int] = (0, 1),
+    summaries: SummaryStore | None = None,
 ) -> dict[str, Any]:
     """Metrics of `model` on every sample of `split` (no dropped partial batch).
+
+    With `summaries` (stored per-sample user states) the model scores them with `score_with_state` and reads no
+    history (stage 2 of VISTA's training).
 
     `device` and `precision` as in `predict`; `bucket_by_length` batches samples of similar history length together
     (sorted over the whole split: less padding, same metrics up to float rounding). `ranks` = (rank r, world W) in a
@@ -94,9 +100,19 @@ def evaluate(
     samples = store.samples(split)
     pin = torch.device(device).type == "cuda"
     rank, world = ranks
-    lengths = np.minimum(samples.end, max_history) if bucket_by_length else None  # [N] collated history lengths
+    bucket = bucket_by_length and summaries is None  # stored states have no length to bucket by
+    lengths = np.minimum(samples.end, max_history) if bucket else None  # [N] collated history lengths
     plan = epoch_batches(len(samples), batch_size, False, 0, 0, lengths, bucket_batches=0)[rank::world]
-    batches = make_loader(store, split, batch_size, max_history, num_workers=num_workers, pin_memory=pin, batches=plan)
+    batches = make_loader(
+        store,
+        split,
+        batch_size,
+        max_history,
+        num_workers=num_workers,
+        pin_memory=pin,
+        batches=plan,
+        summaries=summaries,
+    )
     out = predict(model, batches, search=search, progress=progress, total=len(plan), device=device, precision=precision)
     if world > 1:
         parts: list[dict[str, np.ndarray]] = [{} for _ in range(world)]

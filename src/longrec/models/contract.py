@@ -17,7 +17,7 @@ loop), and the callers ask by type, `isinstance(model, OwnLoss)`, never with ad-
 | `ExtraLoss` | `forward_with_extra_loss(batch) -> (logits [B], loss [])` | `train_step` (VISTA, VQL) |
 | `AttentionWeights` | `attention_weights(batch) -> [B, L] or [B, G, L]` | `longrec analyze` |
 | `FieldAttribution` | `field_scores(batch) -> {field: [B, G, L]}`, `group_names` | `longrec analyze` (DSI-TIN) |
-| `CachedUserState` | `user_state(batch) -> [B, ...]`, `score_with_state(state, batch)` | `UserStateCache` (VISTA/VQL) |
+| `CachedUserState` | `user_state(batch) -> [B, ...]`, `score_with_state(state, batch)` | `UserStateCache`, logits_of |
 
 `SearchEmbedder` is defined by its consumer, the search stage (`longrec.search`, which sits below the models), and
 re-exported here. Shapes: B batch, L history length, D search dim, G attention groups (modules, heads or layers).
@@ -45,6 +45,7 @@ __all__ = [
     "SearchEmbedder",
     "capabilities",
     "check_contract",
+    "logits_of",
 ]
 
 
@@ -151,3 +152,20 @@ def check_contract(name: str, cls: type[nn.Module]) -> None:
                     f"model '{name}' ({cls.__name__}).{member} takes ({', '.join(found)}); capability "
                     f"{protocol.__name__} expects ({', '.join(expected)})."
                 )
+
+
+def logits_of(model: nn.Module, batch: Batch) -> Tensor:
+    """The model's logits [B] on `batch`: `model(batch)`, or, when the batch carries a stored user state
+    (`Batch.user_state`, e.g. VISTA's cached summaries), `score_with_state(batch.user_state, batch)`.
+
+    Raises:
+        TypeError: a stored user state for a model without the `CachedUserState` capability.
+    """
+    if batch.user_state is None:
+        return model(batch)
+    if not isinstance(model, CachedUserState):
+        raise TypeError(
+            f"the batch carries stored user states (data.summaries), but {type(model).__name__} has no "
+            "user_state / score_with_state (CachedUserState): only such models (VISTA, VQL) can train from them."
+        )
+    return model.score_with_state(batch.user_state, batch)

@@ -35,6 +35,7 @@ from longrec.config import Config
 from longrec.data.batch import Batch
 from longrec.data.device import resolve_device
 from longrec.data.store import TrajectoryStore
+from longrec.data.summaries import SummaryStore
 from longrec.eval.evaluate import evaluate, predict
 from longrec.files import PLOTS, RUN, check_output, lock_directory, write_json
 from longrec.models import build_model_for_sizes
@@ -42,12 +43,13 @@ from longrec.models.layers import collect_keys
 from longrec.run.directory import locate_store, read_run_config, resume_changes, run_config_dict
 from longrec.run.frames import frame_batches
 from longrec.run.incremental import Continuation, continuation
+from longrec.run.summaries import compute_summaries, start_from_summaries
 from longrec.train.callbacks import Callback
 from longrec.train.checkpoint import load_checkpoint
 from longrec.train.distributed import Ranks, broadcast, check_options, current_ranks, process_group
 from longrec.train.loop import fit
 
-__all__ = ["Run", "analyze_run", "load_run", "train"]
+__all__ = ["Run", "analyze_run", "load_run", "summarise", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +98,11 @@ def train(
         store = TrajectoryStore.open(config.data.path)
         continuing = resume and (out / "config.json").is_file()
         start = _start(out, config, store, continuing, continue_from)
+        if config.data.summaries and start is not None:  # refused before anything is written
+            raise ValueError(
+                f"data.summaries = {config.data.summaries!r} with a continued run: stage 2 starts from the weights "
+                "that computed the summaries; expected no --continue-from, got one"
+            )
         if not ranks.main:
             refused, continuing = broadcast(None, ranks)  # rank 0's verdict on the run folder
             if refused is not None:
@@ -148,6 +155,10 @@ def _fit(
     model = build_model_for_sizes(config.model.name, config.model.params, store.sizes)
     if start is not None and start.model is not None:
         model.load_state_dict(start.model)
+    if config.data.summaries:  # stage 2: the weights that computed the summaries, user side frozen
+        frozen = start_from_summaries(model, config, store)
+        if ranks.main:
+            logger.info("data.summaries: started from its weights; froze the user side: %s", ", ".join(frozen))
     with collect_keys(config.train.key_collection):
         return fit(
             model,
@@ -276,6 +287,7 @@ class Run:
             self.config.data.max_history,
             progress=progress,
             search=self.config.search,
+            summaries=SummaryStore.open(self.config.data.summaries, self.store) if self.config.data.summaries else None,
         )
 
 
@@ -330,3 +342,40 @@ def analyze_run(
             history=run.path / "metrics.jsonl",
             meta={"run": str(run.path), "model": run.config.model.name},
         )
+
+
+def summarise(
+    run: str | Path,
+    out: str | Path,
+    max_history: int | None = None,
+    batch_size: int = 64,
+    dtype: str = "float16",
+    force: bool = False,
+    data: str | Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Stage 1 -> store: the summaries of every sample of a run's store, by the run's best model.
+
+    Args:
+        run: a run directory of a `CachedUserState` model (`longrec train`).
+        out: the summary store to write.
+        max_history: the history window (default: the run's `data.max_history`).
+        batch_size, dtype, force, progress: as `compute_summaries`.
+        data: a store to use instead of the run's (same vocabulary).
+    """
+    loaded = load_run(run, data)
+    window = max_history if max_history is not None else loaded.config.data.max_history
+    source = {"run": Path(run).name, "step": loaded.step, "trained_max_history": loaded.config.data.max_history}
+    return compute_summaries(
+        loaded.model,
+        loaded.store,
+        out,
+        loaded.config.model.name,
+        loaded.config.model.params,
+        window,
+        batch_size,
+        dtype,
+        force=force,
+        source=source,
+        progress=progress,
+    )

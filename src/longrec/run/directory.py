@@ -48,6 +48,8 @@ def run_config_dict(
     root = Path(store.root).resolve()
     saved = config.to_dict()
     saved["data"]["path"] = str(root)
+    if saved["data"].get("summaries"):
+        saved["data"]["summaries"] = str(Path(saved["data"]["summaries"]).resolve())
     saved["run"] = {
         "format_version": RUN_FORMAT,
         "longrec_version": __version__,

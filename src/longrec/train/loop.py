@@ -38,6 +38,7 @@ from longrec.data.config import DataConfig
 from longrec.data.dataset import epoch_batches, make_loader
 from longrec.data.device import DevicePrefetcher, resolve_device
 from longrec.data.store import TrajectoryStore
+from longrec.data.summaries import SummaryStore
 from longrec.eval.evaluate import evaluate, metrics_lines
 from longrec.files import atomic_write_text, dumps_json, write_json
 from longrec.models.layers import fast_paths
@@ -178,6 +179,7 @@ def fit(
             state["epoch"] + 1,
             state["batch"],
         )
+    summaries = SummaryStore.open(dc.summaries, store) if dc.summaries else None
     if tc.compile:
         compile_model(model)
     # Several ranks: DDP wraps the whole loss (the model's capability methods run inside its forward) and averages
@@ -199,6 +201,7 @@ def fit(
         "precision": tc.precision,
         "bucket_by_length": dc.bucket_by_length,
         "ranks": (ranks.rank, ranks.world),
+        "summaries": summaries,
     }
     vocab_sha = store.manifest["vocab_sha"]
     if evaluate_first is not None and "before_training" not in state:
@@ -298,7 +301,8 @@ def fit(
         steps_per_epoch,
         f", {ranks.world} ranks" if ranks.world > 1 else "",
     )
-    lengths = np.minimum(store.samples("train").end, dc.max_history) if dc.bucket_by_length else None  # [N]
+    bucket = dc.bucket_by_length and summaries is None  # stored states have no length to bucket by
+    lengths = np.minimum(store.samples("train").end, dc.max_history) if bucket else None  # [N]
     info = {"steps_total": steps_per_epoch * tc.epochs, "steps_done": state["step"], "epochs": tc.epochs}
     for listener in listeners:
         listener.on_train_start({**info, "samples_per_epoch": num_train, "out": str(out), "model": model})
@@ -322,6 +326,7 @@ def fit(
                 prefetch_factor=dc.prefetch_factor,
                 pin_memory=device.type == "cuda",
                 check=dc.check_batches,
+                summaries=summaries,
             )
             for i, batch in enumerate(DevicePrefetcher(loader, device)):
                 if step_module is None:

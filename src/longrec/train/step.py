@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from longrec.data.batch import Batch
 from longrec.data.device import autocast
-from longrec.models.contract import AuxiliaryHead, ExtraLoss, OwnLoss, SearchEmbedder
+from longrec.models.contract import AuxiliaryHead, ExtraLoss, OwnLoss, SearchEmbedder, logits_of
 from longrec.models.layers import fast_paths
 from longrec.search import search_stage
 from longrec.search.config import SearchConfig
@@ -195,17 +195,22 @@ def step_loss(
     # A model with its own training loss (TD-SASRec's sampled softmax over in-batch candidates) uses it instead of
     # BCE (its in-batch candidates couple the rows of the batch).
     device = batch.history.device
+    stored = batch.user_state is not None  # stage 2 of VISTA's training: the user side is a stored state
     with autocast(precision, device):
-        own_loss = model.loss(search_stage(batch, model, search)) if isinstance(model, OwnLoss) else None
+        own_loss = model.loss(search_stage(batch, model, search)) if isinstance(model, OwnLoss) and not stored else None
     if own_loss is not None:
         own_loss = own_loss.float() * scale if scale != 1.0 else own_loss.float()
         return own_loss + l2 * l2_penalty(model) if l2 else own_loss
     # Fast path: a model that can serve search, the main head and the aux head from one lookup does (TWIN, DARE).
     with autocast(precision, device):
-        both = model.forward_with_aux(batch, search) if isinstance(model, AuxiliaryHead) and fast_paths() else None
+        fused = isinstance(model, AuxiliaryHead) and fast_paths() and not stored
+        both = model.forward_with_aux(batch, search) if fused and isinstance(model, AuxiliaryHead) else None
         extra_loss = aux_logits = None
         if both is not None:
             logits, aux_logits = both  # [B] each
+        elif stored:
+            # The candidate side on the stored states: no history, so no history-side loss (reconstruction, aux).
+            logits = logits_of(model, batch)  # [B]
         else:
             searched = search_stage(batch, model, search)
             # A model with a regulariser computed in the same forward (VISTA's reconstruction, VQL's codebook and
