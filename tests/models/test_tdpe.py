@@ -43,7 +43,7 @@ def test_shared_mode_is_the_plain_table_drawn_as_nn_embedding(buckets, goal) -> 
     torch.testing.assert_close(shared.weight, reference.weight, rtol=0, atol=0)
     torch.testing.assert_close(shared(buckets, goal), reference(buckets), rtol=0, atol=0)
     torch.testing.assert_close(shared(buckets, goal), shared(buckets, None), rtol=0, atol=0)  # the goal is ignored
-    assert list(shared.state_dict()) == ["weight"] and not shared.reads_goal
+    assert list(shared.state_dict()) == ["weight"] and not shared.reads_key
 
 
 @pytest.mark.parametrize("mode", ["separate", "shared_delta"])
@@ -65,7 +65,7 @@ def test_shared_delta_starts_as_the_shared_table_then_diverges_per_goal(buckets,
 
 def test_separate_tables_are_one_table_indexed_by_goal_times_buckets_plus_bucket(buckets, goal) -> None:
     separate = encoding("separate")
-    assert separate.weight.shape == (T * R, D) and separate.reads_goal
+    assert separate.weight.shape == (T * R, D) and separate.reads_key
     expected = separate.weight[goal.unsqueeze(1) * R + buckets]  # [B, L, D]
     torch.testing.assert_close(separate(buckets, goal), expected, rtol=0, atol=0)
     torch.testing.assert_close(separate(buckets, None), separate.weight[buckets], rtol=0, atol=0)  # None = goal 0

@@ -148,7 +148,8 @@ class BatchPlan(Dataset[Batch]):
     def __getitem__(self, i: int) -> Batch:
         batch = collate(self.store, self.samples, self.batches[i], self.max_history)
         if self.check:
-            check_batch(batch, num_items=self.store.sizes["num_items"], where=f"batch {i}")
+            sizes = self.store.sizes
+            check_batch(batch, num_items=sizes["num_items"], where=f"batch {i}", sizes=sizes)
         return batch
 
 
