@@ -118,21 +118,18 @@ def test_mean_gap_days_orders_goals_by_how_fast_their_attention_decays(tmp_path:
     assert slow == pytest.approx(float(expected), rel=1e-5)
 
 
+def train_small(root: Path, model: list[str], seed: int, goals: tuple[str, ...] = ("click",)) -> Path:
+    """A one-epoch run of the model table `model` (overrides) on a small labelled log, in root / "run"."""
+    log = make_log(num_users=20, events=20, seed=seed, impressions=6, goals=goals)
+    prepare(log, root / "data", ProtocolConfig.for_protocol("T", min_history=0))
+    overrides = [*model, "model.dim=4", "model.head_hidden=[8]", f"data.path={str(root / 'data')!r}"]
+    overrides += ["data.max_history=12", "train.epochs=1", "train.batch_size=32", "train.progress=false"]
+    train(load_config(None, overrides), root / "run")
+    return root / "run"
+
+
 def test_analyze_draws_dsi_tins_field_groups_and_what_drives_each(tmp_path: Path) -> None:
-    log = make_log(num_users=20, events=20, seed=5, impressions=6)
-    prepare(log, tmp_path / "data", ProtocolConfig.for_protocol("T", min_history=0))
-    overrides = [
-        "model.name='dsi_tin'",
-        "model.dim=4",
-        "model.head_hidden=[8]",
-        "model.temporal='both'",
-        f"data.path={str(tmp_path / 'data')!r}",
-        "data.max_history=12",
-        "train.epochs=1",
-        "train.batch_size=32",
-        "train.progress=false",
-    ]
-    train(load_config(None, overrides), tmp_path / "run")
+    train_small(tmp_path, ["model.name='dsi_tin'", "model.temporal='both'"], seed=5)
     assert main(["--quiet", "analyze", str(tmp_path / "run"), "--samples", "64"]) == 0
     plots = tmp_path / "run" / "plots"
     for name in ("attention_by_field_group.png", "attention_by_field.png"):
@@ -190,23 +187,8 @@ def test_a_model_keyed_by_category_gets_one_curve_per_frequent_category(tmp_path
 
 
 def test_analyze_draws_per_category_curves_for_tdpe_keyed_by_category(tmp_path: Path) -> None:
-    log = make_log(num_users=20, events=20, seed=4, impressions=6, goals=("click", "buy"))
-    prepare(log, tmp_path / "data", ProtocolConfig.for_protocol("T", min_history=0))
-    overrides = [
-        "model.name='tin'",
-        "model.dim=4",
-        "model.head_hidden=[8]",
-        "model.temporal='time_gap'",
-        "model.tdpe='separate'",
-        "model.tdpe_key='category'",
-        "model.tdpe_level=1",
-        f"data.path={str(tmp_path / 'data')!r}",
-        "data.max_history=12",
-        "train.epochs=1",
-        "train.batch_size=32",
-        "train.progress=false",
-    ]
-    train(load_config(None, overrides), tmp_path / "run")
+    keyed = ["model.name='tin'", "model.temporal='time_gap'", "model.tdpe='separate'", "model.tdpe_key='category'"]
+    train_small(tmp_path, [*keyed, "model.tdpe_level=1"], seed=4, goals=("click", "buy"))
     assert main(["--quiet", "analyze", str(tmp_path / "run"), "--samples", "64"]) == 0
     plots = tmp_path / "run" / "plots"
     for name in ("attention_by_time_gap.png", "attention_by_time_gap_per_category.png"):

@@ -19,6 +19,7 @@ from longrec.models.contract import KeyedTemporal
 from longrec.models.tdpe import TargetDecoupledEncoding, TDPEKey, tdpe_key_of
 from longrec.models.temporal import add_temporal_encoding
 from tests.models.conftest import SIZES, fit_and_auc
+from tests.models.test_tdpe import DECAY_ITEMS, DECAY_L, decay_batch
 
 FAMILY = ["tin", "stacked_tin", "dsi_tin"]
 R, D = 5, 3  # position rows per key value, width
@@ -198,44 +199,15 @@ def test_the_default_goal_key_keeps_the_goal_tdpe_bit_for_bit(make_model, batch)
 
 # --- TDPE by category recovers a category-specific decay ------------------------------------------------------------
 
-DECAY_L, DECAY_ITEMS = 8, 60
-
-
-def category_decay_batch(
-    n: int, seed: int, position: int | None = None, match: bool | None = None, category: int | None = None
-) -> Batch:
-    """One behaviour may repeat the target (2/3 of rows) at a random position 1..L. The target's category (1 or 2,
-    one taxonomy level) is drawn per example, independently of the item, and the matching behaviour has it too.
-    Category 1 (news) clicks on a match at position <= 2 only (fast decay), category 2 (hiking) on a match at any
-    position (none). `position`, `match` and `category` pin those draws (probe batches)."""
-    g = torch.Generator().manual_seed(seed)
-    L = DECAY_L
-    target = torch.randint(1, DECAY_ITEMS, (n,), generator=g)  # [N]
-    history = torch.randint(1, DECAY_ITEMS - 1, (n, L), generator=g)  # [N, L]
-    history += (history >= target.unsqueeze(1)).long()  # every behaviour differs from the target
-    at = torch.randint(1, L + 1, (n,), generator=g) if position is None else torch.full((n,), position)  # [N]
-    has = torch.rand(n, generator=g) < 2 / 3 if match is None else torch.full((n,), match)  # [N]
-    cat = torch.randint(1, 3, (n,), generator=g) if category is None else torch.full((n,), category)  # [N]
-    history_cat = torch.randint(1, 3, (n, L), generator=g)  # [N, L]
-    history[has, L - at[has]] = target[has]
-    history_cat[has, L - at[has]] = cat[has]
-    return Batch(
-        history=history,
-        history_mask=torch.ones(n, L, dtype=torch.bool),
-        target=target,
-        label=(has & ((cat == 2) | (at <= 2))).float(),
-        history_category=history_cat.unsqueeze(-1),  # [N, L, 1]
-        target_category=cat.unsqueeze(-1),  # [N, 1]
-        history_position=(L - torch.arange(L)).expand(n, L).contiguous(),  # most recent = 1
-    )
-
 
 def decay_curves(model: nn.Module) -> dict[int, list[float]]:
-    """Mean attention on the matching behaviour by its position 1..L, per target category (1, 2)."""
+    """Mean attention on the matching behaviour by its position 1..L, per target category (1 = news, 2 = hiking)."""
     with torch.no_grad():
         return {
             c: [
-                float(model.attention_weights(category_decay_batch(512, 3, p, True, c)).view(512, -1)[:, -p].mean())
+                float(
+                    model.attention_weights(decay_batch(512, 3, p, True, c, key="category")).view(512, -1)[:, -p].mean()
+                )
                 for p in range(1, DECAY_L + 1)
             ]
             for c in (1, 2)
@@ -247,7 +219,7 @@ def trained_on_category_decay(name: str, **params: Any) -> tuple[nn.Module, floa
     model = build_model(
         name, num_items=DECAY_ITEMS, num_categories=3, taxonomy_levels=1, dim=8, head_hidden=(16,), **params
     )
-    train, test = category_decay_batch(4096, 1), category_decay_batch(2048, 2)
+    train, test = decay_batch(4096, 1, key="category"), decay_batch(2048, 2, key="category")
     return model, fit_and_auc(model, train, test, 300, lr=2e-2)
 
 

@@ -51,7 +51,14 @@ from torch import Tensor, nn
 from longrec.data.batch import Batch
 from longrec.models.checks import check_behaviour_config, check_int, check_sizes
 from longrec.models.layers import mlp
-from longrec.models.tdpe import GoalHeads, TargetDecoupledEncoding, TDPEKey, check_goal_options, tdpe_key_of
+from longrec.models.tdpe import (
+    GoalHeads,
+    TargetDecoupledEncoding,
+    TDPEKey,
+    check_goal_options,
+    decoupling_reads,
+    tdpe_key_of,
+)
 from longrec.models.temporal import add_temporal_encoding, check_temporal_options, temporal_tables
 
 __all__ = ["BASE_FIELDS", "DSITIN", "DSITINConfig"]
@@ -217,8 +224,7 @@ class DSITIN(nn.Module):
         self.head = GoalHeads(width, config.head_hidden, T) if config.goal_heads else mlp(width, config.head_hidden)
         reads = [r for f in self.value_fields for r in _READS.get(f, ("history_extra", "target_extra"))]
         reads += ["history_time_delta"] if len(self.gap_embeddings) else []
-        reads += [self.tdpe_key.batch_field] if config.tdpe != "shared" else []
-        reads += ["goal"] if config.goal_heads else []
+        reads += decoupling_reads(self.tdpe_key, config.tdpe, config.goal_heads)
         self.reads: tuple[str, ...] = tuple(dict.fromkeys(reads))  # in order, without repeats
 
     @property

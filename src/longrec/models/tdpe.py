@@ -52,6 +52,7 @@ __all__ = [
     "TargetDecoupledEncoding",
     "check_goal_options",
     "check_key_fields",
+    "decoupling_reads",
     "tdpe_key_of",
 ]
 
@@ -196,6 +197,13 @@ def tdpe_key_of(owner: str, options: KeyOptions) -> TDPEKey:
             "(manifest.json)."
         )
     return TDPEKey(name, sizes[j], j)
+
+
+def decoupling_reads(key: TDPEKey, tdpe: str, goal_heads: bool) -> list[str]:
+    """The optional `Batch` fields target decoupling reads: the key's field under TDPE (not in "shared" mode), the goal
+    with per-goal heads (each once)."""
+    fields = ([key.batch_field] if tdpe != "shared" else []) + (["goal"] if goal_heads else [])
+    return list(dict.fromkeys(fields))
 
 
 def _ids_or_zeros(ids: Tensor | None, like: Tensor) -> Tensor:

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from longrec.data.batch import Batch
 from longrec.models.checks import check_behaviour_config, check_sizes
 from longrec.models.layers import BehaviourEmbedding, mlp
-from longrec.models.tdpe import GoalHeads, TDPEKey, check_goal_options, check_key_fields, tdpe_key_of
+from longrec.models.tdpe import GoalHeads, TDPEKey, check_goal_options, check_key_fields, decoupling_reads, tdpe_key_of
 from longrec.models.temporal import YEAR, add_temporal_encoding, check_temporal_options, temporal_tables
 
 __all__ = ["TIN", "TINConfig"]
@@ -106,8 +106,7 @@ class TIN(nn.Module):
         T = config.num_goals
         self.head = GoalHeads(2 * E, config.head_hidden, T) if config.goal_heads else mlp(2 * E, config.head_hidden)
         reads = [*self.embedding.reads, *(["history_time_delta"] if self.gap_embedding is not None else [])]
-        reads += [self.tdpe_key.batch_field] if config.tdpe != "shared" else []
-        reads += ["goal"] if config.goal_heads else []
+        reads += decoupling_reads(self.tdpe_key, config.tdpe, config.goal_heads)
         self.reads: tuple[str, ...] = tuple(dict.fromkeys(reads))  # in order, without repeats
 
     @property
