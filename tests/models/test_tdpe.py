@@ -43,7 +43,7 @@ def test_shared_mode_is_the_plain_table_drawn_as_nn_embedding(buckets, goal) -> 
     torch.testing.assert_close(shared.weight, reference.weight, rtol=0, atol=0)
     torch.testing.assert_close(shared(buckets, goal), reference(buckets), rtol=0, atol=0)
     torch.testing.assert_close(shared(buckets, goal), shared(buckets, None), rtol=0, atol=0)  # the goal is ignored
-    assert list(shared.state_dict()) == ["weight"] and not shared.reads_goal
+    assert list(shared.state_dict()) == ["weight"] and not shared.reads_key
 
 
 @pytest.mark.parametrize("mode", ["separate", "shared_delta"])
@@ -65,7 +65,7 @@ def test_shared_delta_starts_as_the_shared_table_then_diverges_per_goal(buckets,
 
 def test_separate_tables_are_one_table_indexed_by_goal_times_buckets_plus_bucket(buckets, goal) -> None:
     separate = encoding("separate")
-    assert separate.weight.shape == (T * R, D) and separate.reads_goal
+    assert separate.weight.shape == (T * R, D) and separate.reads_key
     expected = separate.weight[goal.unsqueeze(1) * R + buckets]  # [B, L, D]
     torch.testing.assert_close(separate(buckets, goal), expected, rtol=0, atol=0)
     torch.testing.assert_close(separate(buckets, None), separate.weight[buckets], rtol=0, atol=0)  # None = goal 0
@@ -235,12 +235,19 @@ def test_goal_heads_learn_a_label_rule_that_differs_by_goal() -> None:
 DECAY_L, DECAY_ITEMS = 8, 60
 
 
-def goal_decay_batch(
-    n: int, seed: int, position: int | None = None, match: bool | None = None, goal: int | None = None
+def decay_batch(
+    n: int,
+    seed: int,
+    position: int | None = None,
+    match: bool | None = None,
+    value: int | None = None,
+    key: str = "goal",
 ) -> Batch:
-    """One behaviour may repeat the target (2/3 of rows) at a random position 1..L; the others never do. Goal 1
-    (click) converts on a match at position <= 2 only (fast decay), goal 2 (buy) on a match at any position (none).
-    `position`, `match` and `goal` pin those draws (probe batches)."""
+    """One behaviour may repeat the target (2/3 of rows) at a random position 1..L; the others never do. The target's
+    `key` (goal, or category: one taxonomy level) is 1 or 2, drawn per example independently of the item. Value 1
+    (click, or news) converts on a match at position <= 2 only (fast decay), value 2 (buy, or hiking) on a match at
+    any position (none). Under key = "category" every behaviour gets a random category and the match the target's.
+    `position`, `match` and `value` pin those draws (probe batches)."""
     g = torch.Generator().manual_seed(seed)
     L = DECAY_L
     target = torch.randint(1, DECAY_ITEMS, (n,), generator=g)  # [N]
@@ -248,15 +255,20 @@ def goal_decay_batch(
     history += (history >= target.unsqueeze(1)).long()  # every behaviour differs from the target
     at = torch.randint(1, L + 1, (n,), generator=g) if position is None else torch.full((n,), position)  # [N]
     has = torch.rand(n, generator=g) < 2 / 3 if match is None else torch.full((n,), match)  # [N]
-    goals = torch.randint(1, 3, (n,), generator=g) if goal is None else torch.full((n,), goal)  # [N]
+    values = torch.randint(1, 3, (n,), generator=g) if value is None else torch.full((n,), value)  # [N]
     history[has, L - at[has]] = target[has]
+    fields: dict[str, torch.Tensor] = {"goal": values}
+    if key == "category":
+        history_category = torch.randint(1, 3, (n, L), generator=g)  # [N, L]
+        history_category[has, L - at[has]] = values[has]
+        fields = {"history_category": history_category.unsqueeze(-1), "target_category": values.unsqueeze(-1)}
     return Batch(
         history=history,
         history_mask=torch.ones(n, L, dtype=torch.bool),
         target=target,
-        label=(has & ((goals == 2) | (at <= 2))).float(),
+        label=(has & ((values == 2) | (at <= 2))).float(),
         history_position=(L - torch.arange(L)).expand(n, L).contiguous(),  # most recent = 1
-        goal=goals,
+        **fields,
     )
 
 
@@ -266,7 +278,7 @@ def test_tdpe_recovers_a_goal_specific_decay_in_its_attention() -> None:
     def trained(tdpe: str) -> tuple[nn.Module, float]:
         torch.manual_seed(0)
         model = build_model("tin", num_items=DECAY_ITEMS, num_goals=3, dim=8, head_hidden=(16,), tdpe=tdpe)
-        return model, fit_and_auc(model, goal_decay_batch(4096, 1), goal_decay_batch(2048, 2), 300, lr=2e-2)
+        return model, fit_and_auc(model, decay_batch(4096, 1), decay_batch(2048, 2), 300, lr=2e-2)
 
     tdpe, tdpe_auc = trained("separate")
     _, shared_auc = trained("shared")
@@ -274,7 +286,7 @@ def test_tdpe_recovers_a_goal_specific_decay_in_its_attention() -> None:
     with torch.no_grad():  # the learned decay curve: attention on the matching behaviour by its position, per goal
         curve = {
             goal: [
-                float(tdpe.attention_weights(goal_decay_batch(512, 3, p, True, goal))[:, DECAY_L - p].mean())
+                float(tdpe.attention_weights(decay_batch(512, 3, p, True, goal))[:, DECAY_L - p].mean())
                 for p in range(1, DECAY_L + 1)
             ]
             for goal in (1, 2)

@@ -8,8 +8,9 @@ Shapes: B batch, L history length, M taxonomy levels, E extra id fields.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -109,11 +110,46 @@ def _shape(t: Tensor) -> list[int]:
     return list(t.shape)
 
 
+# Id fields whose vocabulary size a store reports (`TrajectoryStore.sizes`): field -> size name.
+_VOCABULARIES = {
+    "goal": "num_goals",
+    "scene": "num_scenes",
+    "history_scene": "num_scenes",
+    "target_category": "num_categories",
+    "history_category": "num_categories",
+    "history_action": "num_actions",
+    "history_domain": "num_domains",
+}
+
+
+def _check_ids(batch: Batch, sizes: Mapping[str, Any], where: str) -> None:
+    """Every id field of `batch` that `sizes` gives a vocabulary for lies in [0, size) (size 0: the data has no such
+    field and collate fills it with id 0); extra columns each in [0, num_extra[j]). Models index tables with these ids
+    (a TDPE key picks rows τ·R + bucket), where a wrong id would fail deep in `forward` or read another row."""
+    checks = [(name, getattr(batch, name), sizes[size]) for name, size in _VOCABULARIES.items() if size in sizes]
+    for name in ("target_extra", "history_extra"):
+        value = getattr(batch, name)
+        if value is not None and "num_extra" in sizes:
+            checks += [(f"{name}[..., {j}]", value[..., j], n) for j, n in enumerate(sizes["num_extra"])]
+    for name, ids, size in checks:
+        if ids is None:
+            continue
+        limit = max(int(size), 1)
+        bad = (ids < 0) | (ids >= limit)
+        if bool(bad.any()):
+            idx = tuple(bad.nonzero()[0].tolist())
+            raise ValueError(
+                f"{where}.{name} holds {int(ids[idx])} at {list(idx)}, outside its vocabulary (ids must be in "
+                f"[0, {limit})). Was the data prepared with a different vocabulary?"
+            )
+
+
 def check_batch(
     batch: Batch,
     reads: Iterable[str] = (),
     num_items: int | None = None,
     where: str = "batch",
+    sizes: Mapping[str, Any] | None = None,
 ) -> None:
     """Check shapes, dtypes and id ranges at a stage boundary (loader under --debug, tests, the server).
 
@@ -122,6 +158,8 @@ def check_batch(
         reads: optional fields the consumer (a model's `reads`) needs; a missing one is an error.
         num_items: item vocabulary size; item ids must lie in [0, num_items).
         where: how to name the batch in messages.
+        sizes: vocabulary sizes (a store's `sizes`, or a model's: num_goals, num_scenes, num_categories, num_actions,
+            num_domains, num_extra); the ids of each field they cover must lie in [0, size).
 
     Raises:
         ValueError: what, where, expected and got.
@@ -179,3 +217,5 @@ def check_batch(
     for name in reads:
         if getattr(batch, name, None) is None:
             raise ValueError(f"The model reads {where}.{name}, but it is None. Prepare the data with that field.")
+    if sizes is not None:
+        _check_ids(batch, sizes, where)

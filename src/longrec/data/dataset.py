@@ -159,7 +159,8 @@ class BatchPlan(Dataset[Batch]):
         else:
             batch = collate(self.store, self.samples, rows, self.max_history)
         if self.check:
-            check_batch(batch, num_items=self.store.sizes["num_items"], where=f"batch {i}")
+            sizes = self.store.sizes
+            check_batch(batch, num_items=sizes["num_items"], where=f"batch {i}", sizes=sizes)
         return batch
 
 

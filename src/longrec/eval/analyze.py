@@ -3,8 +3,10 @@
 `analyze(model, store, out, ...)` scores a slice of a split and writes PNGs (via `longrec.eval.plots`) plus
 `analysis.json` with the numbers behind every plot (`longrec.run.analyze_run` does it for a run directory):
 
-- attention weight by relative position and by time gap to the target, one curve per goal (for TDPE models these
-  are the learned per-goal decay curves);
+- attention weight by relative position and by time gap to the target, one curve per goal (for TDPE models keyed
+  by the goal these are the learned per-goal decay curves), and, for a model whose TDPE tables are keyed by another
+  target-side field (`KeyedTemporal`: the target's category, the scene, an extra column), one curve per value of that
+  key for its most frequent values (the learned per-category decay curves);
 - attention by field group, for models that name their attention modules (`group_names`, one per row of
   `attention_weights(batch) -> [B, G, L]`: DSI-TIN), and what drives each module's attention field by field, for
   models with `field_scores(batch)` (DSI-TIN; see `field_shares`);
@@ -29,74 +31,136 @@ from longrec.data.batch import Batch
 from longrec.data.dataset import make_loader
 from longrec.data.store import TrajectoryStore
 from longrec.files import write_json
-from longrec.models.contract import AttentionWeights, FieldAttribution
+from longrec.ingest.schema import taxonomy_columns
+from longrec.models.contract import AttentionWeights, FieldAttribution, KeyedTemporal
+from longrec.models.tdpe import TDPEKey
 from longrec.models.temporal import time_gap_bucket
 from longrec.search import SEARCHERS, SearchEmbedder
 from longrec.search.config import SearchConfig
 from longrec.search.hierarchical import match_depth
 
-__all__ = ["analyze", "attention_profile", "field_shares", "retrieval_example"]
+__all__ = ["TOP_KEYS", "analyze", "attention_profile", "field_shares", "key_names", "retrieval_example"]
 
 logger = logging.getLogger(__name__)
 
 NUM_GAP_BUCKETS = 24
 MAX_POSITION = 200
+TOP_KEYS = 8  # per-key curves for this many of the key's most frequent values (a readable plot)
+
+
+class _Curves:
+    """Mean attention weight per (group, relative position) and per (group, time-gap bucket) over real behaviours, and
+    per group the attention-weighted mean time gap in days; a row of the batch belongs to one group (its goal, its
+    category, ...), or to none (group -1: left out)."""
+
+    def __init__(self, num_groups: int) -> None:
+        self.pos_sum = np.zeros((num_groups, MAX_POSITION + 1))
+        self.pos_n = np.zeros_like(self.pos_sum)
+        self.gap_sum = np.zeros((num_groups, NUM_GAP_BUCKETS))
+        self.gap_n = np.zeros_like(self.gap_sum)
+        self.weighted_gap = np.zeros(num_groups)  # Σ over rows of the row's attention-weighted mean gap (days)
+        self.rows_with_history = np.zeros(num_groups)
+
+    def add(self, group: np.ndarray, w: np.ndarray, batch: Batch) -> None:
+        """group [B] (-1: skip the row), w [B, L] attention weights of `batch`."""
+        assert batch.history_position is not None and batch.history_time_delta is not None
+        mask = batch.history_mask.numpy() & (group[:, None] >= 0)  # [B, L]
+        group_l = np.broadcast_to(group[:, None], mask.shape)[mask]  # [R]
+        weights = w[mask]  # [R]
+        pos = np.minimum(batch.history_position.numpy()[mask], MAX_POSITION)  # [R]
+        gap = time_gap_bucket(batch.history_time_delta, NUM_GAP_BUCKETS).numpy()[mask]  # [R]
+        np.add.at(self.pos_sum, (group_l, pos), weights)
+        np.add.at(self.pos_n, (group_l, pos), 1)
+        np.add.at(self.gap_sum, (group_l, gap), weights)
+        np.add.at(self.gap_n, (group_l, gap), 1)
+        w_real = w * mask  # [B, L]
+        total = w_real.sum(1)  # [B]
+        has = total > 0
+        row_gap = (w_real * batch.history_time_delta.numpy()).sum(1)[has] / total[has] / 86_400  # [B'] days
+        np.add.at(self.weighted_gap, group[has], row_gap)
+        np.add.at(self.rows_with_history, group[has], 1)
+
+    def result(self) -> dict[str, Any]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return {
+                "position_mean": (self.pos_sum / self.pos_n).tolist(),
+                "position_count": self.pos_n.tolist(),
+                "gap_mean": (self.gap_sum / self.gap_n).tolist(),
+                "gap_count": self.gap_n.tolist(),
+                "mean_gap_days": (self.weighted_gap / self.rows_with_history).tolist(),
+            }
+
+
+def _top_values(key: TDPEKey, batches: list[Batch], top: int) -> list[int]:
+    """The key's `top` most frequent values over the batches' rows (ties: the smaller id first)."""
+    values = [ids.numpy() for batch in batches if (ids := key.ids(batch)) is not None]
+    found, counts = np.unique(np.concatenate(values) if values else np.zeros(0, np.int64), return_counts=True)
+    order = np.lexsort((found, -counts))[:top]  # most frequent first
+    return [int(v) for v in found[order]]
 
 
 @torch.no_grad()
-def attention_profile(model: torch.nn.Module, batches: list[Batch], num_goals: int) -> dict[str, Any] | None:
+def attention_profile(
+    model: torch.nn.Module, batches: list[Batch], num_goals: int, top_keys: int = TOP_KEYS
+) -> dict[str, Any] | None:
     """Mean attention weight per (goal, relative position) and per (goal, time-gap bucket) over real behaviours, and
     per goal the attention-weighted mean time gap in days, Σ_i α_i Δt_i / Σ_i α_i averaged over samples with a
     history ("mean_gap_days": one number per goal that moves the way the learned decay does — smaller for a goal
     whose attention decays faster).
 
+    For a model whose TDPE tables are keyed by a target-side field other than the goal (`KeyedTemporal`, e.g. the
+    target's category), "by_key" holds the same numbers per value of that key, for its `top_keys` most frequent
+    values ("key": the key, "ids": the values, most frequent first, "samples": their row counts).
+
     Returns None when the model has no `AttentionWeights` capability.
     """
     if not isinstance(model, AttentionWeights):
         return None
-    pos_sum = np.zeros((num_goals, MAX_POSITION + 1))
-    pos_n = np.zeros_like(pos_sum)
-    gap_sum = np.zeros((num_goals, NUM_GAP_BUCKETS))
-    gap_n = np.zeros_like(gap_sum)
-    weighted_gap = np.zeros(num_goals)  # Σ over samples of the sample's attention-weighted mean gap (days)
-    rows_with_history = np.zeros(num_goals)
+    key = model.temporal_key if isinstance(model, KeyedTemporal) else None
+    key = key if key is not None and key.field != "goal" else None
+    values = _top_values(key, batches, top_keys) if key is not None else []
+    lookup = {v: i for i, v in enumerate(values)}
+    by_goal, by_key = _Curves(num_goals), _Curves(len(values))
+    samples = np.zeros(len(values))
     groups: list[np.ndarray] = []
     for batch in batches:
         w_all = model.attention_weights(batch)  # [B, L] or [B, G, L] (G modules, heads or layers)
-        w = w_all.mean(1) if w_all.dim() == 3 else w_all  # [B, L]
-        mask = batch.history_mask.numpy()  # [B, L]
+        w = (w_all.mean(1) if w_all.dim() == 3 else w_all).numpy()  # [B, L]
         goal = (batch.goal if batch.goal is not None else torch.zeros(len(batch), dtype=torch.long)).numpy()
-        goal_l = np.broadcast_to(goal[:, None], mask.shape)[mask]  # [R]
-        weights = w.numpy()[mask]  # [R]
-        assert batch.history_position is not None and batch.history_time_delta is not None
-        pos = np.minimum(batch.history_position.numpy()[mask], MAX_POSITION)  # [R]
-        gap = time_gap_bucket(batch.history_time_delta, NUM_GAP_BUCKETS).numpy()[mask]  # [R]
-        np.add.at(pos_sum, (goal_l, pos), weights)
-        np.add.at(pos_n, (goal_l, pos), 1)
-        np.add.at(gap_sum, (goal_l, gap), weights)
-        np.add.at(gap_n, (goal_l, gap), 1)
-        w_real = w.numpy() * mask  # [B, L]
-        total = w_real.sum(1)  # [B]
-        has = total > 0
-        row_gap = (w_real * batch.history_time_delta.numpy()).sum(1)[has] / total[has] / 86_400  # [B'] days
-        np.add.at(weighted_gap, goal[has], row_gap)
-        np.add.at(rows_with_history, goal[has], 1)
+        by_goal.add(goal, w, batch)
+        if key is not None:
+            ids = key.ids(batch)
+            assert ids is not None  # a key other than the goal is never None (the model reads it)
+            index = np.array([lookup.get(int(v), -1) for v in ids.tolist()], dtype=np.int64)  # [B], -1: not on top
+            by_key.add(index, w, batch)
+            np.add.at(samples, index[index >= 0], 1)
         if isinstance(model, FieldAttribution):  # one row of the weights per named module
+            mask = batch.history_mask.numpy()  # [B, L]
+            assert batch.history_position is not None
+            pos = np.minimum(batch.history_position.numpy()[mask], MAX_POSITION)  # [R]
             g = w_all.numpy()  # [B, G, L], one row per named module
             groups.append(np.stack([np.bincount(pos, g[:, j][mask], MAX_POSITION + 1) for j in range(g.shape[1])]))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out: dict[str, Any] = {
-            "position_mean": (pos_sum / pos_n).tolist(),
-            "position_count": pos_n.tolist(),
-            "gap_mean": (gap_sum / gap_n).tolist(),
-            "gap_count": gap_n.tolist(),
-            "mean_gap_days": (weighted_gap / rows_with_history).tolist(),
-        }
-        if groups:
-            total = np.sum(groups, axis=0)  # [G, P]
-            out["group_position_mean"] = (total / pos_n.sum(0)[None, :]).tolist()
-            out["group_names"] = list(model.group_names) if isinstance(model, FieldAttribution) else []
+    out = by_goal.result()
+    if key is not None:
+        out["by_key"] = {"key": str(key), "ids": values, "samples": samples.tolist(), **by_key.result()}
+    if groups:
+        total = np.sum(groups, axis=0)  # [G, P]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["group_position_mean"] = (total / np.asarray(out["position_count"]).sum(0)[None, :]).tolist()
+        out["group_names"] = list(model.group_names) if isinstance(model, FieldAttribution) else []
     return out
+
+
+def key_names(store: TrajectoryStore, key: TDPEKey, ids: list[int]) -> list[str]:
+    """Readable names of key values: the raw category of a taxonomy level ("cat_2=hiking"), goal, scene or extra
+    value; id 0 is "unknown"."""
+    if key.field == "category":
+        levels = taxonomy_columns(store.taxonomy_levels)
+        offset = sum(len(store.vocab(name)) for name in levels[: key.column])  # ids of the levels before
+        raw, name = store.vocab(levels[key.column]).to_list(), levels[key.column]
+        return [f"{name}={raw[i - offset - 1]}" if 0 < i - offset <= len(raw) else f"category {i}" for i in ids]
+    raw = store.vocab(key.field).to_list()
+    return [str(raw[i - 1]) if 0 < i <= len(raw) else "unknown" for i in ids]
 
 
 @torch.no_grad()
@@ -213,6 +277,10 @@ def analyze(
     if profile is not None:
         result["attention"] = profile
         files += plots.attention_curves(profile, goal_names, out, title=title)
+        if profile.get("by_key", {}).get("ids") and isinstance(model, KeyedTemporal) and model.temporal_key is not None:
+            by_key = profile["by_key"]
+            by_key["names"] = key_names(store, model.temporal_key, by_key["ids"])
+            files += plots.attention_curves(by_key, by_key["names"], out, title=title, group=model.temporal_key.field)
         if "group_position_mean" in profile:
             files.append(plots.group_attention(profile, out, title=title))
         shares = field_shares(model, batches)

@@ -36,13 +36,17 @@ def _gap_label(bucket: int, num_buckets: int) -> str:
     return f"{edge:.0f}s"
 
 
-def attention_curves(profile: dict[str, Any], goal_names: list[str], out: Path, title: str) -> list[str]:
-    """Mean attention weight vs relative position and vs time gap, one line per goal with data."""
+def attention_curves(
+    profile: dict[str, Any], goal_names: list[str], out: Path, title: str, group: str = "goal"
+) -> list[str]:
+    """Mean attention weight vs relative position and vs time gap, one line per goal with data (or per value of
+    another TDPE key, `group`: e.g. "category", drawn to attention_by_position_per_category.png, ...)."""
     plt = _pyplot()
     paths = []
+    suffix = "" if group == "goal" else f"_per_{group}"
     for key, xlabel, name in (
-        ("position", "relative position to the target (1 = most recent)", "attention_by_position.png"),
-        ("gap", "time gap to the target (bucket upper edge)", "attention_by_time_gap.png"),
+        ("position", "relative position to the target (1 = most recent)", f"attention_by_position{suffix}.png"),
+        ("gap", "time gap to the target (bucket upper edge)", f"attention_by_time_gap{suffix}.png"),
     ):
         means, counts = profile[f"{key}_mean"], profile[f"{key}_count"]
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -52,7 +56,7 @@ def attention_curves(profile: dict[str, Any], goal_names: list[str], out: Path, 
             xs = [x for x in range(len(row)) if n[x] >= least]
             if not xs:
                 continue
-            label = goal_names[goal] if goal < len(goal_names) else f"goal {goal}"
+            label = goal_names[goal] if goal < len(goal_names) else f"{group} {goal}"
             mean_gap = profile.get("mean_gap_days", [])
             if key == "gap" and goal < len(mean_gap) and mean_gap[goal] == mean_gap[goal]:  # not NaN
                 label += f" (attention-weighted mean gap {mean_gap[goal]:.1f} d)"
@@ -64,9 +68,9 @@ def attention_curves(profile: dict[str, Any], goal_names: list[str], out: Path, 
             ax.set_xticks(ticks, [_gap_label(t, len(means[0])) for t in ticks])
         ax.set_xlabel(xlabel)
         ax.set_ylabel("mean attention weight")
-        ax.set_title(f"Attention by {'position' if key == 'position' else 'time gap'} per goal: {title}")
+        ax.set_title(f"Attention by {'position' if key == 'position' else 'time gap'} per {group}: {title}")
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(title="goal")
+            ax.legend(title=group, fontsize="small")
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)

@@ -17,6 +17,7 @@ loop), and the callers ask by type, `isinstance(model, OwnLoss)`, never with ad-
 | `ExtraLoss` | `forward_with_extra_loss(batch) -> (logits [B], loss [])` | `train_step` (VISTA, VQL) |
 | `AttentionWeights` | `attention_weights(batch) -> [B, L] or [B, G, L]` | `longrec analyze` |
 | `FieldAttribution` | `field_scores(batch) -> {field: [B, G, L]}`, `group_names` | `longrec analyze` (DSI-TIN) |
+| `KeyedTemporal` | `temporal_key -> TDPEKey or None` (the TDPE key; None: one table) | `longrec analyze` (TIN family) |
 | `CachedUserState` | `user_state(batch) -> [B, ...]`, `score_with_state(state, batch)` | `UserStateCache`, logits_of |
 
 `SearchEmbedder` is defined by its consumer, the search stage (`longrec.search`, which sits below the models), and
@@ -31,6 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 from torch import Tensor, nn
 
 from longrec.data.batch import Batch
+from longrec.models.tdpe import TDPEKey
 from longrec.search import SearchEmbedder
 from longrec.search.config import SearchConfig
 
@@ -41,6 +43,7 @@ __all__ = [
     "CachedUserState",
     "ExtraLoss",
     "FieldAttribution",
+    "KeyedTemporal",
     "OwnLoss",
     "SearchEmbedder",
     "capabilities",
@@ -91,6 +94,14 @@ class FieldAttribution(Protocol):
 
 
 @runtime_checkable
+class KeyedTemporal(Protocol):
+    """Temporal tables picked by a target-side key (TDPE): the key, or None when one table serves every target."""
+
+    @property
+    def temporal_key(self) -> TDPEKey | None: ...
+
+
+@runtime_checkable
 class CachedUserState(Protocol):
     """A user side computed once per user and cached between requests: forward == score_with_state(user_state)."""
 
@@ -106,6 +117,7 @@ CAPABILITIES: dict[str, type] = {
     "extra_loss": ExtraLoss,
     "attention_weights": AttentionWeights,
     "field_attribution": FieldAttribution,
+    "keyed_temporal": KeyedTemporal,
     "cached_user_state": CachedUserState,
 }
 

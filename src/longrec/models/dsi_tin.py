@@ -25,7 +25,8 @@ Design choices (the paper leaves them open):
 - The fused value holds the fields named in any group (in the order item, category, action, domain, scene, extras),
   so a model and its single-group ablation see the same fields and differ only in how attention is split.
 - Each module has its own temporal table (it may need its own recency: an action/scene module is not an item
-  module), under TDPE one per goal. The temporal encoding enters the score only through the group's columns.
+  module), under TDPE one per value of the key (`tdpe_key`: goal, category, scene or an extra column, as in TIN).
+  The temporal encoding enters the score only through the group's columns.
 - A field the data lacks (its vocabulary size is 0) is dropped from every group with a warning, and a group left
   empty is dropped, so one config runs on data with fewer side fields; a misspelled field is an error.
 - Vocabulary sizes (`num_actions`, `num_domains`, `num_scenes`, `num_extra`) come from the prepared data, like
@@ -50,7 +51,14 @@ from torch import Tensor, nn
 from longrec.data.batch import Batch
 from longrec.models.checks import check_behaviour_config, check_int, check_sizes
 from longrec.models.layers import mlp
-from longrec.models.tdpe import GoalHeads, TargetDecoupledEncoding, check_goal_options
+from longrec.models.tdpe import (
+    GoalHeads,
+    TargetDecoupledEncoding,
+    TDPEKey,
+    check_goal_options,
+    decoupling_reads,
+    tdpe_key_of,
+)
 from longrec.models.temporal import add_temporal_encoding, check_temporal_options, temporal_tables
 
 __all__ = ["BASE_FIELDS", "DSITIN", "DSITINConfig"]
@@ -92,7 +100,9 @@ class DSITINConfig:
     time_buckets: int = 32  # G log-spaced time-gap buckets (bucket 0 = the target), see tin.time_gap_bucket
     min_gap_seconds: float = 60.0  # time_gap_bucket: gaps up to this share bucket 1
     max_gap_seconds: float = 365.0 * 86_400.0  # time_gap_bucket: gaps beyond this (a year) share the last bucket
-    tdpe: str = "shared"  # temporal tables per goal: shared | separate | shared_delta (models/tdpe.py)
+    tdpe: str = "shared"  # temporal tables per key value: shared | separate | shared_delta (models/tdpe.py)
+    tdpe_key: str = "goal"  # what picks the table: goal | category | scene | an extra column named in extra_fields
+    tdpe_level: int = 0  # tdpe_key = "category": taxonomy level, 1 = coarsest .. M = finest; 0 = the finest
     goal_heads: bool = False  # one final head layer per goal (GoalHeads) instead of one for all goals
     head_hidden: tuple[int, ...] = (200, 80)  # widths of the output MLP
     init_std: float = 0.05  # embeddings (and temporal tables) start at N(0, init_std²)
@@ -121,6 +131,7 @@ class DSITINConfig:
         check_temporal_options(owner, self)
         check_goal_options(owner, self.num_goals, self.tdpe, self.goal_heads)
         object.__setattr__(self, "head_hidden", check_sizes(owner, "head_hidden", self.head_hidden))
+        tdpe_key_of(owner, self)  # an unknown key, or one the data has no vocabulary for, is a config error
 
     def _check_groups(self, owner: str) -> None:
         if isinstance(self.groups, str) or not isinstance(self.groups, list | tuple) or not self.groups:
@@ -204,7 +215,8 @@ class DSITIN(nn.Module):
         self.register_buffer("column_fields", column_field, persistent=False)
         self.group_scales = [math.sqrt(float(m.sum())) for m in masks]  # sqrt(E_g), as Python floats
         self.width = E = sum(widths)
-        tables = [temporal_tables(config, E) for _ in self.groups]  # one per module: [P, E], [G, E]
+        self.tdpe_key = tdpe_key_of(type(config).__name__, config)
+        tables = [temporal_tables(config, E, self.tdpe_key) for _ in self.groups]  # one per module: [P, E], [G, E]
         self.position_embeddings = nn.ModuleList([p for p, _ in tables if p is not None])
         self.gap_embeddings = nn.ModuleList([g for _, g in tables if g is not None])
         width = (len(self.groups) + 1) * E  # [u^1, ..., u^G, v_t]
@@ -212,8 +224,13 @@ class DSITIN(nn.Module):
         self.head = GoalHeads(width, config.head_hidden, T) if config.goal_heads else mlp(width, config.head_hidden)
         reads = [r for f in self.value_fields for r in _READS.get(f, ("history_extra", "target_extra"))]
         reads += ["history_time_delta"] if len(self.gap_embeddings) else []
-        reads += ["goal"] if config.goal_heads or config.tdpe != "shared" else []
+        reads += decoupling_reads(self.tdpe_key, config.tdpe, config.goal_heads)
         self.reads: tuple[str, ...] = tuple(dict.fromkeys(reads))  # in order, without repeats
+
+    @property
+    def temporal_key(self) -> TDPEKey | None:
+        """The key whose value picks the temporal tables (TDPE), or None when one table serves every target."""
+        return self.tdpe_key if self.config.tdpe != "shared" else None
 
     def _embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """The fused representation of the behaviours e [B, L, E] and of the target v_t [B, E]."""
@@ -249,7 +266,7 @@ class DSITIN(nn.Module):
 
     def _module_inputs(self, batch: Batch, h: Tensor, v: Tensor, g: int) -> tuple[Tensor, Tensor, Tensor]:
         """Module g's scoring query [B, E] (ṽ^g_t ⊙ m_g / sqrt(E_g)), its keys ẽ^g [B, L, E] and target ṽ^g_t [B, E]."""
-        e, t = add_temporal_encoding(batch, h, v, *self._temporal(g), self.config)  # [B, L, E], [B, E]
+        e, t = add_temporal_encoding(batch, h, v, *self._temporal(g), self.config, self.tdpe_key)  # [B, L, E], [B, E]
         return t * self.group_masks[g] / self.group_scales[g], e, t  # [B, E], [B, L, E], [B, E]
 
     def _pool(self, batch: Batch) -> tuple[list[Tensor], list[Tensor], Tensor]:

@@ -25,7 +25,8 @@ Design choices (the paper leaves them open):
 - The head reads v_t (plain target) next to the u^(l), as TIN's head reads [u, v_t].
 - `search_embeddings` gives the first layer's attention logits (query q^(0) W_Q^(1) W_K^(1)ᵀ / sqrt(E), keys ẽ), so
   soft search ranks behaviours by what the first layer attends to; layers after it attend within the kept K.
-- TDPE (`tdpe`) and per-goal heads (`goal_heads`) as in TIN (`models/tdpe.py`).
+- TDPE (`tdpe`, keyed by `tdpe_key`: goal, category, scene or an extra column) and per-goal heads (`goal_heads`) as
+  in TIN (`models/tdpe.py`).
 - `query_chain` says which part of layer l > 1 reads the updated query q^(l-1): "full" (the formula: the
   attention score and the cross), "attention" or "cross" (the other part reads q^(0)), or "none" (every layer
   reads q^(0): L_s independent TIN heads, the ablation of the chain). The cross is where the chain pays. On the
@@ -51,7 +52,7 @@ from torch import Tensor, nn
 from longrec.data.batch import Batch
 from longrec.models.checks import check_behaviour_config, check_int, check_sizes
 from longrec.models.layers import BehaviourEmbedding, mlp
-from longrec.models.tdpe import GoalHeads, check_goal_options
+from longrec.models.tdpe import GoalHeads, TDPEKey, check_goal_options, check_key_fields, decoupling_reads, tdpe_key_of
 from longrec.models.temporal import add_temporal_encoding, check_temporal_options, temporal_tables
 
 __all__ = ["QUERY_CHAIN", "StackedTIN", "StackedTINConfig"]
@@ -72,7 +73,12 @@ class StackedTINConfig:
     time_buckets: int = 32  # G log-spaced time-gap buckets (bucket 0 = the target), see tin.time_gap_bucket
     min_gap_seconds: float = 60.0  # time_gap_bucket: gaps up to this share bucket 1
     max_gap_seconds: float = 365.0 * 86_400.0  # time_gap_bucket: gaps beyond this (a year) share the last bucket
-    tdpe: str = "shared"  # temporal tables per goal: shared | separate | shared_delta (models/tdpe.py)
+    num_scenes: int = 0  # scene vocabulary incl. id 0 (from the data); read by tdpe_key = "scene"
+    num_extra: tuple[int, ...] = ()  # vocabulary of each extra id column incl. id 0 (from the data)
+    extra_fields: tuple[str, ...] = ()  # names of the extra id columns, in order (the store's extra_fields)
+    tdpe: str = "shared"  # temporal tables per key value: shared | separate | shared_delta (models/tdpe.py)
+    tdpe_key: str = "goal"  # what picks the table: goal | category | scene | an extra column named in extra_fields
+    tdpe_level: int = 0  # tdpe_key = "category": taxonomy level, 1 = coarsest .. M = finest; 0 = the finest
     goal_heads: bool = False  # one final head layer per goal (GoalHeads) instead of one for all goals
     query_chain: str = "full"  # which part of layer l > 1 reads q^(l-1): full | attention | cross | none (ablation)
     head_hidden: tuple[int, ...] = (200, 80)  # widths of the output MLP
@@ -91,6 +97,10 @@ class StackedTINConfig:
         check_temporal_options(owner, self)
         check_goal_options(owner, self.num_goals, self.tdpe, self.goal_heads)
         object.__setattr__(self, "head_hidden", check_sizes(owner, "head_hidden", self.head_hidden))
+        num_extra, extra_fields = check_key_fields(owner, self.num_scenes, self.num_extra, self.extra_fields)
+        object.__setattr__(self, "num_extra", num_extra)
+        object.__setattr__(self, "extra_fields", extra_fields)
+        tdpe_key_of(owner, self)  # an unknown key, or one the data has no vocabulary for, is a config error
 
 
 def _identity(width: int) -> nn.Linear:
@@ -109,7 +119,8 @@ class StackedTIN(nn.Module):
             config.num_items, config.dim, config.num_categories, config.taxonomy_levels, config.init_std
         )
         E, S = self.embedding.out_dim, config.num_layers
-        self.position_embedding, self.gap_embedding = temporal_tables(config, E)  # [P, E], [G, E] (per goal: TDPE)
+        self.tdpe_key = tdpe_key_of(type(config).__name__, config)
+        self.position_embedding, self.gap_embedding = temporal_tables(config, E, self.tdpe_key)  # [P, E], [G, E]
         self.query_projections = nn.ModuleList([_identity(E) for _ in range(S)])  # W_Q^(l)
         self.key_projections = nn.ModuleList([_identity(E) for _ in range(S)])  # W_K^(l)
         self.value_projections = nn.ModuleList([_identity(E) for _ in range(S)])  # W_V^(l)
@@ -118,16 +129,20 @@ class StackedTIN(nn.Module):
         width = (S + 1) * E  # [u^(1), ..., u^(L_s), v_t]
         T = config.num_goals
         self.head = GoalHeads(width, config.head_hidden, T) if config.goal_heads else mlp(width, config.head_hidden)
-        reads_gap = self.gap_embedding is not None
-        reads_goal = config.goal_heads or config.tdpe != "shared"
-        self.reads: tuple[str, ...] = (
-            self.embedding.reads + (("history_time_delta",) if reads_gap else ()) + (("goal",) if reads_goal else ())
-        )
+        reads = [*self.embedding.reads, *(["history_time_delta"] if self.gap_embedding is not None else [])]
+        reads += decoupling_reads(self.tdpe_key, config.tdpe, config.goal_heads)
+        self.reads: tuple[str, ...] = tuple(dict.fromkeys(reads))  # in order, without repeats
+
+    @property
+    def temporal_key(self) -> TDPEKey | None:
+        """The key whose value picks the temporal tables (TDPE), or None when one table serves every target."""
+        return self.tdpe_key if self.config.tdpe != "shared" else None
 
     def _encode(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
         """Temporally encoded behaviours ẽ [B, L, E], target ṽ_t [B, E], and the plain target v_t [B, E]."""
         h, v = self.embedding(batch)  # [B, L, E], [B, E]
-        e, t = add_temporal_encoding(batch, h, v, self.position_embedding, self.gap_embedding, self.config)
+        tables = self.position_embedding, self.gap_embedding
+        e, t = add_temporal_encoding(batch, h, v, *tables, self.config, self.tdpe_key)  # [B, L, E], [B, E]
         return e, t, v  # [B, L, E], [B, E], [B, E]
 
     def _key_query(self, layer: int, q: Tensor, q_attend: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -1,7 +1,7 @@
 """TIN's temporal encoding, shared by every TIN-family model (TIN, DSI-TIN, Stacked TIN, TD-SASRec, VISTA):
 log-bucketed time gaps, the position / time-gap tables, and adding p_{f(x_i)} to the behaviours and the target.
 
-Shapes: B batch, L history length, E embedding width, T goals.
+Shapes: B batch, L history length, E embedding width, T values of the TDPE key (goals, categories, ...).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import Tensor
 
 from longrec.data.batch import Batch
 from longrec.models.checks import check_int
-from longrec.models.tdpe import TargetDecoupledEncoding
+from longrec.models.tdpe import TargetDecoupledEncoding, TDPEKey
 
 __all__ = [
     "TEMPORAL",
@@ -95,11 +95,11 @@ def check_temporal_options(owner: str, options: TemporalOptions) -> None:
 
 
 def temporal_tables(
-    options: TemporalOptions, width: int
+    options: TemporalOptions, width: int, key: TDPEKey | None = None
 ) -> tuple[TargetDecoupledEncoding | None, TargetDecoupledEncoding | None]:
-    """The position table [P, E] and the time-gap table [G, E] that `options.temporal` asks for (per goal under
-    TDPE), in that order; None for a kind it leaves out."""
-    T, mode, std = options.num_goals, options.tdpe, options.init_std
+    """The position table [P, E] and the time-gap table [G, E] that `options.temporal` asks for (one per value of
+    `key` under TDPE; None = the goal, `options.num_goals` values), in that order; None for a kind it leaves out."""
+    T, mode, std = key.size if key is not None else options.num_goals, options.tdpe, options.init_std
     position = options.temporal in ("position", "both")
     gap = options.temporal in ("time_gap", "both")
     return (
@@ -115,33 +115,38 @@ def add_temporal_encoding(
     position_table: TargetDecoupledEncoding | None,
     gap_table: TargetDecoupledEncoding | None,
     options: TemporalOptions,
+    key: TDPEKey,
 ) -> tuple[Tensor, Tensor]:
-    """ẽ_i = e_i + p^{(τ)}_{f(x_i)} and ṽ_t = v_t + p^{(τ)}_0 for each table given (position first, then time gap).
+    """ẽ_i = e_i + p^{(τ)}_{f(x_i)} and ṽ_t = v_t + p^{(τ)}_0 for each table given (position first, then time gap),
+    τ = the target's value of `key`.
 
     Args:
         batch: supplies history_position (recomputed from the mask when None), history_time_delta (read only with
-            a gap table) and goal (read only by TDPE tables; None = goal 0).
+            a gap table) and the key's field (read only by TDPE tables; a missing goal = goal 0).
         e: [B, L, E] behaviour embeddings.
         t: [B, E] target embedding.
         position_table: relative-position table, or None.
         gap_table: time-gap bucket table, or None.
         options: num_positions (older behaviours share the last row) and the time_gap_bucket edges.
+        key: the TDPE key the tables were built for (`tdpe.tdpe_key`).
 
     Returns:
         ẽ [B, L, E] and ṽ_t [B, E].
     """
-    goal, B = batch.goal, len(batch)
+    tables = [table for table in (position_table, gap_table) if table is not None]
+    tau = key.ids(batch) if any(table.reads_key for table in tables) else None  # [B]
+    B = len(batch)
     if position_table is not None:
         position = batch.history_position
         if position is None:  # left padding: position = real behaviours from this column to the end
             position = batch.history_mask.flip(1).cumsum(1).flip(1) * batch.history_mask  # [B, L]
         position = position.clamp(0, options.num_positions - 1)  # [B, L]
-        e = e + position_table(position, goal)  # [B, L, E]
-        t = t + position_table.target(goal, B)  # [B, E], the target is position 0
+        e = e + position_table(position, tau)  # [B, L, E]
+        t = t + position_table.target(tau, B)  # [B, E], the target is position 0
     if gap_table is not None:
         assert batch.history_time_delta is not None  # in the model's reads: check_batch's job
         o = options
         bucket = time_gap_bucket(batch.history_time_delta, o.time_buckets, o.min_gap_seconds, o.max_gap_seconds)
-        e = e + gap_table(bucket, goal)  # [B, L, E]
-        t = t + gap_table.target(goal, B)  # [B, E], the target's gap is 0
+        e = e + gap_table(bucket, tau)  # [B, L, E]
+        t = t + gap_table.target(tau, B)  # [B, E], the target's gap is 0
     return e, t

@@ -25,10 +25,14 @@ Design choices (the paper leaves them open):
 The temporal encoding itself (`time_gap_bucket`, the tables, `add_temporal_encoding`) is in `models/temporal.py`:
 DSI-TIN, Stacked TIN, TD-SASRec and VISTA share it.
 
-Multi-goal ads (`tdpe`, `goal_heads`; see `models/tdpe.py`): `tdpe = "separate"` gives every advertising goal
-(`batch.goal`) its own position and time-gap tables (Target-Decoupled Positional Encoding), `"shared_delta"` a shared
-table plus a per-goal delta that starts at zero; `goal_heads = true` replaces the head's last layer by one per goal.
-The defaults (`"shared"`, `false`) are plain TIN, with the same parameters, state-dict keys and seeded values.
+Target decoupling (`tdpe`, `tdpe_key`, `goal_heads`; see `models/tdpe.py`): `tdpe = "separate"` gives every value
+of a target-side key its own position and time-gap tables (Target-Decoupled Positional Encoding), `"shared_delta"` a
+shared table plus a per-key delta that starts at zero. The key is the advertising goal (`tdpe_key = "goal"`, the
+default), the target's category at a taxonomy level (`"category"`, `tdpe_level`), the request's scene (`"scene"`) or
+an extra id column by name (listed in `extra_fields`); `goal_heads = true` replaces the head's last layer by one per
+goal. The defaults (`"shared"`, `"goal"`, `false`) are plain TIN, with the same parameters, state-dict keys and seeded
+values. Note that a shared table is already target-aware through <p_{f(x_i)}, v_t>: the target's category embedding
+can tilt the decay per category; a per-category table gives each category a free decay curve instead.
 
 Shapes: B batch, L history length, D embedding dim, M taxonomy levels, E = D·(1 + M) behaviour width (D without
 categories), P position rows, G time-gap buckets.
@@ -45,7 +49,7 @@ from torch import Tensor, nn
 from longrec.data.batch import Batch
 from longrec.models.checks import check_behaviour_config, check_sizes
 from longrec.models.layers import BehaviourEmbedding, mlp
-from longrec.models.tdpe import GoalHeads, check_goal_options
+from longrec.models.tdpe import GoalHeads, TDPEKey, check_goal_options, check_key_fields, decoupling_reads, tdpe_key_of
 from longrec.models.temporal import YEAR, add_temporal_encoding, check_temporal_options, temporal_tables
 
 __all__ = ["TIN", "TINConfig"]
@@ -65,7 +69,12 @@ class TINConfig:
     head_hidden: tuple[int, ...] = (200, 80)  # widths of the output MLP
     init_std: float = 0.05  # embeddings (and temporal tables) start at N(0, init_std²)
     num_goals: int = 1  # T, goal vocabulary size incl. id 0 = unknown (from the data); read by tdpe and goal_heads
-    tdpe: str = "shared"  # temporal tables per goal: shared (plain TIN) | separate | shared_delta (models/tdpe.py)
+    num_scenes: int = 0  # scene vocabulary incl. id 0 (from the data); read by tdpe_key = "scene"
+    num_extra: tuple[int, ...] = ()  # vocabulary of each extra id column incl. id 0 (from the data)
+    extra_fields: tuple[str, ...] = ()  # names of the extra id columns, in order (the store's extra_fields)
+    tdpe: str = "shared"  # temporal tables per key value: shared (plain TIN) | separate | shared_delta (models/tdpe.py)
+    tdpe_key: str = "goal"  # what picks the table: goal | category | scene | an extra column named in extra_fields
+    tdpe_level: int = 0  # tdpe_key = "category": taxonomy level, 1 = coarsest .. M = finest; 0 = the finest
     goal_heads: bool = False  # one final head layer per goal (GoalHeads) instead of one for all goals
 
     def __post_init__(self) -> None:
@@ -76,6 +85,10 @@ class TINConfig:
         object.__setattr__(self, "head_hidden", check_sizes(owner, "head_hidden", self.head_hidden))
         check_goal_options(owner, self.num_goals, self.tdpe, self.goal_heads)
         check_temporal_options(owner, self)
+        num_extra, extra_fields = check_key_fields(owner, self.num_scenes, self.num_extra, self.extra_fields)
+        object.__setattr__(self, "num_extra", num_extra)
+        object.__setattr__(self, "extra_fields", extra_fields)
+        tdpe_key_of(owner, self)  # an unknown key, or one the data has no vocabulary for, is a config error
 
 
 class TIN(nn.Module):
@@ -88,19 +101,24 @@ class TIN(nn.Module):
             config.num_items, config.dim, config.num_categories, config.taxonomy_levels, config.init_std
         )
         E = self.embedding.out_dim
-        self.position_embedding, self.gap_embedding = temporal_tables(config, E)  # [P, E], [G, E] (per goal: TDPE)
+        self.tdpe_key = tdpe_key_of(type(config).__name__, config)
+        self.position_embedding, self.gap_embedding = temporal_tables(config, E, self.tdpe_key)  # [P, E], [G, E]
         T = config.num_goals
         self.head = GoalHeads(2 * E, config.head_hidden, T) if config.goal_heads else mlp(2 * E, config.head_hidden)
-        reads_gap = self.gap_embedding is not None
-        reads_goal = config.goal_heads or config.tdpe != "shared"
-        self.reads: tuple[str, ...] = (
-            self.embedding.reads + (("history_time_delta",) if reads_gap else ()) + (("goal",) if reads_goal else ())
-        )
+        reads = [*self.embedding.reads, *(["history_time_delta"] if self.gap_embedding is not None else [])]
+        reads += decoupling_reads(self.tdpe_key, config.tdpe, config.goal_heads)
+        self.reads: tuple[str, ...] = tuple(dict.fromkeys(reads))  # in order, without repeats
+
+    @property
+    def temporal_key(self) -> TDPEKey | None:
+        """The key whose value picks the temporal tables (TDPE), or None when one table serves every target."""
+        return self.tdpe_key if self.config.tdpe != "shared" else None
 
     def _encode(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
         """Temporally encoded behaviours ẽ [B, L, E], target ṽ_t [B, E], and the plain target v_t [B, E]."""
         h, v = self.embedding(batch)  # [B, L, E], [B, E]
-        e, t = add_temporal_encoding(batch, h, v, self.position_embedding, self.gap_embedding, self.config)
+        tables = self.position_embedding, self.gap_embedding
+        e, t = add_temporal_encoding(batch, h, v, *tables, self.config, self.tdpe_key)  # [B, L, E], [B, E]
         return e, t, v  # [B, L, E], [B, E], [B, E]
 
     def _attend(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
