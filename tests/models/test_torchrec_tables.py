@@ -78,6 +78,15 @@ def test_models_score_the_same_on_torchrec_tables(make_model, name: str) -> None
         torch.testing.assert_close(converted(batch), model(batch))
 
 
+def test_a_model_without_categories_scores_the_same_on_its_one_torchrec_table(make_model) -> None:
+    model = make_model("din", num_categories=0, taxonomy_levels=0)
+    converted = use_torchrec_tables(copy.deepcopy(model))
+    assert converted.embedding.lookup.names == ["item"]
+    batch = make_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(converted(batch), model(batch))
+
+
 def test_models_that_look_tables_up_directly_are_refused(make_model) -> None:
     with pytest.raises(TypeError, match=r"use_torchrec_tables converts the models \[.*'din'.*\]\. Got TWIN instead"):
         use_torchrec_tables(make_model("twin"))

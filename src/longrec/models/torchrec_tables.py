@@ -168,20 +168,26 @@ class TorchRecBehaviourEmbedding(nn.Module):
         levels = embedding.out_dim // D - 1  # M, 0 without categories
         self.out_dim = embedding.out_dim
         self.reads = embedding.reads
-        self.tables = CollectionLookup(tables, ["item", "category"][: len(tables)], [1, levels][: len(tables)])
+        self.lookup = CollectionLookup(tables, ["item", "category"][: len(tables)], [1, levels][: len(tables)])
 
     def history_ids(self, batch: Batch) -> list[Tensor]:
         """item [B, L] (and the category path [B, L, M])."""
-        return [batch.history] if len(self.tables.names) == 1 else [batch.history, batch.history_category]  # type: ignore[list-item]
+        if len(self.lookup.names) == 1:
+            return [batch.history]
+        assert batch.history_category is not None  # check_batch's job
+        return [batch.history, batch.history_category]
 
     def target_ids(self, batch: Batch) -> list[Tensor]:
         """item [B] (and the category path [B, M])."""
-        return [batch.target] if len(self.tables.names) == 1 else [batch.target, batch.target_category]  # type: ignore[list-item]
+        if len(self.lookup.names) == 1:
+            return [batch.target]
+        assert batch.target_category is not None  # check_batch's job
+        return [batch.target, batch.target_category]
 
     def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Return the behaviour embeddings h [B, L, E] and the target embedding t [B, E]."""
-        h = self.tables(self.history_ids(batch))  # [B, L, E]
-        t = self.tables(self.target_ids(batch))  # [B, E]
+        h = self.lookup(self.history_ids(batch))  # [B, L, E]
+        t = self.lookup(self.target_ids(batch))  # [B, E]
         return h, t
 
 
