@@ -107,9 +107,19 @@ def test_adam_and_unknown_shardings_are_refused_with_what_the_cpu_offers() -> No
         shard(module, "column_wise")
 
 
-def plain_rowwise_adagrad(eps: float = 1e-8) -> dict[str, torch.Tensor]:
-    """The steps of `ranks.run` on plain `nn.Embedding`s, exact row-wise Adagrad written out on the touched rows:
-    s_r += mean(g_r²), w_r -= lr · g_r / (sqrt(s_r) + eps), g_r summed over every position that reads row r."""
+def rowwise_adagrad_(table: nn.Embedding, ids: torch.Tensor, state: torch.Tensor, eps: float = 1e-8) -> None:
+    """Exact row-wise Adagrad written out on the rows `ids` touched, from `table.weight.grad` (g_r summed over every
+    position that reads row r): s_r += mean(g_r²), w_r -= lr · g_r / (sqrt(s_r) + eps). Padding is never read."""
+    rows = ids.unique()
+    rows = rows[rows != 0] if table.padding_idx == 0 else rows
+    with torch.no_grad():
+        g = table.weight.grad[rows]  # [R, D]
+        state[rows] += g.square().mean(dim=1)
+        table.weight[rows] -= ranks.LR * g / (state[rows].sqrt() + eps).unsqueeze(1)
+
+
+def plain_rowwise_adagrad() -> dict[str, torch.Tensor]:
+    """The steps of `ranks.run` on plain `nn.Embedding`s, each followed by `rowwise_adagrad_`."""
     tables = ranks.tables()
     state = [torch.zeros(t.num_embeddings) for t in tables]
     for step in range(ranks.STEPS):
@@ -118,14 +128,31 @@ def plain_rowwise_adagrad(eps: float = 1e-8) -> dict[str, torch.Tensor]:
             t.zero_grad()
         with reference_paths():
             (lookup(tables, ids) * ranks.weights(step)).sum().backward()
-        with torch.no_grad():
-            for t, s, i in zip(tables, state, ids, strict=True):
-                rows = i.unique()
-                rows = rows[rows != 0] if t.padding_idx == 0 else rows  # padding is never read
-                g = t.weight.grad[rows]  # [R, D]
-                s[rows] += g.square().mean(dim=1)
-                t.weight[rows] -= ranks.LR * g / (s[rows].sqrt() + eps).unsqueeze(1)
+        for t, s, i in zip(tables, state, ids, strict=True):
+            rowwise_adagrad_(t, i, s)
     return {name: t.weight.detach() for name, t in zip(["item", "category", "time"], tables, strict=True)}
+
+
+@pytest.mark.parametrize("sharding", ["table_wise", "row_wise"])
+def test_a_sharded_din_step_equals_din_with_the_update_written_plainly(one_process_group, make_model, sharding) -> None:
+    model = make_model("din")
+    sharded = shard(use_torchrec_tables(copy.deepcopy(model)), sharding, lr=ranks.LR)
+    batch = make_batch()
+    logits = sharded(batch)
+    torch.testing.assert_close(logits, model(batch))
+    logits.sum().backward()  # the tables take their fused step here; the dense part gets .grad (DDP)
+    model(batch).sum().backward()
+    dense = dict(sharded.named_parameters())
+    for name, parameter in model.named_parameters():
+        if not name.startswith("embedding."):
+            torch.testing.assert_close(dense[name].grad, parameter.grad, msg=f"gradient of {name}")
+    item, category = model.embedding.item_embedding, model.embedding.category_embedding
+    rowwise_adagrad_(item, torch.cat([batch.history.flatten(), batch.target]), torch.zeros(item.num_embeddings))
+    ids = torch.cat([batch.history_category.flatten(), batch.target_category.flatten()])
+    rowwise_adagrad_(category, ids, torch.zeros(category.num_embeddings))
+    tables = ranks.gathered_tables(sharded, 0)
+    torch.testing.assert_close(tables["item"], item.weight.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(tables["category"], category.weight.detach(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("sharding", ["table_wise", "row_wise"])

@@ -60,10 +60,15 @@ def run(rank: int, world: int, sharding: str) -> dict[str, Tensor]:
     for step in range(STEPS):
         out = model([ids[part] for ids in batch_ids(step)])  # [B/W, L, J·D]
         (out * weights(step)[part]).sum().backward()  # the fused optimizer updates the touched rows here
+    return gathered_tables(model, rank)
+
+
+def gathered_tables(model: nn.Module, rank: int) -> dict[str, Tensor]:
+    """Every sharded table of `model` whole, by table name, on rank 0 (empty on the other ranks)."""
     full: dict[str, Tensor] = {}
     for key, value in model.state_dict().items():
         if not hasattr(value, "local_shards"):
-            continue
+            continue  # a dense parameter
         target = torch.empty(value.size()) if rank == 0 else None
         value.gather(dst=0, out=target)  # ShardedTensor -> the whole table on rank 0
         if target is not None:

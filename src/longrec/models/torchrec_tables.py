@@ -126,16 +126,26 @@ class CollectionLookup(nn.Module):
 
     def forward(self, ids: Sequence[Tensor]) -> Tensor:
         """ids: one tensor per table, [*S] or [*S, M], int64 -> [*S, J·D], as `layers.lookup(tables, ids)`."""
+        return self.many([ids])[0]
+
+    def many(self, groups: Sequence[Sequence[Tensor]]) -> list[Tensor]:
+        """Several lookups (e.g. history [B, L] and target [B]) in one call to the collection: [*S_g, J·D] each.
+
+        Sharded with a fused optimizer, each call to the collection is one optimizer step on the rows it read, so
+        everything one training step reads must go through one call: a row read by the history and by the target
+        then gets one update from its summed gradient, as with a plain optimizer, not two.
+        """
         from torchrec import KeyedJaggedTensor
 
-        lead = ids[0].shape  # S: the first table's ids are plain, as in `lookup`
-        N = lead.numel()
+        leads = [g[0].shape for g in groups]  # S_g: the first table's ids are plain, as in `lookup`
+        sizes = [lead.numel() for lead in leads]  # N_g
+        N = sum(sizes)
         keys: list[str] = []
         values: list[Tensor] = []
         lengths: list[Tensor] = []
         masks: list[Tensor | None] = []
-        for table_ids, features, padded in zip(ids, self.features, self.padded, strict=True):
-            flat = table_ids.reshape(N, len(features))  # [N, J_t]
+        for t, (features, padded) in enumerate(zip(self.features, self.padded, strict=True)):
+            flat = torch.cat([g[t].reshape(n, len(features)) for g, n in zip(groups, sizes, strict=True)])  # [N, J_t]
             for m, feature in enumerate(features):
                 column = flat[:, m]  # [N]
                 mask = column != 0 if padded else None  # [N], False = padding: not sent, embeds to 0
@@ -154,8 +164,8 @@ class CollectionLookup(nn.Module):
                 parts.append(found)
             else:
                 parts.append(found.new_zeros(N, self.dim).index_put((mask.nonzero().squeeze(1),), found))  # [N, D]
-        out = torch.stack(parts, dim=1)  # [N, J, D]
-        return out.view(*lead, len(keys) * self.dim)  # [*S, J·D]
+        out = torch.stack(parts, dim=1).view(N, len(keys) * self.dim)  # [N, J·D]
+        return [o.view(*lead, -1) for o, lead in zip(out.split(sizes), leads, strict=True)]  # [*S_g, J·D] each
 
 
 class TorchRecBehaviourEmbedding(nn.Module):
@@ -186,8 +196,7 @@ class TorchRecBehaviourEmbedding(nn.Module):
 
     def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Return the behaviour embeddings h [B, L, E] and the target embedding t [B, E]."""
-        h = self.lookup(self.history_ids(batch))  # [B, L, E]
-        t = self.lookup(self.target_ids(batch))  # [B, E]
+        h, t = self.lookup.many([self.history_ids(batch), self.target_ids(batch)])  # [B, L, E], [B, E]: one step
         return h, t
 
 
