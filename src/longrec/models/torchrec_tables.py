@@ -223,6 +223,9 @@ def shard(
     group's ranks, trained by FBGEMM's fused `optimizer` inside the backward; the rest of the module data-parallel.
 
     Needs an initialised default process group (gloo on the CPU). Every rank passes its own part of the batch.
+    TorchRec divides the table gradients summed over the W ranks by W (gradient division, on by default), as DDP
+    averages the dense ones: scale each rank's loss as `longrec.train.distributed` does (n_r·W/N for a mean over the
+    global batch of N) and both parts take the single-process step on the whole batch.
 
     Raises:
         ValueError: an unknown `sharding` or `optimizer`.
