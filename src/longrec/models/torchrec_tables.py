@@ -16,9 +16,9 @@ DSI-TIN) call `lookup` on the tables directly and are not converted yet; `Collec
 `shard(module, sharding, ...)` wraps a module holding `CollectionLookup`s in `DistributedModelParallel`: every table
 sharded table-wise or row-wise over the ranks of the default process group, trained by the fused optimizer inside the
 backward (no `.grad`, no dense optimizer step for the tables): every call to the collection is one optimizer step on
-the rows it read, so one training step looks everything up in one call (`CollectionLookup.many`). On the CPU, FBGEMM 1.8 offers exact row-wise Adagrad
-(and Adagrad, SGD), not Adam: `"adam"` fails in FBGEMM with `AssertionError: Optimizer adam is not supported in CPU
-mode.` (docs/scale_out.md).
+the rows it read, so one training step looks everything up in one call (`CollectionLookup.many`). On the CPU,
+FBGEMM 1.8 offers exact row-wise Adagrad (and Adagrad, SGD), not Adam: `"adam"` fails in FBGEMM with
+`AssertionError: Optimizer adam is not supported in CPU mode.` (docs/scale_out.md).
 
 torchrec and fbgemm_gpu are imported inside the functions that need them: the rest of longrec never requires them.
 Tests: tests/models/test_torchrec_tables.py (marker `torchrec`, `make test-torchrec`).
