@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 PIP_INSTALL := $(PIP) install -c constraints.txt
 
-.PHONY: demo test lint typecheck unit install install-dev install-redis bench clean
+.PHONY: demo test lint typecheck unit install install-dev install-redis install-torchrec test-torchrec bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,20 @@ install-redis:
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
+
+# TorchRec-sharded tables (optional, docs/scale_out.md). torchrec's wheel requires the CUDA package fbgemm-gpu, which
+# would land over the CPU build: the extra installs fbgemm-gpu-cpu and torchrec's other dependencies, then torchrec goes
+# in without its dependencies; the last line fails here, not in a test, if the pair does not load on this torch.
+$(VENV)/.installed-torchrec: pyproject.toml constraints.txt $(VENV)/.installed-dev
+	$(PIP_INSTALL) -e '.[dev,torchrec]'
+	$(PIP_INSTALL) --no-deps torchrec==1.8.0
+	$(BIN)/python -c "from longrec.models.torchrec_tables import require_torchrec; require_torchrec()"
+	touch $@
+install-torchrec: $(VENV)/.installed-torchrec
+
+## make test-torchrec: the TorchRec parity tests (lookups, fused optimizer step, 2 ranks vs 1) in the venv with torchrec
+test-torchrec: $(VENV)/.installed-torchrec
+	$(BIN)/pytest -m torchrec -q -rs
 
 ## make demo: install and run the end-to-end demo (synthetic data -> prepare -> DIN vs mean pooling)
 demo: $(VENV)/.installed
