@@ -260,7 +260,7 @@ class TDSASRec(nn.Module):
         h, _ = self.embedding(batch)  # [B, L, E]
         used = goals.unique()  # [G], sorted
         users = self._streams(batch, h, used.expand(h.shape[0], -1))[1]  # [B, G, E]
-        slot = torch.searchsorted(used, goals)  # [B, C], the stream of each candidate's goal
+        slot = torch.searchsorted(used, goals.contiguous())  # [B, C], the stream of each candidate's goal
         u = users.gather(1, slot.unsqueeze(-1).expand(-1, -1, users.shape[-1]))  # [B, C, E]
         return self._score(u, self._item_vectors(candidates, candidate_category), goals)  # [B, C]
 
