@@ -182,3 +182,16 @@ def test_splits_holding_both_classes_raise_no_warning(tmp_path: Path, caplog: py
     with caplog.at_level(logging.WARNING, logger="longrec"):
         prepare(make_log(num_users=5, events=10), tmp_path / "store", ProtocolConfig.for_protocol("T"))
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_top_categories_ranks_a_levels_categories_by_behaviours(tiny_log: pl.DataFrame, tmp_path: Path) -> None:
+    prepare(tiny_log, tmp_path / "s", ProtocolConfig.for_protocol("T"))
+    store = TrajectoryStore.open(tmp_path / "s")
+    for level in (0, 1, -1):
+        top = store.top_categories(100, level)
+        ids = np.asarray(store.item_category)[:, level]
+        counts = {c: int(store.item_count[ids == c].sum()) for c in set(ids.tolist()) - {0}}
+        assert top == sorted((c for c in counts if counts[c]), key=lambda c: (-counts[c], c))
+        assert store.top_categories(2, level) == top[:2]
+    with pytest.raises(ValueError, match=r"level must be a taxonomy level in \[-2, 2\)"):
+        store.top_categories(3, level=2)

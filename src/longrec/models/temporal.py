@@ -95,11 +95,12 @@ def check_temporal_options(owner: str, options: TemporalOptions) -> None:
 
 
 def temporal_tables(
-    options: TemporalOptions, width: int
+    options: TemporalOptions, width: int, num_targets: int | None = None
 ) -> tuple[TargetDecoupledEncoding | None, TargetDecoupledEncoding | None]:
     """The position table [P, E] and the time-gap table [G, E] that `options.temporal` asks for (per goal under
-    TDPE), in that order; None for a kind it leaves out."""
-    T, mode, std = options.num_goals, options.tdpe, options.init_std
+    TDPE, or per target head: `num_targets` rows sets instead of `options.num_goals`), in that order; None for a kind
+    it leaves out."""
+    T, mode, std = num_targets or options.num_goals, options.tdpe, options.init_std
     position = options.temporal in ("position", "both")
     gap = options.temporal in ("time_gap", "both")
     return (
