@@ -66,6 +66,7 @@ from longrec.models.layers import BehaviourEmbedding, mlp
 from longrec.models.losses import sampled_softmax_loss
 from longrec.models.tdpe import check_goal_options
 from longrec.models.temporal import YEAR, check_temporal_options, temporal_tables, time_gap_bucket
+from longrec.models.transformer import TransformerBlock, attention_mask
 
 __all__ = ["ENCODERS", "LOSSES", "SCORING", "TARGET_KEYS", "TDSASRec", "TDSASRecConfig"]
 
@@ -172,29 +173,6 @@ class TDSASRecConfig:
             )
 
 
-class _Block(nn.Module):
-    """Pre-LN Transformer block: x + MHA(LN(x)) under a boolean mask, then x + FFN(LN(x))."""
-
-    def __init__(self, width: int, heads: int, ffn_width: int, dropout: float) -> None:
-        super().__init__()
-        self.heads, self.dropout = heads, dropout
-        self.attention_norm = nn.LayerNorm(width)
-        self.qkv = nn.Linear(width, 3 * width)
-        self.out = nn.Linear(width, width)
-        self.ffn_norm = nn.LayerNorm(width)
-        self.ffn = nn.Sequential(nn.Linear(width, ffn_width), nn.ReLU(), nn.Linear(ffn_width, width))
-
-    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
-        """x [N, S, E], allowed [N, 1, S, S] bool (True = query row may attend to key column) -> [N, S, E]."""
-        N, S, E = x.shape
-        p = self.dropout if self.training else 0.0
-        qkv = self.qkv(self.attention_norm(x)).view(N, S, 3, self.heads, E // self.heads)  # [N, S, 3, H, E/H]
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # [N, H, S, E/H] each
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)  # [N, H, S, E/H]
-        x = x + F.dropout(self.out(a.transpose(1, 2).reshape(N, S, E)), p, self.training)  # [N, S, E]
-        return x + F.dropout(self.ffn(self.ffn_norm(x)), p, self.training)  # [N, S, E]
-
-
 class TDSASRec(nn.Module):
     """Causal self-attention user tower with per-goal query tokens and TDPE; dot-product or MLP scoring."""
 
@@ -211,7 +189,8 @@ class TDSASRec(nn.Module):
         self.query_tokens = nn.Embedding(T, E)  # q_τ, one learnable token per target
         nn.init.normal_(self.query_tokens.weight, std=c.init_std)
         self.blocks = nn.ModuleList(
-            _Block(E, c.num_heads, c.ffn_multiplier * E, c.dropout) for _ in range(c.num_blocks if causal else 0)
+            TransformerBlock(E, c.num_heads, c.ffn_multiplier * E, c.dropout)
+            for _ in range(c.num_blocks if causal else 0)
         )
         self.final_norm = nn.LayerNorm(E)
         self.head = mlp(3 * E, c.head_hidden) if c.scoring == "mlp" else None
@@ -286,9 +265,7 @@ class TDSASRec(nn.Module):
         x = torch.cat([x, self.query_tokens(flat_goals).unsqueeze(1)], dim=1)  # [B·G, S, E], query token last
         S = L + 1
         real = F.pad(mask, (0, 1), value=True).repeat_interleave(G, dim=0)  # [B·G, S], the query token is real
-        causal = torch.ones(S, S, dtype=torch.bool, device=h.device).tril()  # [S, S]
-        itself = torch.eye(S, dtype=torch.bool, device=h.device)  # [S, S]
-        allowed = (causal & (real.unsqueeze(1) | itself)).unsqueeze(1)  # [B·G, 1, S, S]
+        allowed = attention_mask(real, causal=True)  # [B·G, 1, S, S]
         for block in self.blocks:
             x = block(x, allowed)  # [B·G, S, E]
         x = self.final_norm(x).view(B, G, S, E)  # [B, G, S, E]
