@@ -358,8 +358,9 @@ class Stores:
         atomic_write_text(stamp, dumps_json({"key": key, "info": info}))
         return Store(folder, info)
 
-    def taobao(self, min_behaviours: int = 50) -> Store:
-        """The 927-user Taobao slice (page views) under Protocol A, users with >= `min_behaviours` behaviours."""
+    def taobao(self, min_behaviours: int = 50, negatives: int | None = None) -> Store:
+        """The 927-user Taobao slice (page views) under Protocol A, users with >= `min_behaviours` behaviours (and
+        `negatives` sampled negatives per positive instead of Protocol A's 2, when given)."""
 
         def build(folder: Path) -> dict[str, Any]:
             if not TAOBAO_SLICE.is_file():
@@ -367,13 +368,16 @@ class Stores:
                     f"{TAOBAO_SLICE.name} not found: the Taobao slice lives in ../shared/data beside the repository."
                 )
             log = load_log(TAOBAO_SLICE, "taobao", actions=("pv",))
-            protocol = ProtocolConfig.for_protocol("A", min_behaviours=min_behaviours)
+            more = {} if negatives is None else {"negatives": negatives}
+            protocol = ProtocolConfig.for_protocol("A", min_behaviours=min_behaviours, **more)
             result = prepare(log.frame, folder / "store", protocol, source=TAOBAO_SLICE.name, force=True,
                              load_report=log.report)  # fmt: skip
             line = f"Taobao slice ({TAOBAO_SLICE.name}), Protocol A, users with >= {min_behaviours} behaviours"
+            line += "" if negatives is None else f", {negatives} negatives per positive"
             return {"line": line, "counts": result.manifest["counts"]}
 
-        return self.get("taobao-A", {"min_behaviours": min_behaviours}, build)
+        key = {"min_behaviours": min_behaviours} | ({} if negatives is None else {"negatives": negatives})
+        return self.get("taobao-A", key, build)
 
     def movielens(self, min_rating: float = 3.5, protocol: str = "B") -> Store:
         """MovieLens latest-small (ratings >= `min_rating` as behaviours) under `protocol`."""

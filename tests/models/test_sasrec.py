@@ -285,17 +285,25 @@ def by_category(make_model):
             {"target_key": "category"},
             r"needs categories \(num_categories > 0\) and the ids .* Got num_categories = 20, 0",
         ),
-        (
-            {"target_key": "category", "head_categories": (3, 20)},
-            r"distinct category ids in \[1, num_categories = 20\)",
-        ),
-        ({"target_key": "category", "head_categories": (3, 3)}, r"Got a repeated id instead"),
+        ({"target_key": "category", "head_categories": (3, 0)}, r"distinct category ids >= 1 \(0 = missing\)"),
+        ({"target_key": "category", "head_categories": (3, 3)}, r"distinct category ids >= 1 .* Got \[3, 3\] instead"),
         ({"target_key": "category", "head_categories": ("3",)}, r"head_categories must be a list of category ids"),
     ],
 )
 def test_target_head_options_are_checked(params: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TDSASRecConfig(**{"num_items": 50, "num_categories": 20, "taxonomy_levels": 2, **params})
+
+
+def test_head_categories_outside_the_datas_categories_are_refused_when_the_model_is_built(make_model) -> None:
+    from longrec.config import Config
+
+    # an experiment file is checked without the data, so any id >= 1 passes there ...
+    model = {"name": "td_sasrec", "target_key": "category", "head_categories": [3, 1369]}
+    assert Config.from_dict({"model": model}).model.params["head_categories"] == (3, 1369)
+    # ... and the model built for the data refuses an id the data does not have
+    with pytest.raises(ValueError, match=r"in \[1, num_categories = 20\)\. Got \[20\] instead: were they listed"):
+        make_model("td_sasrec", target_key="category", head_categories=(3, 20))
 
 
 def test_category_heads_give_one_user_vector_per_listed_category_plus_a_shared_one(by_category, batch) -> None:

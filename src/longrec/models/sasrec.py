@@ -165,11 +165,11 @@ class TDSASRecConfig:
                 f"{owner}.target_key = 'category' needs categories (num_categories > 0) and the ids that get a head "
                 f"in head_categories. Got num_categories = {self.num_categories}, {len(listed)} head categories."
             )
-        bad = [c for c in listed if not 1 <= c < self.num_categories]
-        if bad or len(set(listed)) != len(listed):
+        # The upper bound (num_categories) comes from the data: the model checks it when it is built.
+        if any(c < 1 for c in listed) or len(set(listed)) != len(listed):
             raise ValueError(
-                f"{owner}.head_categories must be distinct category ids in [1, num_categories = "
-                f"{self.num_categories}). Got {'out of range: ' + str(bad[:5]) if bad else 'a repeated id'} instead."
+                f"{owner}.head_categories must be distinct category ids >= 1 (0 = missing). Got {list(listed[:8])}"
+                f"{' ...' if len(listed) > 8 else ''} instead."
             )
 
 
@@ -197,6 +197,12 @@ class TDSASRec(nn.Module):
         self.goal_bias = nn.Embedding(c.num_goals, 1)  # b_g: goals have different base rates
         nn.init.zeros_(self.goal_bias.weight)
         if c.target_key == "category":  # category id -> its head (0 = the shared head); rebuilt from the config
+            unknown = [i for i in c.head_categories if i >= c.num_categories]
+            if unknown:
+                raise ValueError(
+                    f"TDSASRecConfig.head_categories must be category ids of the data, in [1, num_categories = "
+                    f"{c.num_categories}). Got {unknown[:5]} instead: were they listed from another store?"
+                )
             heads = torch.zeros(c.num_categories, dtype=torch.long)  # [V_cat]
             heads[list(c.head_categories)] = torch.arange(1, T)
             self.register_buffer("head_of_category", heads, persistent=False)
