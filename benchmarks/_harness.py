@@ -12,11 +12,11 @@
   mechanisms, a catalog log (every item of a large vocabulary once) and a store's copy whose train split keeps a
   window of sample times, each prepared once into a cache folder (a temporary one unless --cache names one; a store
   whose knobs changed is prepared again with `force=True`).
-- **Training**: `train_run(values, out)` trains a whole run with the package's own `longrec.run.train` (and
-  `newest_run` loads it back with the weights of its last step); `Trainer`
+- **Training**: `train_run(values, out)` trains a whole run with the package's own `longrec.run.train` (`parallel` runs
+  such jobs in worker processes; `newest_run` loads one back with the weights of its last step); `Trainer`
   times `longrec.train.step.train_step` calls (its own Adam from `make_optimizer`, warm-up, rounds, per-step
   minimum, rates), and `timings` / `median_ms` / `percentile` time anything else.
-- **Output**: `markdown_table`, `folder_bytes`, `write_section` (the text between `<!-- BEGIN name -->` and
+- **Output**: `markdown_table`, `mean_std`, `folder_bytes`, `write_section` (the text between `<!-- BEGIN name -->` and
   `<!-- END name -->` of a README given by path), `write_results` / `read_results`.
 
 Readings of the numbers are written by hand in benchmarks/README.md, outside the markers; a section holds what a
@@ -298,6 +298,33 @@ def train_run(values: dict[str, Any], out: str | Path) -> dict[str, Any]:
     started = time.perf_counter()
     result = train(config_from(values), out, force=True)
     return result | {"seconds": round(time.perf_counter() - started, 1)}
+
+
+def parallel(
+    fn: Callable[[dict[str, Any]], dict[str, Any]],
+    jobs: list[dict[str, Any]],
+    processes: int,
+    describe: Callable[[dict[str, Any]], str],
+) -> list[dict[str, Any]]:
+    """`fn(job)` for every job in `processes` fresh worker processes (spawned, not forked: a forked child of a process
+    that ran polars' thread pool can deadlock), logging `describe(result)` as each result arrives, in job order."""
+    import logging
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    log = logging.getLogger("benchmarks")
+    results = []
+    with ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for i, result in enumerate(pool.map(fn, jobs)):
+            results.append(result)
+            log.info("[%d/%d] %s", i + 1, len(jobs), describe(result))
+    return results
+
+
+def mean_std(values: Sequence[float], digits: int = 4) -> str:
+    """ "mean ± std" of `values` (population std, as numpy's default)."""
+    array = np.asarray(values, dtype=np.float64)
+    return f"{array.mean():.{digits}f} ± {array.std():.{digits}f}"
 
 
 def newest_run(run_dir: Path) -> Run:

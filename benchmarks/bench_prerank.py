@@ -43,23 +43,22 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing
 import os
 import re
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import _harness as harness
 import numpy as np
+import torch
 
-from longrec.eval.retrieval import PoolConfig
+from longrec.data.dataset import collate
+from longrec.eval.retrieval import PoolConfig, evaluate_retrieval
+from longrec.models import build_model_for_sizes
 from longrec.run import load_run
-
-logger = logging.getLogger("bench_prerank")
 
 GOALS = ("click", "cart", "buy")
 NS = (10, 50, 200)
@@ -73,6 +72,7 @@ ROWS: dict[str, dict[str, Any]] = {
     "TD-SASRec, 10 category heads": {"target_key": "category", "heads": 10, "coarse": True},
 }
 MAIN_ROWS = ("mean tower", "SASRec, 1 query", "TD-SASRec, goal heads", "TD-SASRec, 50 category heads")
+ROWS_AT_INIT = ("mean tower", "SASRec, 1 query", "TD-SASRec, 50 category heads")
 
 
 @dataclass(frozen=True)
@@ -204,29 +204,56 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             name = re.sub(r"[^\w.-]+", "", f"{data}-{row}-{seed}")
             job = {"data": data, "row": row, "seed": seed, "model": model, "store": str(store.path)}
             jobs.append(job | {"out": str(work / "runs" / name), "batch_size": args.batch_size} | schedule(data, args))
-    logger.info("%d runs in %d processes; scratch %s", len(jobs), args.jobs, work)
+    logging.getLogger("benchmarks").info("%d runs in %d processes; scratch %s", len(jobs), args.jobs, work)
     started = time.perf_counter()
-    runs = []
-    # spawn, not fork: a forked child of a process that ran polars' thread pool can deadlock.
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for i, run in enumerate(pool.map(run_one, jobs)):
-            runs.append(run | origin)
-            logger.info(
-                "[%d/%d] %s / %s / seed %d: AUC %.4f, R@50 %.3f (%.0f + %.0f s)",
-                *(i + 1, len(jobs), run["data"], run["row"], run["seed"], run["test"]["auc"]),
-                *(run["retrieval"]["recall@50"], run["seconds"], run["eval_seconds"]),
-            )
+    runs = harness.parallel(
+        run_one,
+        jobs,
+        args.jobs,
+        lambda r: (
+            f"{r['data']} / {r['row']} / seed {r['seed']}: AUC {r['test']['auc']:.4f}, R@50 "
+            f"{r['retrieval']['recall@50']:.3f} ({r['seconds']:.0f} + {r['eval_seconds']:.0f} s)"
+        ),
+    )
+    seconds = round(time.perf_counter() - started, 1)
+    runs = kept + [run | origin for run in runs]
+    known = harness.read_results(args.json).get("diagnostics", {}) if args.merge else {}
+    diagnosed = {r["data"] for r in runs} & set(MAIN_DATA)
     return {
         "machine": {"torch_threads": 1, "jobs": args.jobs},
-        "seconds": round(time.perf_counter() - started, 1),
-        "fresh_runs": len(runs),
-        "runs": kept + runs,
+        "seconds": seconds,
+        "fresh_runs": len(runs) - len(kept),
+        "runs": runs,
+        "diagnostics": {d: known.get(d) or diagnose(d, store_of(DATA[d].store, cache, args.users)) for d in diagnosed},
     }
 
 
-def _mean_std(values: list[float]) -> str:
-    array = np.array(values, dtype=np.float64)
-    return f"{array.mean():.4f} ± {array.std():.4f}"
+def diagnose(data: str, store: harness.Store) -> dict[str, Any]:
+    """What the data gives each row before any training: the share of test positives whose item is in their own
+    history (max_history 50: a repeat, which an order-blind mean of the history's item vectors scores high by
+    construction), the train targets per category head, and Recall@50 of each row's freshly initialised model."""
+    opened = store.open()
+    test = opened.samples("test")
+    positives = np.flatnonzero(np.asarray(test.label) > 0.5)
+    batch = collate(opened, test, positives, 50)
+    repeat = float(((batch.history == batch.target[:, None]) & batch.history_mask).any(1).float().mean())
+    heads = opened.top_categories(50, DATA[data].level)
+    train = opened.samples("train")
+    category = np.asarray(train.target_category)[:, DATA[data].level]  # [N]
+    per_head = np.array([(category == c).sum() for c in heads])  # [50]
+    init = {}
+    for row in ROWS_AT_INIT:
+        torch.manual_seed(0)
+        params = {k: v for k, v in model_params(row, DATA[data], store).items() if k != "name"}
+        model = build_model_for_sizes("td_sasrec", params, opened.sizes)
+        init[row] = evaluate_retrieval(model, opened, "test", NS, POOL, max_history=50)["recall@50"]
+    return {
+        "repeat": repeat,
+        "head_coverage": float(np.isin(category, heads).mean()),
+        "per_head": [int(per_head.min()), int(np.median(per_head)), int(per_head.max())],
+        "train_samples": len(train),
+        "init_recall50": init,
+    }
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -262,10 +289,10 @@ def table(groups: dict[tuple[str, str], dict[str, Any]], datasets: list[str]) ->
                     data,
                     row,
                     str(heads),
-                    _mean_std(auc),
-                    _mean_std([r["test"]["gauc"] for r in runs]),
-                    *[_mean_std([r["retrieval"][f"recall@{n}"] for r in runs]) for n in NS],
-                    _mean_std([r["retrieval"]["ndcg@50"] for r in runs]),
+                    harness.mean_std(auc),
+                    harness.mean_std([r["test"]["gauc"] for r in runs]),
+                    *[harness.mean_std([r["retrieval"][f"recall@{n}"] for r in runs]) for n in NS],
+                    harness.mean_std([r["retrieval"]["ndcg@50"] for r in runs]),
                     delta_auc,
                     delta_recall,
                     f"{np.mean([r['seconds'] for r in runs]):.0f} + {np.mean([r['eval_seconds'] for r in runs]):.0f}",
@@ -302,6 +329,27 @@ def render(payload: dict[str, Any]) -> str:
         f"it (ties against the positive). Test metrics, mean ± std over seeds {config['seeds']}.\n\n"
         + table(groups, main_data)
     )
+    diagnostics = payload.get("diagnostics") or {}
+    if diagnostics:
+        header = ["data", "test positives in their history", "train samples", "train targets with a head of their own"]
+        header += ["train targets per head (min / median / max)", *[f"Recall@50 at init: {r}" for r in ROWS_AT_INIT]]
+        lines = [
+            [
+                data,
+                f"{d['repeat']:.1%}",
+                f"{d['train_samples']:,}",
+                f"{d['head_coverage']:.1%}",
+                " / ".join(f"{n:,}" for n in d["per_head"]),
+                *[f"{d['init_recall50'][r]:.3f}" for r in ROWS_AT_INIT],
+            ]
+            for data in MAIN_DATA
+            if (d := diagnostics.get(data))
+        ]
+        text += (
+            "\n\nWhat each dataset gives before training (`diagnose`): test positives whose item is in their own "
+            "history (50 behaviours), the 50 category heads' share and count of the train targets, and Recall@50 of "
+            "freshly initialised models (seed 0) on the same pool.\n\n" + harness.markdown_table(header, lines)
+        )
     experiment = {cell for cells in EXPERIMENTS.values() for cell in cells} & set(groups)
     if experiment:
         # each experiment's cells, and on main-grid data the main grid's mean tower and 50-head rows beside them
