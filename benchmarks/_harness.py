@@ -300,6 +300,35 @@ def train_run(values: dict[str, Any], out: str | Path) -> dict[str, Any]:
     return result | {"seconds": round(time.perf_counter() - started, 1)}
 
 
+def run_values(
+    store: str | Path, seed: int, batch_size: int, epochs: int, max_history: int, eval_every: int = 0, lr: float = 0.003
+) -> dict[str, Any]:
+    """The data and train settings (dotted keys, for `train_run`) of a run in a worker process of `parallel`: one
+    torch thread, no progress bar, validation AUC picks the checkpoint (every `eval_every` steps, or each epoch)."""
+    return {
+        "data.path": str(store),
+        "data.max_history": max_history,
+        "train.lr": lr,
+        "train.batch_size": batch_size,
+        "train.epochs": epochs,
+        "train.eval_every": eval_every,
+        "train.seed": seed,
+        "train.metric": "auc",
+        "train.threads": 1,
+        "train.progress": False,
+    }
+
+
+def schedule(store: Store, epochs: int, batch_size: int, shrink: int = 1) -> dict[str, int]:
+    """Epochs and validation interval (`train.eval_every`, steps; 0 = each epoch's end) of a run: `epochs`, or, for a
+    store whose train split is about `shrink` times the others', `epochs // shrink` epochs validated `shrink` times
+    each (about the others' number of steps and validations)."""
+    if shrink == 1:
+        return {"epochs": epochs, "eval_every": 0}
+    steps = -(-int(store.open().manifest["counts"]["samples"]["train"]) // batch_size)  # per epoch
+    return {"epochs": max(1, epochs // shrink), "eval_every": -(-steps // shrink)}
+
+
 def parallel(
     fn: Callable[[dict[str, Any]], dict[str, Any]],
     jobs: list[dict[str, Any]],
@@ -313,6 +342,7 @@ def parallel(
     from concurrent.futures import ProcessPoolExecutor
 
     log = logging.getLogger("benchmarks")
+    log.info("%d runs in %d processes", len(jobs), processes)
     results = []
     with ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         for i, result in enumerate(pool.map(fn, jobs)):

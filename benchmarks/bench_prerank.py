@@ -86,14 +86,13 @@ class Data:
     level: int
     coarse_level: int
     goals: bool
-    epochs_divisor: int = 1
-    validations_per_epoch: int = 1
+    shrink: int = 1  # `harness.schedule`: epochs // shrink epochs, validated shrink times each
 
 
 DATA = {
     "synthetic": Data("synthetic", 1, 0, True),
     "taobao": Data("taobao", 0, 0, False),
-    "movielens": Data("movielens", 0, 0, False, epochs_divisor=3, validations_per_epoch=3),
+    "movielens": Data("movielens", 0, 0, False, shrink=3),
     "synthetic, 4x users": Data("synthetic_4x", 1, 0, True),
     "taobao, 8 negatives": Data("taobao_neg8", 0, 0, False),
 }
@@ -135,18 +134,8 @@ def model_params(row: str, data: Data, store: harness.Store) -> dict[str, Any]:
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train one (data, row, seed), then its test AUC and Recall@N on the pool (in a worker process, 1 thread)."""
     logging.getLogger("longrec").setLevel(logging.WARNING)
-    values = {f"model.{k}": v for k, v in job["model"].items()} | {
-        "data.path": job["store"],
-        "data.max_history": 50,
-        "train.lr": 0.003,
-        "train.batch_size": job["batch_size"],
-        "train.epochs": job["epochs"],
-        "train.eval_every": job["eval_every"],
-        "train.seed": job["seed"],
-        "train.metric": "auc",
-        "train.threads": 1,
-        "train.progress": False,
-    }
+    values = {f"model.{k}": v for k, v in job["model"].items()}
+    values |= harness.run_values(job["store"], job["seed"], job["batch_size"], job["epochs"], 50, job["eval_every"])
     result = harness.train_run(values, job["out"])
     started = time.perf_counter()
     retrieval = load_run(job["out"]).evaluate_retrieval("test", NS, POOL)
@@ -175,16 +164,6 @@ def cells(args: argparse.Namespace) -> list[tuple[str, str]]:
     return out
 
 
-def schedule(data: str, args: argparse.Namespace) -> dict[str, int]:
-    """Epochs and validation interval (steps; 0 = each epoch's end) of a dataset's runs."""
-    spec, store = DATA[data], store_of(DATA[data].store, harness.Stores(args.cache), args.users)
-    epochs = max(1, args.epochs // spec.epochs_divisor)
-    if spec.validations_per_epoch == 1:
-        return {"epochs": epochs, "eval_every": 0}
-    steps = -(-int(store.open().manifest["counts"]["samples"]["train"]) // args.batch_size)  # per epoch
-    return {"epochs": epochs, "eval_every": -(-steps // spec.validations_per_epoch)}
-
-
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("longrec").setLevel(logging.WARNING)
@@ -203,8 +182,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for seed in args.seeds:
             name = re.sub(r"[^\w.-]+", "", f"{data}-{row}-{seed}")
             job = {"data": data, "row": row, "seed": seed, "model": model, "store": str(store.path)}
-            jobs.append(job | {"out": str(work / "runs" / name), "batch_size": args.batch_size} | schedule(data, args))
-    logging.getLogger("benchmarks").info("%d runs in %d processes; scratch %s", len(jobs), args.jobs, work)
+            plan = harness.schedule(store, args.epochs, args.batch_size, DATA[data].shrink)
+            jobs.append(job | {"out": str(work / "runs" / name), "batch_size": args.batch_size} | plan)
     started = time.perf_counter()
     runs = harness.parallel(
         run_one,

@@ -76,17 +76,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         "model.self_attention_heads": 2,
         "search.method": "soft",
         "search.k": 20,
-        "data.path": job["store"],
-        "data.max_history": 100,
-        "train.lr": 0.003,
-        "train.batch_size": job["batch_size"],
-        "train.epochs": job["epochs"],
-        "train.eval_every": job["eval_every"],
-        "train.seed": job["seed"],
-        "train.metric": "auc",
-        "train.threads": 1,
-        "train.progress": False,
     }
+    values |= harness.run_values(job["store"], job["seed"], job["batch_size"], job["epochs"], 100, job["eval_every"])
     result = harness.train_run(values, job["out"])
     index = np.asarray(job["train_index"])
     valid = np.arange(len(load_run(job["out"]).store.samples("valid")))
@@ -102,15 +93,6 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         "best_step": result["best_step"],
         "steps": last.step,
     }
-
-
-def schedule(store: harness.Store, data: str, args: argparse.Namespace) -> dict[str, int]:
-    """Epochs and validation interval of a dataset's runs: MovieLens's Protocol B train split is 3.7x the others', so
-    one epoch validated 3 times stands in for 3 epochs."""
-    if data != "movielens":
-        return {"epochs": args.epochs, "eval_every": 0}
-    steps = -(-int(store.open().manifest["counts"]["samples"]["train"]) // args.batch_size)  # per epoch
-    return {"epochs": max(1, args.epochs // 3), "eval_every": -(-steps // 3)}
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -133,9 +115,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     "store": str(store.path),
                     "batch_size": args.batch_size,
                 }
-                job |= {"out": str(work / "runs" / name), "train_index": index.tolist()} | schedule(store, data, args)
-                jobs.append(job)
-    logging.getLogger("benchmarks").info("%d runs in %d processes; scratch %s", len(jobs), args.jobs, work)
+                job |= {"out": str(work / "runs" / name), "train_index": index.tolist()}
+                jobs.append(
+                    job | harness.schedule(store, args.epochs, args.batch_size, 3 if data == "movielens" else 1)
+                )
     started = time.perf_counter()
     runs = harness.parallel(
         run_one,
