@@ -12,11 +12,11 @@
   mechanisms, a catalog log (every item of a large vocabulary once) and a store's copy whose train split keeps a
   window of sample times, each prepared once into a cache folder (a temporary one unless --cache names one; a store
   whose knobs changed is prepared again with `force=True`).
-- **Training**: `train_run(values, out)` trains a whole run with the package's own `longrec.run.train` (and
-  `newest_run` loads it back with the weights of its last step); `Trainer`
+- **Training**: `train_run(values, out)` trains a whole run with the package's own `longrec.run.train` (`parallel` runs
+  such jobs in worker processes; `newest_run` loads one back with the weights of its last step); `Trainer`
   times `longrec.train.step.train_step` calls (its own Adam from `make_optimizer`, warm-up, rounds, per-step
   minimum, rates), and `timings` / `median_ms` / `percentile` time anything else.
-- **Output**: `markdown_table`, `folder_bytes`, `write_section` (the text between `<!-- BEGIN name -->` and
+- **Output**: `markdown_table`, `mean_std`, `folder_bytes`, `write_section` (the text between `<!-- BEGIN name -->` and
   `<!-- END name -->` of a README given by path), `write_results` / `read_results`.
 
 Readings of the numbers are written by hand in benchmarks/README.md, outside the markers; a section holds what a
@@ -300,6 +300,63 @@ def train_run(values: dict[str, Any], out: str | Path) -> dict[str, Any]:
     return result | {"seconds": round(time.perf_counter() - started, 1)}
 
 
+def run_values(
+    store: str | Path, seed: int, batch_size: int, epochs: int, max_history: int, eval_every: int = 0, lr: float = 0.003
+) -> dict[str, Any]:
+    """The data and train settings (dotted keys, for `train_run`) of a run in a worker process of `parallel`: one
+    torch thread, no progress bar, validation AUC picks the checkpoint (every `eval_every` steps, or each epoch)."""
+    return {
+        "data.path": str(store),
+        "data.max_history": max_history,
+        "train.lr": lr,
+        "train.batch_size": batch_size,
+        "train.epochs": epochs,
+        "train.eval_every": eval_every,
+        "train.seed": seed,
+        "train.metric": "auc",
+        "train.threads": 1,
+        "train.progress": False,
+    }
+
+
+def schedule(store: Store, epochs: int, batch_size: int, shrink: int = 1) -> dict[str, int]:
+    """Epochs and validation interval (`train.eval_every`, steps; 0 = each epoch's end) of a run: `epochs`, or, for a
+    store whose train split is about `shrink` times the others', `epochs // shrink` epochs validated `shrink` times
+    each (about the others' number of steps and validations)."""
+    if shrink == 1:
+        return {"epochs": epochs, "eval_every": 0}
+    steps = -(-int(store.open().manifest["counts"]["samples"]["train"]) // batch_size)  # per epoch
+    return {"epochs": max(1, epochs // shrink), "eval_every": -(-steps // shrink)}
+
+
+def parallel(
+    fn: Callable[[dict[str, Any]], dict[str, Any]],
+    jobs: list[dict[str, Any]],
+    processes: int,
+    describe: Callable[[dict[str, Any]], str],
+) -> list[dict[str, Any]]:
+    """`fn(job)` for every job in `processes` fresh worker processes (spawned, not forked: a forked child of a process
+    that ran polars' thread pool can deadlock), logging `describe(result)` as each result arrives, in job order."""
+    import logging
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    log = logging.getLogger("benchmarks")
+    log.info("%d runs in %d processes", len(jobs), processes)
+    results = []
+    with ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for i, result in enumerate(pool.map(fn, jobs)):
+            results.append(result)
+            log.info("[%d/%d] %s", i + 1, len(jobs), describe(result))
+    return results
+
+
+def mean_std(values: Sequence[float], digits: int = 4) -> str:
+    """ "mean ± std" of `values` (population std, as numpy's default)."""
+    array = np.asarray(values, dtype=np.float64)
+    return f"{array.mean():.{digits}f} ± {array.std():.{digits}f}"
+
+
 def newest_run(run_dir: Path) -> Run:
     """The run with its newest weights (last.pt, the step it stopped at) instead of its best checkpoint: a few steps
     on a small validation split need not move the best one, and a model update is the weights training reached."""
@@ -358,8 +415,9 @@ class Stores:
         atomic_write_text(stamp, dumps_json({"key": key, "info": info}))
         return Store(folder, info)
 
-    def taobao(self, min_behaviours: int = 50) -> Store:
-        """The 927-user Taobao slice (page views) under Protocol A, users with >= `min_behaviours` behaviours."""
+    def taobao(self, min_behaviours: int = 50, negatives: int | None = None) -> Store:
+        """The 927-user Taobao slice (page views) under Protocol A, users with >= `min_behaviours` behaviours (and
+        `negatives` sampled negatives per positive instead of Protocol A's 2, when given)."""
 
         def build(folder: Path) -> dict[str, Any]:
             if not TAOBAO_SLICE.is_file():
@@ -367,13 +425,16 @@ class Stores:
                     f"{TAOBAO_SLICE.name} not found: the Taobao slice lives in ../shared/data beside the repository."
                 )
             log = load_log(TAOBAO_SLICE, "taobao", actions=("pv",))
-            protocol = ProtocolConfig.for_protocol("A", min_behaviours=min_behaviours)
+            more = {} if negatives is None else {"negatives": negatives}
+            protocol = ProtocolConfig.for_protocol("A", min_behaviours=min_behaviours, **more)
             result = prepare(log.frame, folder / "store", protocol, source=TAOBAO_SLICE.name, force=True,
                              load_report=log.report)  # fmt: skip
             line = f"Taobao slice ({TAOBAO_SLICE.name}), Protocol A, users with >= {min_behaviours} behaviours"
+            line += "" if negatives is None else f", {negatives} negatives per positive"
             return {"line": line, "counts": result.manifest["counts"]}
 
-        return self.get("taobao-A", {"min_behaviours": min_behaviours}, build)
+        key = {"min_behaviours": min_behaviours} | ({} if negatives is None else {"negatives": negatives})
+        return self.get("taobao-A", key, build)
 
     def movielens(self, min_rating: float = 3.5, protocol: str = "B") -> Store:
         """MovieLens latest-small (ratings >= `min_rating` as behaviours) under `protocol`."""

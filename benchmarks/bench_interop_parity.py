@@ -191,8 +191,7 @@ REFERENCE: dict[str, Any] = {
         {
             "row": "TWIN",
             "change": (
-                "BatchNorm weights 1 and PReLU slopes 0.25 at init (N(0, 0.01²) only for Linear weights and "
-                "embeddings)"
+                "BatchNorm weights 1 and PReLU slopes 0.25 at init (N(0, 0.01²) only for Linear weights and embeddings)"
             ),
             "auc": [0.761859, 0.781308, 0.753217],
             "gauc": [0.755672, 0.763525, 0.753927],

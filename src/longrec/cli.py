@@ -56,7 +56,9 @@ EXAMPLES = {
   longrec train configs/din_synthetic.toml --out runs/day2 --continue-from runs/day1 --set data.path=data/day2""",
     "eval": """examples:
   longrec eval runs/din --split test
-  longrec eval runs/din --split valid --data data/synth""",
+  longrec eval runs/din --split valid --data data/synth
+  longrec eval runs/sasrec --retrieval --n 10,50,200             # Recall@N, NDCG@N against a candidate pool
+  longrec eval runs/sasrec --retrieval --pool uniform --pool-size 5000 --pool-seed 1""",
     "export": """examples:
   longrec export runs/din --out models/din                   # the serving artifact (docs/serving.md)
   longrec export runs/din-day2 --delta-from models/din --out deltas/day2   # only what changed""",
@@ -208,10 +210,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=commands.train)
 
-    p = add("eval", "Score a trained run's best checkpoint on a split; writes RUN/eval_SPLIT.json.")
+    p = add(
+        "eval",
+        "Score a trained run's best checkpoint on a split (AUC, GAUC, logloss; with --retrieval, Recall@N and NDCG@N "
+        "of its positives against a candidate pool); writes RUN/eval_SPLIT.json (RUN/eval_SPLIT_retrieval.json).",
+    )
     p.add_argument("run", help="run directory written by 'longrec train'")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"))
     p.add_argument("--data", default=None, help="a prepared store with the same vocabulary (default: the run's)")
+    retrieval = p.add_argument_group("pre-ranking (--retrieval): each positive ranked against a candidate pool")
+    retrieval.add_argument(
+        "--retrieval",
+        action="store_true",
+        help="Recall@N and NDCG@N instead of AUC; writes RUN/eval_SPLIT_retrieval.json",
+    )
+    retrieval.add_argument("--n", default="50,200", help="cut-offs N, comma-separated (default: %(default)s)")
+    retrieval.add_argument(
+        "--pool",
+        default="popularity",
+        choices=("all", "uniform", "popularity"),
+        help="pool sampler (default: %(default)s)",
+    )
+    retrieval.add_argument("--pool-size", type=int, default=1000, help="items drawn (default: %(default)s)")
+    retrieval.add_argument("--pool-seed", type=int, default=0, help="seed of the draw (default: %(default)s)")
+    retrieval.add_argument(
+        "--pool-items",
+        default="all",
+        choices=("all", "train_targets"),
+        help="draw from every item or from the train split's targets (default: %(default)s)",
+    )
     p.set_defaults(func=commands.eval)
 
     p = add(

@@ -229,11 +229,28 @@ def eval(args: argparse.Namespace) -> int:
     from longrec.run import load_run
 
     run = load_run(args.run, args.data)
-    with lock_directory(run.path, "run directory"):
-        metrics = run.evaluate(args.split, progress=not args.quiet)
-        write_json(run.path / f"eval_{args.split}.json", metrics)
+    if args.retrieval:
+        from longrec.eval.retrieval import PoolConfig
+
+        ns = _cutoffs(args.n)
+        pool = PoolConfig(args.pool, args.pool_size, args.pool_seed, args.pool_items)
+        with lock_directory(run.path, "run directory"):
+            metrics = run.evaluate_retrieval(args.split, ns, pool, progress=not args.quiet)
+            write_json(run.path / f"eval_{args.split}_retrieval.json", metrics)
+    else:
+        with lock_directory(run.path, "run directory"):
+            metrics = run.evaluate(args.split, progress=not args.quiet)
+            write_json(run.path / f"eval_{args.split}.json", metrics)
     print(dumps_json(metrics), end="")
     return 0
+
+
+def _cutoffs(text: str) -> list[int]:
+    """--n "50,200" -> [50, 200]."""
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    if not words or not all(w.isdigit() and int(w) > 0 for w in words):
+        raise ValueError(f"--n must be comma-separated positive ints, e.g. --n 50,200. Got {text!r} instead.")
+    return [int(w) for w in words]
 
 
 def analyze(args: argparse.Namespace) -> int:

@@ -275,3 +275,16 @@ def test_split_times_cut_one_day_for_training_and_the_next_for_validation(tmp_pa
     assert train.min() >= t[0] and train.max() < t[1] <= valid.min() and valid.max() < end
     with pytest.raises(ValueError, match=r"split_times must be empty or 3 non-decreasing"):
         ProtocolConfig.for_protocol("T", split_times=(t[1], t[0], end))
+
+
+def test_top_categories_ranks_a_levels_categories_by_behaviours(tiny_log: pl.DataFrame, tmp_path: Path) -> None:
+    prepare(tiny_log, tmp_path / "s", ProtocolConfig.for_protocol("T"))
+    store = TrajectoryStore.open(tmp_path / "s")
+    for level in (0, 1, -1):
+        top = store.top_categories(100, level)
+        ids = np.asarray(store.item_category)[:, level]
+        counts = {c: int(store.item_count[ids == c].sum()) for c in set(ids.tolist()) - {0}}
+        assert top == sorted((c for c in counts if counts[c]), key=lambda c: (-counts[c], c))
+        assert store.top_categories(2, level) == top[:2]
+    with pytest.raises(ValueError, match=r"level must be a taxonomy level in \[-2, 2\)"):
+        store.top_categories(3, level=2)

@@ -131,7 +131,7 @@ EXPECTED_CAPABILITIES = {
     "mean_pool": set(),
     "sdim": {"search_embeddings"},
     "stacked_tin": {"search_embeddings", "attention_weights", "keyed_temporal"},
-    "td_sasrec": {"own_loss"},
+    "td_sasrec": {"own_loss", "candidate_scorer"},
     "tin": {"search_embeddings", "attention_weights", "keyed_temporal"},
     "twin": {"search_embeddings", "attention_weights", "auxiliary_head"},
     "vista": {"extra_loss", "cached_user_state"},

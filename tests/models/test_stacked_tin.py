@@ -174,3 +174,78 @@ def test_soft_search_keeps_the_first_layers_largest_attention_weights(stacked, b
     torch.testing.assert_close(
         stacked(searched), stacked(batch.replace(history_mask=keep, history=batch.history * keep))
     )
+
+
+# --- self-attention blocks before the target attention ------------------------------------------------------------
+
+
+def with_blocks(make_model, blocks: int = 2, **params: object) -> nn.Module:
+    return make_model("stacked_tin", temporal="both", self_attention_blocks=blocks, self_attention_heads=2, **params)
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"self_attention_blocks": -1}, r"StackedTINConfig\.self_attention_blocks must be a non-negative int"),
+        ({"self_attention_heads": 5}, r"self_attention_heads must divide the behaviour width E = .* = 24\. Got 5"),
+        ({"self_attention_dropout": 1.0}, r"self_attention_dropout must be a float in \[0, 1\)\. Got 1\.0 instead\."),
+    ],
+)
+def test_config_rejects_bad_self_attention_options(params: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        StackedTINConfig(num_items=50, num_categories=20, taxonomy_levels=2, dim=8, **params)
+
+
+def test_no_blocks_is_the_stack_without_self_attention(make_model, batch) -> None:
+    plain = make_model("stacked_tin", temporal="both")
+    assert len(plain.blocks) == 0 and not any(k.startswith("blocks.") for k in plain.state_dict())
+    # The blocks are built last: a model with blocks draws the other parameters exactly as one without.
+    deep = with_blocks(make_model, 3)
+    shared = {k: v for k, v in deep.state_dict().items() if not k.startswith("blocks.")}
+    assert shared.keys() == plain.state_dict().keys()
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in shared.items())
+    # Residual blocks: with their attention and FFN branches at zero they are the identity, bit for bit.
+    with torch.no_grad():
+        for block in deep.blocks:
+            for layer in (block.out, block.ffn[-1]):
+                layer.weight.zero_()
+                layer.bias.zero_()
+    torch.testing.assert_close(deep(batch), plain(batch), rtol=0, atol=0)
+
+
+def test_blocks_contextualise_each_behaviour_with_the_others(make_model, batch) -> None:
+    history = batch.history.clone()
+    history[0, -1] = history[0, -1] % 49 + 1  # another most recent item in row 0 (a full history)
+    changed = batch.replace(history=history)
+
+    def log_ratios(model: nn.Module, b) -> torch.Tensor:  # log α_i - log α_0 over the other behaviours of row 0
+        log_alpha = model.attention_weights(b)[0, 0, :-1].log()  # [L - 1], first layer
+        return log_alpha - log_alpha[0]
+
+    plain, model = make_model("stacked_tin", temporal="both"), with_blocks(make_model, 1)
+    # Without blocks the other behaviours' scores do not move (only the softmax's normaliser does) ...
+    torch.testing.assert_close(log_ratios(plain, changed), log_ratios(plain, batch))
+    # ... with one block every one of them reads the changed behaviour, so their scores move relative to each other.
+    assert ((log_ratios(model, changed) - log_ratios(model, batch))[1:].abs() > 1e-6).all()
+
+
+def test_bidirectional_blocks_do_not_depend_on_the_order_of_the_rows_they_read(make_model, batch, shuffle_history):
+    # Every field moves with its behaviour (relative position and time gap included): a set, seen bidirectionally.
+    model = with_blocks(make_model, 2)
+    torch.testing.assert_close(model(shuffle_history(batch)), model(batch))
+
+
+def test_blocks_keep_padding_out(make_model, batch, pad_history) -> None:
+    model = with_blocks(make_model, 2)
+    torch.testing.assert_close(model(pad_history(batch, 5)), model(batch))
+    noisy = batch.replace(history=torch.where(batch.history_mask, batch.history, 7))
+    torch.testing.assert_close(model(noisy), model(batch))
+    assert torch.isfinite(model(batch)).all()  # the empty history included
+
+
+def test_every_block_parameter_gets_a_gradient(make_model, batch) -> None:
+    model = with_blocks(make_model, 2, self_attention_dropout=0.1)
+    model.train()
+    torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.label).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"no gradient reached: {missing}"

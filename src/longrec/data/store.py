@@ -254,6 +254,21 @@ class TrajectoryStore:
         """Raw values of a vocabulary in dense-id order (dense id = position + 1)."""
         return read_vocab(self.root, name)
 
+    def top_categories(self, n: int, level: int = -1) -> list[int]:
+        """The dense ids of the `n` categories of taxonomy `level` (0 = coarsest, -1 = finest) with the most
+        behaviours in the log (each item's behaviours counted under its path), most first, ties by id; fewer when
+        the level has fewer. What TD-SASRec's `head_categories` takes."""
+        M = self.taxonomy_levels
+        if not -M <= level < M:
+            raise ValueError(f"level must be a taxonomy level in [-{M}, {M}) of {self.root}. Got {level} instead.")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int. Got {n!r} instead.")
+        category = np.asarray(self.item_category)[:, level].astype(np.int64)  # [V]
+        counts = np.bincount(category, weights=np.asarray(self.item_count, dtype=np.float64))  # [V_cat]
+        counts[0] = 0  # id 0: the level is missing
+        order = np.lexsort((np.arange(counts.size), -counts))  # most behaviours first, then by id
+        return [int(c) for c in order[:n] if counts[c] > 0]
+
 
 def read_vocab(root: Path, name: str) -> pl.Series:
     """Raw values of vocabulary `name` of a folder holding `vocab/<name>.parquet` (a store, a serving artifact)."""

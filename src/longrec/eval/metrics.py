@@ -3,7 +3,9 @@
 CTR metrics: `auc` (global, tie-aware), `gauc` (impression-weighted mean of per-group AUC over the groups
 that hold both classes; grouped by user it is the GAUC of the DIN/TIN papers, grouped by target category it is what
 DARE's code calls GAUC), `logloss_from_logits` (pure BCE) and `compute_metrics`, which bundles them per split and per
-advertising goal. Retrieval metrics for the search stage: `recall_at_k` and `ndcg_at_k`.
+advertising goal. Retrieval metrics for the search stage: `recall_at_k` and `ndcg_at_k`. Pre-ranking metrics (one
+positive against a candidate pool, `longrec.eval.retrieval`): `pool_rank` (the tie rule) and `rank_metrics`
+(Recall@N and NDCG@N from those ranks).
 
 Conventions: N rows; labels are 0/1; an undefined metric (AUC of a single class, GAUC with no group holding both
 classes) is `nan`, never an exception, so one degenerate goal or split cannot abort an evaluation. Malformed input
@@ -25,6 +27,8 @@ __all__ = [
     "logloss",
     "logloss_from_logits",
     "ndcg_at_k",
+    "pool_rank",
+    "rank_metrics",
     "recall_at_k",
 ]
 
@@ -359,3 +363,70 @@ def ndcg_at_k(
     if not rows.any():
         return float("nan")
     return float((dcg[rows] / ideal[rows]).mean())
+
+
+def pool_rank(positive: ArrayLike, pool: ArrayLike, valid: ArrayLike | None = None) -> NDArray[np.int64]:
+    """0-based rank of each row's positive among its pool: the number of valid pool candidates scoring >= it.
+
+    Ties are counted against the positive (pessimistic): a candidate with exactly the positive's score ranks ahead
+    of it, so the rank does not depend on the candidates' order and a model that scores everything alike ranks every
+    positive last (recall 0), never first.
+
+    Args:
+        positive: [N] score of each row's positive.
+        pool: [N, C] scores of the row's pool candidates.
+        valid: [N, C] bool, False for a slot that is not a candidate of that row (the positive's own item when the
+            pool holds it, or padding); default all True.
+
+    Returns:
+        [N] int64 ranks in [0, C]: 0 = the positive beats every candidate.
+
+    Example:
+        >>> pool_rank([0.5, 0.2], [[0.9, 0.5, 0.1], [0.1, 0.0, -1.0]]).tolist()  # the tie 0.5 = 0.5 counts against
+        [2, 0]
+    """
+    s = np.asarray(positive, dtype=np.float64)
+    p = np.asarray(pool, dtype=np.float64)
+    if s.ndim != 1 or p.ndim != 2 or p.shape[0] != s.shape[0]:
+        raise ValueError(
+            f"pool_rank needs positive [N] and pool [N, C] with the same N. Got {list(s.shape)} and {list(p.shape)}."
+        )
+    if np.isnan(s).any() or np.isnan(p).any():
+        raise ValueError("pool_rank: a score is NaN; did the model diverge? Every score must be a number.")
+    ahead = p >= s[:, None]  # [N, C]
+    if valid is not None:
+        v = np.asarray(valid, dtype=bool)
+        if v.shape != p.shape:
+            raise ValueError(f"pool_rank valid must have the shape of pool {list(p.shape)}. Got {list(v.shape)}.")
+        ahead &= v
+    return ahead.sum(1).astype(np.int64)  # [N]
+
+
+def rank_metrics(ranks: ArrayLike, ns: Sequence[int]) -> dict[str, float]:
+    """Recall@N and NDCG@N of one relevant item per row, from its 0-based rank among the candidates (`pool_rank`).
+
+    With one relevant item, Recall@N is the share of rows whose positive ranks in the top N (rank < N), and NDCG@N
+    is the mean of 1 / log2(rank + 2) over the rows where it does (0 elsewhere; the ideal DCG is 1).
+
+    Args:
+        ranks: [N] non-negative int ranks.
+        ns: cut-offs, each >= 1.
+
+    Returns:
+        {"recall@N": ..., "ndcg@N": ...} for every N, in the order given; nan for both when `ranks` is empty.
+
+    Example:
+        >>> rank_metrics([0, 1, 5], [1, 2])  # doctest: +ELLIPSIS
+        {'recall@1': 0.333..., 'ndcg@1': 0.333..., 'recall@2': 0.666..., 'ndcg@2': 0.543...}
+    """
+    r = np.asarray(ranks)
+    if r.ndim != 1 or (r.size and (r.dtype.kind not in "iu" or r.min() < 0)):
+        raise ValueError(f"ranks must be a 1-D array of non-negative ints [N]. Got {r.dtype} {list(r.shape)}.")
+    out: dict[str, float] = {}
+    for n in ns:
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+            raise ValueError(f"every cut-off N must be a positive int. Got {n!r} instead.")
+        hit = r < n  # [N]
+        out[f"recall@{n}"] = float(hit.mean()) if r.size else float("nan")
+        out[f"ndcg@{n}"] = float(np.where(hit, 1.0 / np.log2(r + 2.0), 0.0).mean()) if r.size else float("nan")
+    return out

@@ -19,9 +19,14 @@ loop), and the callers ask by type, `isinstance(model, OwnLoss)`, never with ad-
 | `FieldAttribution` | `field_scores(batch) -> {field: [B, G, L]}`, `group_names` | `longrec analyze` (DSI-TIN) |
 | `KeyedTemporal` | `temporal_key -> TDPEKey or None` (the TDPE key; None: one table) | `longrec analyze` (TIN family) |
 | `CachedUserState` | `user_state(batch) -> [B, ...]`, `score_with_state(state, batch)` | `UserStateCache`, logits_of |
+| `CandidateScorer` | `score_candidates(batch, candidates, goals, candidate_category) -> [B, C]` | `eval.retrieval` |
 
 `SearchEmbedder` is defined by its consumer, the search stage (`longrec.search`, which sits below the models), and
-re-exported here. Shapes: B batch, L history length, D search dim, G attention groups (modules, heads or layers).
+re-exported here. A model without `CandidateScorer` is still scored against a candidate pool, one user at a time
+(`longrec.search.one_user_request`: C rows viewing one history, through search and `forward`), only slower.
+
+Shapes: B batch, L history length, D search dim, G attention groups (modules, heads or layers), C candidates, M
+taxonomy levels.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ __all__ = [
     "AttentionWeights",
     "AuxiliaryHead",
     "CachedUserState",
+    "CandidateScorer",
     "ExtraLoss",
     "FieldAttribution",
     "KeyedTemporal",
@@ -110,6 +116,19 @@ class CachedUserState(Protocol):
     def score_with_state(self, state: Tensor, batch: Batch) -> Tensor: ...
 
 
+@runtime_checkable
+class CandidateScorer(Protocol):
+    """Scores many candidates per user cheaply, the user side computed once per request (TD-SASRec: user vectors x
+    item vectors), equal to `forward` with each candidate as the target; used to rank a candidate pool."""
+
+    def score_candidates(
+        self, batch: Batch, candidates: Tensor, goals: Tensor, candidate_category: Tensor | None = None
+    ) -> Tensor:
+        """batch: the requests' histories; candidates [B, C] item ids; goals [B, C]; candidate_category [B, C, M]
+        (needed when the model reads categories) -> logits [B, C]."""
+        ...
+
+
 CAPABILITIES: dict[str, type] = {
     "search_embeddings": SearchEmbedder,
     "own_loss": OwnLoss,
@@ -119,6 +138,7 @@ CAPABILITIES: dict[str, type] = {
     "field_attribution": FieldAttribution,
     "keyed_temporal": KeyedTemporal,
     "cached_user_state": CachedUserState,
+    "candidate_scorer": CandidateScorer,
 }
 
 

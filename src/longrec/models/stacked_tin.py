@@ -37,8 +37,25 @@ Design choices (the paper leaves them open):
   q^(1), which holds the bridge: an order-3 cross. An MLP head learns that product itself, only more slowly (AUC
   0.84 vs 0.78 at 1,000 steps, equal at 3,000).
 
+Self-attention stacking (`self_attention_blocks` = N > 0; the paper also speaks of "stacking self-attention modules
+for ranking", where 4 layers overfit on Amazon). N pre-LN Transformer blocks (`models/transformer.py`, TD-SASRec's)
+run over the temporally encoded behaviours ẽ (the K that search kept) before the target attention, which then
+attends over the contextualised behaviours: ẽ' = Block_N(...Block_1(ẽ)), keys and values from ẽ' instead of ẽ.
+- Bidirectional, not causal: in ranking every kept behaviour is known when the request is scored and none is a
+  training target, so a behaviour may read later ones (as BST does); causality is what SASRec's next-item objective
+  needs, not what target attention over a fixed history needs. ẽ carries TIN's target-aware position / time-gap
+  encoding, so the blocks still see order. A padding behaviour attends to itself only and is zeroed after the
+  blocks; no real behaviour attends to padding.
+- No final LayerNorm: the blocks are residual refinements of ẽ (each block adds its attention and FFN branches), so
+  with those branches at zero the stack is the identity and the model is today's Stacked TIN, and the target
+  attention keeps reading behaviours on ẽ's scale (TIN's attention is sensitive to the behaviours' magnitude).
+- The blocks are built after every other module, so N = 0 draws no extra random numbers: the same seed gives the
+  same model as before the option existed, bit for bit.
+- `search_embeddings` still scores the un-contextualised ẽ: search selects the behaviours the blocks then read
+  (a contextualised key would depend on the other behaviours, and search keys must be per-behaviour).
+
 Shapes: B batch, L history length (K after search), D embedding dim, M taxonomy levels, E = D·(1 + M) behaviour
-width (D without categories), L_s stacked layers, T goals.
+width (D without categories), L_s stacked layers, T goals, N self-attention blocks, H attention heads.
 """
 
 from __future__ import annotations
@@ -54,6 +71,7 @@ from longrec.models.checks import check_behaviour_config, check_int, check_sizes
 from longrec.models.layers import BehaviourEmbedding, mlp
 from longrec.models.tdpe import GoalHeads, TDPEKey, check_goal_options, check_key_fields, decoupling_reads, tdpe_key_of
 from longrec.models.temporal import add_temporal_encoding, check_temporal_options, temporal_tables
+from longrec.models.transformer import TransformerBlock, attention_mask
 
 __all__ = ["QUERY_CHAIN", "StackedTIN", "StackedTINConfig"]
 
@@ -83,6 +101,9 @@ class StackedTINConfig:
     query_chain: str = "full"  # which part of layer l > 1 reads q^(l-1): full | attention | cross | none (ablation)
     head_hidden: tuple[int, ...] = (200, 80)  # widths of the output MLP
     init_std: float = 0.05  # embeddings (and temporal tables) start at N(0, init_std²)
+    self_attention_blocks: int = 0  # N bidirectional pre-LN Transformer blocks over ẽ before target attention
+    self_attention_heads: int = 1  # H of those blocks; must divide E
+    self_attention_dropout: float = 0.0  # on their attention weights and residual branches (train mode only)
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -101,6 +122,17 @@ class StackedTINConfig:
         object.__setattr__(self, "num_extra", num_extra)
         object.__setattr__(self, "extra_fields", extra_fields)
         tdpe_key_of(owner, self)  # an unknown key, or one the data has no vocabulary for, is a config error
+        check_int(owner, "self_attention_blocks", self.self_attention_blocks, minimum=0)
+        check_int(owner, "self_attention_heads", self.self_attention_heads)
+        width = self.dim * (1 + self.taxonomy_levels) if self.num_categories > 0 else self.dim
+        if width % self.self_attention_heads:
+            raise ValueError(
+                f"{owner}.self_attention_heads must divide the behaviour width E = dim·(1 + taxonomy_levels) = "
+                f"{width}. Got {self.self_attention_heads} instead."
+            )
+        p = self.self_attention_dropout
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1:
+            raise ValueError(f"{owner}.self_attention_dropout must be a float in [0, 1). Got {p!r} instead.")
 
 
 def _identity(width: int) -> nn.Linear:
@@ -132,6 +164,11 @@ class StackedTIN(nn.Module):
         reads = [*self.embedding.reads, *(["history_time_delta"] if self.gap_embedding is not None else [])]
         reads += decoupling_reads(self.tdpe_key, config.tdpe, config.goal_heads)
         self.reads: tuple[str, ...] = tuple(dict.fromkeys(reads))  # in order, without repeats
+        c = config  # last, so that N = 0 draws nothing more from the seeded generator
+        self.blocks = nn.ModuleList(
+            TransformerBlock(E, c.self_attention_heads, 2 * E, c.self_attention_dropout)
+            for _ in range(c.self_attention_blocks)
+        )
 
     @property
     def temporal_key(self) -> TDPEKey | None:
@@ -158,6 +195,11 @@ class StackedTIN(nn.Module):
         """Per-layer outputs u^(l) [B, E] and attention α^(l) [B, L], and the plain target v_t [B, E]."""
         e, q0, v = self._encode(batch)  # [B, L, E], q^(0) = ṽ_t [B, E], [B, E]
         mask, scale = batch.history_mask, math.sqrt(e.shape[-1])
+        if len(self.blocks):  # ẽ' = the behaviours in the context of each other (bidirectional)
+            allowed = attention_mask(mask, causal=False)  # [B, 1, L, L]
+            for block in self.blocks:
+                e = block(e, allowed)  # [B, L, E]
+            e = e * mask.unsqueeze(-1)  # [B, L, E], padding back to 0
         chain = self.config.query_chain
         outputs, weights, q = [], [], q0
         for layer in range(self.config.num_layers):

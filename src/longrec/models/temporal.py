@@ -95,11 +95,13 @@ def check_temporal_options(owner: str, options: TemporalOptions) -> None:
 
 
 def temporal_tables(
-    options: TemporalOptions, width: int, key: TDPEKey | None = None
+    options: TemporalOptions, width: int, key: TDPEKey | None = None, num_targets: int | None = None
 ) -> tuple[TargetDecoupledEncoding | None, TargetDecoupledEncoding | None]:
-    """The position table [P, E] and the time-gap table [G, E] that `options.temporal` asks for (one per value of
-    `key` under TDPE; None = the goal, `options.num_goals` values), in that order; None for a kind it leaves out."""
-    T, mode, std = key.size if key is not None else options.num_goals, options.tdpe, options.init_std
+    """The position table [P, E] and the time-gap table [G, E] that `options.temporal` asks for, in that order; None
+    for a kind it leaves out. Under TDPE one row set per value of `key`, or per target head (`num_targets` sets), or
+    per goal (`options.num_goals`) when neither is given."""
+    T = key.size if key is not None else num_targets or options.num_goals
+    mode, std = options.tdpe, options.init_std
     position = options.temporal in ("position", "both")
     gap = options.temporal in ("time_gap", "both")
     return (

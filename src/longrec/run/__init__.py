@@ -7,6 +7,7 @@ all go through here.
     result = longrec.run.train(load_config("configs/din_synthetic.toml"), "runs/din")   # writes runs/din/
     run = longrec.load_run("runs/din")           # from any working directory; str or Path
     run.evaluate("test")                         # AUC, GAUC, logloss, per goal
+    run.evaluate_retrieval("test", ns=(50, 200))  # Recall@N, NDCG@N of the positives against a candidate pool
     probabilities = run.predict(frame)           # a polars/pandas DataFrame of raw ids, one score per row
 
 A run directory is owned and checked (`train`): it may be new, empty, or a previous run (replaced only with
@@ -37,6 +38,7 @@ from longrec.data.device import resolve_device
 from longrec.data.store import TrajectoryStore
 from longrec.data.summaries import SummaryStore
 from longrec.eval.evaluate import evaluate, predict
+from longrec.eval.retrieval import PoolConfig, evaluate_retrieval
 from longrec.files import PLOTS, RUN, check_output, lock_directory, write_json
 from longrec.models import build_model_for_sizes
 from longrec.models.layers import collect_keys
@@ -288,6 +290,22 @@ class Run:
             progress=progress,
             search=self.config.search,
             summaries=SummaryStore.open(self.config.data.summaries, self.store) if self.config.data.summaries else None,
+        )
+
+    def evaluate_retrieval(
+        self, split: str = "test", ns: Sequence[int] = (50, 200), pool: PoolConfig | None = None, progress: bool = False
+    ) -> dict[str, Any]:
+        """Recall@N and NDCG@N of the positives of `split` ranked against a candidate pool (`PoolConfig`, default
+        1,000 items drawn by popularity), behind the run's search stage (`longrec.eval.retrieval`)."""
+        return evaluate_retrieval(
+            self.model,
+            self.store,
+            split,
+            ns,
+            pool,
+            search=self.config.search,
+            max_history=self.config.data.max_history,
+            progress=progress,
         )
 
 
