@@ -39,8 +39,11 @@ EXAMPLES = {
   longrec prepare data/synth-raw --format synthetic --taxonomy-map data/synth-raw/taxonomy_map.csv --out data/synth
   longrec prepare --sources tests/ingest/fixtures/unify/taobao_scenes.toml --out data/taobao-scenes
   # the next day's store, continuing day 1's ids (new ids appended), train = day 2, valid = day 3:
-  longrec prepare day3.csv --format csv --vocab-from data/day1 \
-      --set 'split_times=[1700092800, 1700179200, 1700265600]' --out data/day2""",
+  longrec prepare day3.csv --format csv --vocab-from data/day1 \\
+      --set 'split_times=[1700092800, 1700179200, 1700265600]' --out data/day2
+  # user-hash shards, each a store with the whole log's ids (docs/data.md); shards.json once all exist:
+  longrec prepare log.parquet --format parquet --shards 4 --out data/sharded
+  longrec prepare log.parquet --format parquet --shards 64 --shard $SLURM_ARRAY_TASK_ID --out data/sharded""",
     "import-samples": """examples:
   longrec import-samples --train train.parquet --valid valid.parquet --test test.parquet --out data/interop
   longrec train configs/din_synthetic.toml --out runs/din-interop --set data.path=data/interop
@@ -127,8 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
         "input", nargs="?", default=None, help="the log file (or a 'longrec synth' directory with --format synthetic)"
     )
     p.add_argument("--format", default=None, choices=sorted(LOADERS), help="the input format (required with INPUT)")
-    p.add_argument("--out", required=True, help="the store folder: new, empty, or a previous store (with --force)")
-    p.add_argument("--force", action="store_true", help="replace OUT (atomically) if it holds a previous store")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="the store folder: new, empty, or a previous store (with --force); with --shards, the shards' folder",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace OUT (atomically) if it holds a previous store (with --shards: a shard)",
+    )
     p.add_argument(
         "--protocol", default="T", choices=PROTOCOLS, help="A: DARE, B: leave-last-out, T: by time (default)"
     )
@@ -161,6 +172,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STORE_OR_RUN",
         help="continue this store's (or run's store's) ids: old ids keep their numbers, new ones are appended "
         "(day-by-day training; docs/incremental.md)",
+    )
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        metavar="N",
+        help="split the log into N user-hash shards, each a store OUT/shard-0000I-of-0000N; OUT/shards.json lists "
+        "them, written when all are present; vocabularies (and Protocol T's split times) come from the whole log, "
+        "so the shards number ids alike (docs/data.md)",
+    )
+    p.add_argument(
+        "--shard",
+        type=int,
+        default=None,
+        metavar="I",
+        help="with --shards N: prepare only shard I (0 .. N-1), as one task of a job array; the call that finds all "
+        "N shards present writes OUT/shards.json",
     )
     p.set_defaults(func=commands.prepare)
 

@@ -140,7 +140,15 @@ def prepare(args: argparse.Namespace) -> int:
         protocol = fill_dataclass(ProtocolConfig, {**dataclasses.asdict(base), **overrides}, "protocol.", problems)
     if protocol is None:
         raise ConfigError(problems, "prepare options")
-    check_output(args.out, STORE, args.force)  # before loading: a refused --out costs nothing
+    if args.shard is not None and args.shards is None:
+        raise ValueError(f"--shard {args.shard} needs --shards N, the number of shards the log is split into.")
+    if args.shards is not None:
+        from longrec.data.shards import check_out, check_shard_args
+
+        check_shard_args(args.shards, args.shard)
+        check_out(args.out, args.shards, args.shard, args.force)  # before loading: a refused --out costs nothing
+    else:
+        check_output(args.out, STORE, args.force)
     if args.input is not None and args.format is None:
         raise ValueError("prepare INPUT needs --format (one of the loader formats, e.g. --format taobao).")
     if args.option and args.input is None:
@@ -154,6 +162,24 @@ def prepare(args: argparse.Namespace) -> int:
         frame, report, source = _load(args)
     extra = tuple(args.extra_fields.split(",")) if args.extra_fields is not None else None
     sections = {"taxonomy_coverage": coverage.to_dict()} if coverage is not None else None
+    if args.shards is not None:
+        from longrec.data.shards import prepare_shards
+
+        sharded = prepare_shards(
+            frame,
+            args.out,
+            protocol,
+            args.shards,
+            shard=args.shard,
+            source=source,
+            load_report=report,
+            extra_fields=extra,
+            extra_manifest=sections,
+            force=args.force,
+            vocab_from=_store_of(args.vocab_from) if args.vocab_from is not None else None,
+        )
+        print("\n".join(sharded.lines()))
+        return 0
     result = prepare(
         frame,
         args.out,

@@ -38,7 +38,7 @@ from longrec.files import STORE, check_output, output_directory
 from longrec.ingest.schema import DataError, FilterReport, LogSchema, check_log
 from longrec.version import __version__
 
-__all__ = ["PrepareResult", "prepare"]
+__all__ = ["PrepareResult", "log_schema", "prepare", "vocabulary_columns"]
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +185,35 @@ def _check_taxonomy_growth(
             )
 
 
+def log_schema(lazy: pl.LazyFrame, source: str, extra_fields: tuple[str, ...] | None) -> LogSchema:
+    """The checked schema of the log `prepare` reads, with the extra id columns it keeps (see `prepare`)."""
+    # Default: every extra id column except `source_category`, a domain's raw category that taxonomy mapping
+    # (longrec.ingest.unify) has already turned into cat_*; embedding it again would duplicate the taxonomy.
+    inferred = LogSchema.infer(lazy.collect_schema().names())
+    extras = tuple(e for e in inferred.extra if e != "source_category") if extra_fields is None else tuple(extra_fields)
+    unknown = [e for e in extras if e not in inferred.extra]
+    if unknown:
+        raise ValueError(
+            f"extra_fields {unknown} are not extra columns of {source}. Its extra columns: {inferred.extra}."
+        )
+    _check_vocab_names(extras, source)  # before the log is read: each becomes vocab/<name>.parquet
+    schema = check_log(lazy, source)
+    return LogSchema(
+        taxonomy_levels=schema.taxonomy_levels,
+        categorical=schema.categorical,
+        extra=extras,
+        has_label=schema.has_label,
+        has_goal=schema.has_goal,
+        has_event_id=schema.has_event_id,
+    )
+
+
+def vocabulary_columns(schema: LogSchema) -> tuple[list[str], list[str]]:
+    """The id columns `prepare` gives a vocabulary: (flat ones, taxonomy levels in order)."""
+    flat = ["user_id", "item_id", *schema.categorical, *schema.extra, *(["goal"] if schema.has_goal else [])]
+    return flat, list(schema.taxonomy)
+
+
 def _mode_table(keys: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
     """For each key in [0, size): the most frequent row of `values` [N, W] (ties: smallest row); zeros if none."""
     W = values.shape[1]
@@ -214,6 +243,7 @@ def prepare(
     force: bool = False,
     allow_empty_splits: bool = False,
     vocab_from: str | Path | None = None,
+    vocabularies: dict[str, pl.Series] | None = None,
 ) -> PrepareResult:
     """Prepare a canonical behaviour log into a trajectory store with samples.
 
@@ -235,6 +265,10 @@ def prepare(
             ids keep their numbers and a model trained on it can grow its tables (`longrec train --continue-from`).
             The manifest records the growth (`vocab_growth`: the parent's sha, the values added per vocabulary, and
             every ancestor's sha and vocabulary lengths).
+        vocabularies: fixed vocabularies (raw values in id order) for every id column, e.g. those of the whole log
+            when this is one user-hash shard of it (`longrec.data.shards`): ids are taken from them, so every shard
+            numbers ids alike. They must hold every value of this log (values they lack are appended, as with
+            `vocab_from`); with `vocab_from` too, they must start with that store's vocabularies.
 
     Returns:
         The written manifest, with counts and every filter.
@@ -256,25 +290,8 @@ def prepare(
     out = Path(out)
     check_output(out, STORE, force)  # before any work: a refused --out costs nothing
     lazy = frame.lazy()
-    # Default: every extra id column except `source_category`, a domain's raw category that taxonomy mapping
-    # (longrec.ingest.unify) has already turned into cat_*; embedding it again would duplicate the taxonomy.
-    inferred = LogSchema.infer(lazy.collect_schema().names())
-    extras = tuple(e for e in inferred.extra if e != "source_category") if extra_fields is None else tuple(extra_fields)
-    unknown = [e for e in extras if e not in inferred.extra]
-    if unknown:
-        raise ValueError(
-            f"extra_fields {unknown} are not extra columns of {source}. Its extra columns: {inferred.extra}."
-        )
-    _check_vocab_names(extras, source)  # before the log is read: each becomes vocab/<name>.parquet
-    schema = check_log(lazy, source)
-    schema = LogSchema(
-        taxonomy_levels=schema.taxonomy_levels,
-        categorical=schema.categorical,
-        extra=extras,
-        has_label=schema.has_label,
-        has_goal=schema.has_goal,
-        has_event_id=schema.has_event_id,
-    )
+    schema = log_schema(lazy, source, extra_fields)
+    extras = schema.extra
     log = lazy.select(schema.columns).collect(engine="streaming")
     report = load_report or FilterReport(rows_read=log.height)
     logger.info("collected %d rows from %s in %.1fs", log.height, source, time.perf_counter() - started)
@@ -284,9 +301,10 @@ def prepare(
     vocabs: dict[str, pl.Series] = {}
     encoded: dict[str, pl.Series] = {}
     max_id: dict[str, int] = {}  # largest dense id of each column: its stored dtype must hold it
-    flat = ("user_id", "item_id", *schema.categorical, *schema.extra, *(("goal",) if schema.has_goal else ()))
+    flat = tuple(vocabulary_columns(schema)[0])
     parent = TrajectoryStore.open(vocab_from) if vocab_from is not None else None
-    known = _known_vocabularies(parent.root, [*flat, *schema.taxonomy], source) if parent is not None else {}
+    inherited = _known_vocabularies(parent.root, [*flat, *schema.taxonomy], source) if parent is not None else {}
+    known = dict(inherited) if vocabularies is None else {n: vocabularies[n] for n in [*flat, *schema.taxonomy]}
     for name in flat:
         encoded[name], vocabs[name] = _dense(log, name, known=known.get(name))
         max_id[name] = vocabs[name].len()
@@ -297,11 +315,11 @@ def prepare(
         max_id[name] = cat_offset
     growth: dict[str, Any] = {}
     if parent is not None:
-        _check_taxonomy_growth(vocabs, known, schema.taxonomy)
-        lengths = {name: known[name].len() for name in sorted(known)}
+        _check_taxonomy_growth(vocabs, inherited, schema.taxonomy)
+        lengths = {name: inherited[name].len() for name in sorted(inherited)}
         growth = {
             "from": {"source": str(parent.manifest.get("source", "")), "vocab_sha": parent.manifest["vocab_sha"]},
-            "added": {name: vocabs[name].len() - lengths[name] for name in sorted(known)},
+            "added": {name: vocabs[name].len() - lengths[name] for name in sorted(inherited)},
             # parent first: a run trained on any of these stores can continue on this one
             "ancestors": [
                 {"vocab_sha": parent.manifest["vocab_sha"], "lengths": lengths},
