@@ -123,6 +123,13 @@ def load_line(payload: dict[str, Any]) -> str:
     return f"Load average {load['before'][0]:.2f} before, {load['after'][0]:.2f} after (1 min; {cores} cores)."
 
 
+def peak_rss_mb() -> float:
+    """This process image's peak RSS in MiB: VmHWM from /proc/self/status (`ru_maxrss` would carry the parent's peak
+    across fork + exec)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 2**10
+
+
 def peaks(repeats: int = 5, statistic: Callable[[list[float]], float] = statistics.median) -> dict[str, float]:
     """fp32 GEMM rate (1024³ matmul) and copy bandwidth (256 MB into a reused buffer) on the current threads, from
     `statistic` (median, or min for the best) of `repeats` timings after one warm-up."""

@@ -58,11 +58,6 @@ HERE = Path(__file__).resolve().parent
 MODEL: dict[str, Any] = {"dim": 16, "num_summaries": 16}  # VISTA's defaults otherwise (softmax, position encoding)
 
 
-def peak_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2**10
-
-
 def make_store(args: argparse.Namespace, stores: harness.Stores) -> tuple[harness.Store, dict[str, Any]]:
     config = SyntheticConfig(
         num_users=args.users,
@@ -174,7 +169,7 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     else:
         result = harness.train_run(job["values"], job["out"])
         out = {"test_auc": result["test"]["auc"], "steps": result["steps"], "train_seconds": result["train_seconds"]}
-    return out | {"seconds": time.perf_counter() - started, "peak_mb": peak_mb()}
+    return out | {"seconds": time.perf_counter() - started, "peak_mb": harness.peak_rss_mb()}
 
 
 def part_b(store: harness.Store, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
