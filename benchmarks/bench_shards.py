@@ -164,7 +164,7 @@ def render(payload: dict[str, Any]) -> str:
                       f"{total:.2f}", f"{run['rows'] / total:,.0f}", f"{max(c['peak_mb'] for c in shards):.0f} (max)",
                       f"{run['disk_mb']['sharded']:.0f}"])  # fmt: skip
         eq = run["equal"]
-        counts = ", ".join(f"{s} {a:,} / {b:,}" for s, (a, b) in eq["sample_counts"].items())
+        counts = ", ".join(f"{s} {a:,} / {b:,}" for s in SPLITS for a, b in [eq["sample_counts"][s]])
         checks.append([f"{run['rows']:,}", str(eq["users"]), *("yes" if eq[k] else "NO" for k in
                        ("vocab_sha", "sizes", "trajectories", "positives")), "yes" if run["manifest"] else "NO",
                        counts])  # fmt: skip
