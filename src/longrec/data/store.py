@@ -55,6 +55,7 @@ __all__ = [
     "read_vocab",
     "split_counts",
     "vocab_sha",
+    "vocab_sha_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -279,10 +280,15 @@ def read_vocab(root: Path, name: str) -> pl.Series:
 
 def vocab_sha(vocab_dir: Path) -> str:
     """A digest of every vocabulary file: checkpoints record it so a model is never run on remapped ids."""
+    return vocab_sha_of({path.stem: pl.read_parquet(path)["raw"] for path in sorted(vocab_dir.glob("*.parquet"))})
+
+
+def vocab_sha_of(raws: Mapping[str, pl.Series]) -> str:
+    """`vocab_sha` of vocabularies held in memory ({name: raw values in dense-id order}), e.g. grown by a delta."""
     digest = hashlib.sha256()
-    for path in sorted(vocab_dir.glob("*.parquet")):
-        digest.update(path.name.encode())
-        digest.update(pl.read_parquet(path)["raw"].cast(pl.String).str.join("\x1f").item().encode())
+    for name in sorted(raws, key=lambda n: f"{n}.parquet"):
+        digest.update(f"{name}.parquet".encode())
+        digest.update(raws[name].cast(pl.String).str.join("\x1f").item().encode())
     return digest.hexdigest()[:16]
 
 

@@ -16,14 +16,14 @@ microseconds); a long series (a DataFrame column) with one polars join. Each voc
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from longrec.data.store import TrajectoryStore, read_vocab, vocab_sha
+from longrec.data.store import TrajectoryStore, read_vocab, vocab_sha, vocab_sha_of
 
 __all__ = ["UNKNOWN_MODES", "IdLookup", "Vocabulary"]
 
@@ -114,9 +114,28 @@ class Vocabulary:
         self._tables: dict[str, pl.DataFrame] = {}
         self._lookups: dict[str, IdLookup] = {}
         self._lock = threading.RLock()  # the tables and the counts are shared by a server's threads
+        self._held: list[str] | None = None  # the names, when the vocabularies are held in memory (`in_memory`)
+
+    @classmethod
+    def in_memory(cls, root: Path, raws: Mapping[str, pl.Series]) -> Vocabulary:
+        """Vocabularies held in memory ({name: raw values in dense-id order}, every name), e.g. a folder's grown by
+        a model delta (`longrec.serve.delta`); `root` is only where they came from. Its sha is `vocab_sha_of`."""
+        vocab = cls.__new__(cls)
+        vocab.root, vocab.sha = Path(root), vocab_sha_of(raws)
+        vocab.unknown, vocab._tables, vocab._lookups = {}, {}, {}
+        vocab._lock = threading.RLock()
+        vocab._held = sorted(raws)
+        for name in sorted(raws, key=lambda n: (not n.startswith("cat_"), len(n), n)):  # cat_1, cat_2, ... first
+            start = 1 + vocab.offset(name)  # taxonomy levels: the sizes of the levels before it, held already
+            vocab._tables[name] = pl.DataFrame(
+                {"raw": raws[name], "dense": np.arange(start, start + raws[name].len(), dtype=np.int64)}
+            )
+        return vocab
 
     def names(self) -> list[str]:
         """The vocabularies this store has (item_id, user_id, cat_1, ..., action, ...)."""
+        if self._held is not None:
+            return list(self._held)
         return sorted(p.stem for p in (self.root / "vocab").glob("*.parquet"))
 
     def size(self, name: str) -> int:
