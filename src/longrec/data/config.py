@@ -15,6 +15,8 @@ class DataConfig:
 
     # Fields marked RESUME_FREE may change on --resume (longrec.settings); the others are fixed.
     path: str = ""  # folder written by `longrec prepare` (a run records it absolute, and its vocabulary sha)
+    # a sharded folder (`prepare --shards N`, path = OUT): the shard indices to read, [] = all (longrec.data.sharded)
+    shards: list[int] = field(default_factory=list)
     max_history: int = 200  # L_max: most recent behaviours kept per sample
     # background processes building batches (0 = in the training process)
     num_workers: int = field(default=0, metadata=RESUME_FREE)
@@ -38,5 +40,9 @@ class DataConfig:
             problems.append(f"data.num_workers must be >= 0. Got {self.num_workers} instead.")
         if self.prefetch_factor < 1:
             problems.append(f"data.prefetch_factor must be >= 1. Got {self.prefetch_factor} instead.")
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.shards) or len(
+            set(self.shards)
+        ) != len(self.shards):
+            problems.append(f"data.shards must list distinct shard indices >= 0. Got {self.shards!r} instead.")
         if problems:
             raise ConfigError(problems, "DataConfig")

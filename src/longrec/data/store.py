@@ -165,7 +165,7 @@ class TrajectoryStore:
 
     @classmethod
     def open(cls, root: str | Path, mmap: bool = True) -> TrajectoryStore:
-        """Open a directory written by `longrec prepare`.
+        """Open a directory written by `longrec prepare` (a sharded folder: `longrec.data.sharded.open_store`).
 
         Raises:
             FileNotFoundError: no manifest.json under `root`.
@@ -174,6 +174,11 @@ class TrajectoryStore:
         root = Path(root)
         path = root / "manifest.json"
         if not path.is_file():
+            if (root / "shards.json").is_file():
+                raise FileNotFoundError(
+                    f"{path} not found: '{root}' is a sharded folder (shards.json), not one store. Open it with "
+                    "longrec.data.sharded.open_store (what a run's data.path does), or name one shard's folder."
+                )
             raise FileNotFoundError(f"{path} not found: '{root}' is not a prepared store. Run 'longrec prepare' first.")
         try:
             manifest = json.loads(path.read_text())
@@ -204,6 +209,11 @@ class TrajectoryStore:
     def sizes(self) -> dict[str, Any]:
         """Vocabulary sizes (each including id 0) that model configs take: num_items, num_categories, ..."""
         return dict(self.manifest["sizes"])
+
+    @property
+    def vocab_root(self) -> Path:
+        """The folder holding this store's `vocab/` (a sharded store's first shard)."""
+        return self.root
 
     @property
     def num_users(self) -> int:
@@ -253,7 +263,7 @@ class TrajectoryStore:
 
     def vocab(self, name: str) -> pl.Series:
         """Raw values of a vocabulary in dense-id order (dense id = position + 1)."""
-        return read_vocab(self.root, name)
+        return read_vocab(self.vocab_root, name)
 
     def top_categories(self, n: int, level: int = -1) -> list[int]:
         """The dense ids of the `n` categories of taxonomy `level` (0 = coarsest, -1 = finest) with the most

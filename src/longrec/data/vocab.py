@@ -98,7 +98,7 @@ class Vocabulary:
 
     def __init__(self, source: TrajectoryStore | str | Path, sha: str | None = None) -> None:
         if isinstance(source, TrajectoryStore):
-            self.root, self.sha = source.root, str(source.manifest["vocab_sha"])
+            self.root, self.sha = source.vocab_root, str(source.manifest["vocab_sha"])
         else:
             self.root = Path(source)
             if not (self.root / "vocab").is_dir():

@@ -35,6 +35,7 @@ from torch import nn
 from longrec.config import Config
 from longrec.data.batch import Batch
 from longrec.data.device import resolve_device
+from longrec.data.sharded import open_store
 from longrec.data.store import TrajectoryStore
 from longrec.data.summaries import SummaryStore
 from longrec.eval.evaluate import evaluate, predict
@@ -97,7 +98,7 @@ def train(
     ranks = current_ranks()
     check_options(ranks, config.train.compile)
     with process_group(ranks, resolve_device(config.train.device)), contextlib.ExitStack() as stack:
-        store = TrajectoryStore.open(config.data.path)
+        store = open_store(config.data.path, config.data.shards)
         continuing = resume and (out / "config.json").is_file()
         start = _start(out, config, store, continuing, continue_from)
         if config.data.summaries and start is not None:  # refused before anything is written

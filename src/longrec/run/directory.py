@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from longrec.config import Config
+from longrec.data.sharded import open_store
 from longrec.data.store import TrajectoryStore
 from longrec.settings import ConfigError, resume_rule
 from longrec.version import __version__
@@ -105,7 +106,7 @@ def locate_store(run: Path, config: Config, info: dict[str, Any], data: str | Pa
         candidates = [Path(config.data.path)]
         if stored.get("path_from_run"):
             candidates.append(Path(run) / stored["path_from_run"])
-    found = next((c for c in candidates if (c / "manifest.json").is_file()), None)
+    found = next((c for c in candidates if (c / "manifest.json").is_file() or (c / "shards.json").is_file()), None)
     if found is None:
         where = " or ".join(str(c) for c in candidates)
         sha = f" (vocabulary sha {stored['vocab_sha']})" if "vocab_sha" in stored else ""
@@ -113,7 +114,7 @@ def locate_store(run: Path, config: Config, info: dict[str, Any], data: str | Pa
             f"the store of run {run}{sha} is not at {where}: it was moved or deleted. Pass --data PATH (or "
             "data=PATH) to a store prepared with the same vocabulary."
         )
-    store = TrajectoryStore.open(found)
+    store = open_store(found, config.data.shards if (found / "shards.json").is_file() else None)
     expected = stored.get("vocab_sha")
     if expected is not None and store.manifest["vocab_sha"] != expected:
         raise ValueError(

@@ -39,7 +39,7 @@ class Continuation:
 
 
 def _vocabulary_lengths(store: TrajectoryStore) -> dict[str, int]:
-    return {p.stem: store.vocab(p.stem).len() for p in sorted((store.root / "vocab").glob("*.parquet"))}
+    return {p.stem: store.vocab(p.stem).len() for p in sorted((store.vocab_root / "vocab").glob("*.parquet"))}
 
 
 def continuation(source: str | Path, config: Config, store: TrajectoryStore, out: str | Path) -> Continuation:

@@ -45,6 +45,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from longrec.config import Config
+from longrec.data.sharded import ShardedStore
+from longrec.data.store import TrajectoryStore
 from longrec.data.vocab import Vocabulary
 from longrec.files import ARTIFACT, check_output, dumps_json, output_directory, read_json_object
 from longrec.models import build_model_for_sizes
@@ -225,9 +227,12 @@ def export_run(
     state = state_of(run.model)
     meta = run_meta(run)
     with output_directory(out, ARTIFACT, force) as tmp:
-        for source, name in _files_of(run.store.root):
+        for source, name in _files_of(run.store):
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, tmp / name)
+            if isinstance(source, Path):
+                shutil.copyfile(source, tmp / name)
+            else:  # a sharded store's merged item table (longrec.data.sharded)
+                np.save(tmp / name, np.ascontiguousarray(source))
         save_file(state, tmp / "weights.safetensors", metadata={"format": "pt"})
         meta["files"] = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         content = content_sha256(meta, state)
@@ -246,9 +251,14 @@ def export_run(
     return out
 
 
-def _files_of(store_root: Path) -> list[tuple[Path, str]]:
-    """(source file, path in the artifact) of the vocabularies and item tables of a store."""
-    files = [(p, f"vocab/{p.name}") for p in sorted((store_root / "vocab").glob("*.parquet"))]
+def _files_of(store: TrajectoryStore) -> list[tuple[Path | np.ndarray, str]]:
+    """(source file, or a sharded store's merged table; path in the artifact) of the vocabularies and item tables
+    of a store."""
+    files: list[tuple[Path | np.ndarray, str]]
+    files = [(p, f"vocab/{p.name}") for p in sorted((store.vocab_root / "vocab").glob("*.parquet"))]
+    if isinstance(store, ShardedStore):
+        return [*files, *((getattr(store, f"item_{name}"), f"items/{name}.npy") for name in ITEM_TABLES)]
+    store_root = store.root
     for name in ITEM_TABLES:
         path = store_root / "items" / f"{name}.npy"
         if not path.is_file():
