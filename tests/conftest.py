@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -71,3 +72,26 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data slices not found at {SHARED_DATA} (they live in ../shared/data beside the repo)")
     return SHARED_DATA
+
+
+def prepare_two_days(root: Path) -> tuple[pl.DataFrame, Any]:
+    """Two day stores under `root` from one log cut in thirds at t1 < t2: day1 (train before t1, valid t1..t2) and
+    day2, its ids grown from day1's (`vocab_from`: a new user 500 and new items 8001-8003, item 8003 only after t2),
+    training on t1..t2 and validating after t2. Returns the whole log and day 2's protocol."""
+    from longrec.data.prepare import prepare
+    from longrec.data.protocols import ProtocolConfig
+
+    log = make_log(num_users=30, events=20, seed=9)
+    t1, t2 = (int(t) for t in np.quantile(log["timestamp"].to_numpy(), [1 / 3, 2 / 3]))
+    end = int(log["timestamp"].max())
+    new = pl.DataFrame(
+        {"user_id": [500] * 4, "item_id": [8_001, 8_002, 8_001, 8_003], "timestamp": [t2 - 40, t2 - 30, end, end],
+         "action": ["view"] * 4, "cat_1": [1] * 4, "cat_2": [1_003] * 4}
+    ).cast(log.schema)  # type: ignore[arg-type]  # fmt: skip
+    log = pl.concat([log, new])
+    prepare(
+        log.filter(pl.col("timestamp") < t2), root / "day1", ProtocolConfig.for_protocol("T", split_times=(0, t1, t2))
+    )
+    second = ProtocolConfig.for_protocol("T", split_times=(t1, t2, end + 1))
+    prepare(log, root / "day2", second, vocab_from=root / "day1")
+    return log, second

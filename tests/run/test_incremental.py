@@ -8,8 +8,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import polars as pl
 import pytest
 import torch
 
@@ -23,7 +21,7 @@ from longrec.run import train
 from longrec.run.incremental import continuation
 from longrec.settings import ConfigError
 from longrec.train.checkpoint import load_checkpoint
-from tests.conftest import make_log
+from tests.conftest import make_log, prepare_two_days
 
 
 def _config(store: Path, **model: Any) -> Config:
@@ -41,18 +39,7 @@ def days(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two day stores from one log cut in thirds: day 1 trains on the first, validates on the second; day 2 (ids
     grown from day 1's, a new user and new items added) trains on the second and validates on the third."""
     root = tmp_path_factory.mktemp("days")
-    log = make_log(num_users=30, events=20, seed=9)
-    t1, t2 = (int(t) for t in np.quantile(log["timestamp"].to_numpy(), [1 / 3, 2 / 3]))
-    end = int(log["timestamp"].max())
-    new = pl.DataFrame(
-        {"user_id": [500] * 4, "item_id": [8_001, 8_002, 8_001, 8_003], "timestamp": [t2 - 40, t2 - 30, end, end],
-         "action": ["view"] * 4, "cat_1": [1] * 4, "cat_2": [1_003] * 4}
-    ).cast(log.schema)  # type: ignore[arg-type]  # fmt: skip
-    log = pl.concat([log, new])
-    first = ProtocolConfig.for_protocol("T", split_times=(0, t1, t2))
-    prepare(log.filter(pl.col("timestamp") < t2), root / "day1", first)
-    second = ProtocolConfig.for_protocol("T", split_times=(t1, t2, end + 1))
-    prepare(log, root / "day2", second, vocab_from=root / "day1")
+    prepare_two_days(root)
     run = root / "run1"
     train(_config(root / "day1"), run)
     return {"day1": root / "day1", "day2": root / "day2", "run1": run, "root": root}

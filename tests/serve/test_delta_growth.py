@@ -8,15 +8,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 
 from longrec.data.prepare import prepare
-from longrec.data.protocols import ProtocolConfig
 from longrec.run import train
 from longrec.serve.artifact import export_run, load_artifact
 from longrec.serve.delta import apply_delta, export_delta
-from tests.conftest import make_log
+from tests.conftest import prepare_two_days
 from tests.serve.conftest import run_config
 from tests.serve.test_delta import ITEMS, assert_same_tensors
 
@@ -24,19 +22,7 @@ from tests.serve.test_delta import ITEMS, assert_same_tensors
 @pytest.fixture(scope="module")
 def days(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("grow")
-    log = make_log(num_users=30, events=20, seed=9)
-    t1, t2 = (int(t) for t in np.quantile(log["timestamp"].to_numpy(), [1 / 3, 2 / 3]))
-    end = int(log["timestamp"].max())
-    new = pl.DataFrame(
-        {"user_id": [500] * 4, "item_id": [8_001, 8_002, 8_001, 8_003], "timestamp": [t2 - 40, t2 - 30, end, end],
-         "action": ["view"] * 4, "cat_1": [1] * 4, "cat_2": [1_003] * 4}
-    ).cast(log.schema)  # type: ignore[arg-type]  # fmt: skip
-    log = pl.concat([log, new])
-    prepare(
-        log.filter(pl.col("timestamp") < t2), root / "day1", ProtocolConfig.for_protocol("T", split_times=(0, t1, t2))
-    )
-    second = ProtocolConfig.for_protocol("T", split_times=(t1, t2, end + 1))
-    prepare(log, root / "day2", second, vocab_from=root / "day1")
+    log, second = prepare_two_days(root)
     prepare(log, root / "renumbered", second)  # the same log without --vocab-from: ids numbered afresh
     train(run_config(root / "day1"), root / "run1")
     train(run_config(root / "day2"), root / "run2", continue_from=root / "run1")
