@@ -336,6 +336,19 @@ def schedule(store: Store, epochs: int, batch_size: int, shrink: int = 1) -> dic
     return {"epochs": max(1, epochs // shrink), "eval_every": -(-steps // shrink)}
 
 
+def request_batch(B: int, L: int, num_items: int, num_categories: int, seed: int = 0) -> Batch:
+    """B requests, each a full history of L random behaviours (one taxonomy level), positions L..1, and a target."""
+    g = torch.Generator().manual_seed(seed)
+    return Batch(
+        history=torch.randint(1, num_items, (B, L), generator=g),
+        history_mask=torch.ones(B, L, dtype=torch.bool),
+        target=torch.randint(1, num_items, (B,), generator=g),
+        history_category=torch.randint(1, num_categories, (B, L, 1), generator=g),
+        target_category=torch.randint(1, num_categories, (B, 1), generator=g),
+        history_position=torch.arange(L, 0, -1).expand(B, L).contiguous(),
+    )
+
+
 def parallel(
     fn: Callable[[dict[str, Any]], dict[str, Any]],
     jobs: list[dict[str, Any]],

@@ -40,7 +40,6 @@ import _harness as harness
 import numpy as np
 import torch
 
-from longrec.data.batch import Batch
 from longrec.run import load_run
 from longrec.search import search_stage
 from longrec.search.config import SearchConfig
@@ -74,19 +73,6 @@ def run_one(d_a: int, store: harness.Store, args: argparse.Namespace, seed: int,
     return harness.train_run(values, out)
 
 
-def request_batch(B: int, L: int, num_items: int, num_categories: int, seed: int = 0) -> Batch:
-    """B requests with full histories of L random behaviours (one taxonomy level), positions L..1, and a target."""
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        history=torch.randint(1, num_items, (B, L), generator=g),
-        history_mask=torch.ones(B, L, dtype=torch.bool),
-        target=torch.randint(1, num_items, (B,), generator=g),
-        history_category=torch.randint(1, num_categories, (B, L, 1), generator=g),
-        target_category=torch.randint(1, num_categories, (B, 1), generator=g),
-        history_position=torch.arange(L, 0, -1).expand(B, L).contiguous(),
-    )
-
-
 @torch.no_grad()
 def search_times(run_dirs: dict[int, Path], args: argparse.Namespace) -> dict[int, float]:
     """Milliseconds per batch of `search_stage` (soft, K = 20) for each width's model, widths alternating call by
@@ -94,7 +80,9 @@ def search_times(run_dirs: dict[int, Path], args: argparse.Namespace) -> dict[in
     models = {d_a: load_run(path).model for d_a, path in run_dirs.items()}
     sizes = next(iter(models.values())).config
     levels = max(sizes.taxonomy_levels, 1)
-    batch = request_batch(args.latency_batch, args.latency_length, sizes.num_items, max(sizes.num_categories, 2))
+    batch = harness.request_batch(
+        args.latency_batch, args.latency_length, sizes.num_items, max(sizes.num_categories, 2)
+    )
     if sizes.num_categories == 0 or levels != 1:  # the slice and the synthetic data differ: match the model's input
         category = batch.history_category.expand(-1, -1, levels) if sizes.num_categories else None
         batch = batch.replace(

@@ -32,25 +32,11 @@ from typing import Any
 import _harness as harness
 import torch
 
-from longrec.data.batch import Batch
 from longrec.models import build_model
 from longrec.search import topk_positions
 from longrec.train.step import reuse_freed_memory
 
 ATTENTION_DIMS = (128, 64, 32)
-
-
-def make_batch(B: int, L: int, num_items: int, num_categories: int, seed: int = 0) -> Batch:
-    """B requests, each a full history of L behaviours (random items and categories), positions L..1, and a target."""
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        history=torch.randint(1, num_items, (B, L), generator=g),
-        history_mask=torch.ones(B, L, dtype=torch.bool),
-        target=torch.randint(1, num_items, (B,), generator=g),
-        history_category=torch.randint(1, num_categories, (B, L, 1), generator=g),
-        target_category=torch.randint(1, num_categories, (B, 1), generator=g),
-        history_position=torch.arange(L, 0, -1).expand(B, L).contiguous(),
-    )
 
 
 def floor_ms(B: int, L: int, A: int, fields: int, peak: dict[str, float]) -> dict[str, float]:
@@ -77,7 +63,7 @@ def measure_one(L: int, d_a: int, args: argparse.Namespace, peak: dict[str, floa
         attention_dim=d_a,
         max_position=L,
     ).eval()
-    batch = make_batch(args.batch_size, L, args.num_items, args.num_categories)
+    batch = harness.request_batch(args.batch_size, L, args.num_items, args.num_categories)
     reps = args.repeats
     with torch.no_grad():
         query, keys = model.search_embeddings(batch)  # [B, A], [B, L, A]

@@ -43,11 +43,9 @@ import argparse
 import json
 import logging
 import math
-import multiprocessing
 import os
 import re
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -317,25 +315,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for row in ROWS
         for seed in args.seeds
     ]
-    logger.info("%d runs in %d processes; scratch %s", len(jobs), args.jobs, work)
-    runs = []
-    # spawn, not fork: a forked child of a process that ran polars' thread pool can deadlock.
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for i, run in enumerate(pool.map(run_one, jobs)):
-            runs.append(run)
-            logger.info(
-                "[%d/%d] %s %s %s seed %d: AUC %.4f, ρ attention %.2f, ρ prediction %.2f (%.0f s)",
-                i + 1,
-                len(jobs),
-                run["setting"],
-                run["data"],
-                run["row"],
-                run["seed"],
-                run["test"]["auc"],
-                run["recovery"]["rho_attention"],
-                run["recovery"]["rho_prediction"],
-                run["seconds"],
-            )
+    logger.info("scratch %s", work)
+    runs = harness.parallel(
+        run_one,
+        jobs,
+        args.jobs,
+        lambda r: (
+            f"{r['setting']} {r['data']} {r['row']} seed {r['seed']}: AUC {r['test']['auc']:.4f}, ρ attention "
+            f"{r['recovery']['rho_attention']:.2f}, ρ prediction {r['recovery']['rho_prediction']:.2f} "
+            f"({r['seconds']:.0f} s)"
+        ),
+    )
     counts = {data: store.info["counts"] for data, store in stores.items()}
     one_tau = DATASETS["absent"]["tau_min_days"]
     ceiling = signal_ceiling(stores["planted"].open(), reference, one_tau)

@@ -38,12 +38,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing
 import os
 import re
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -416,23 +414,15 @@ def run_all(args: argparse.Namespace, work: Path, cache: harness.Stores) -> list
                     "epochs": args.epochs * (3 if row.endswith(", 3x epochs") else 1),
                 }
                 jobs.append(job | {"batch_size": args.batch_size})
-    logger.info("%d runs in %d processes; scratch %s", len(jobs), args.jobs, work)
-    runs = []
-    # spawn, not fork: a forked child of a process that ran polars' thread pool can deadlock.
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for i, run in enumerate(pool.map(run_one, jobs)):
-            runs.append(run)
-            logger.info(
-                "[%d/%d] %s %s %s seed %d: AUC %.4f (%.0f s)",
-                i + 1,
-                len(jobs),
-                run["study"],
-                run["data"],
-                run["row"],
-                run["seed"],
-                run["test"]["auc"],
-                run["seconds"],
-            )
+    logger.info("scratch %s", work)
+    runs = harness.parallel(
+        run_one,
+        jobs,
+        args.jobs,
+        lambda r: (
+            f"{r['study']} {r['data']} {r['row']} seed {r['seed']}: AUC {r['test']['auc']:.4f} ({r['seconds']:.0f} s)"
+        ),
+    )
 
     return runs
 
