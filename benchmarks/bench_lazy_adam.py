@@ -162,4 +162,4 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    harness.main(parser().parse_args(), "lazy_adam", measure, render)
+    harness.main(parser().parse_args(), "lazy-adam", measure, render)
