@@ -127,10 +127,8 @@ def sparse_rows_grad(ids: Tensor, rows: Tensor, num_rows: int, padding_rows: lis
     """A table's gradient as a coalesced sparse [V, D] tensor: each distinct id of `ids` with the sum of its `rows`.
 
     What `nn.Embedding(sparse=True)` returns, for the fast lookups: no [V, D] buffer is zeroed and scattered into, and
-    a row-wise optimizer (`longrec.train.optim.LazyAdam`) reads and writes only the touched rows. Repeated ids are
-    summed here (`unique_ids`, O(N + V) on a presence mask instead of a sort), so the result is already coalesced:
-    adding two of them (a table looked up twice in a step) merges sorted rows, and the optimizer's `coalesce()` is
-    free. Rows in `padding_rows` get a zero gradient.
+    a row-wise optimizer (`longrec.train.optim.LazyAdam`) touches only these rows. Repeated ids are summed here
+    (`unique_ids`), so the result is already coalesced. Rows in `padding_rows` get a zero gradient.
 
     Args:
         ids: [N] int64 row ids.
