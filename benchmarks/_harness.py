@@ -187,7 +187,8 @@ class Round:
 
 
 class Trainer:
-    """One model trained by `train_step`, exactly as the loop runs it: its own Adam (`make_optimizer`), search config,
+    """One model trained by `train_step`, exactly as the loop runs it: its own optimizer (`make_optimizer`: "adam" or
+    "lazy_adam", as `train.optimizer`), search config,
     L2 weight, precision and an optional context entered around every step (e.g. `collect_keys`); it keeps every
     step's loss and each timed pass (`rounds`)."""
 
@@ -199,9 +200,10 @@ class Trainer:
         l2: float = 0.0,
         precision: str = "fp32",
         context: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+        optimizer: str = "adam",
     ) -> None:
         self.model, self.search, self.l2, self.precision, self.context = model, search, l2, precision, context
-        self.optimizer = make_optimizer(model, lr)
+        self.optimizer = make_optimizer(model, lr, optimizer)
         self.losses: list[float] = []
         self.rounds: list[Round] = []
 

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from longrec.settings import RESUME_APPLY, RESUME_FREE, ConfigError
+from longrec.train.optim import OPTIMIZERS
 
 __all__ = ["LOGGERS", "METRICS", "PRECISIONS", "TrainConfig"]
 
@@ -21,6 +22,8 @@ class TrainConfig:
 
     # Fields marked RESUME_APPLY / RESUME_FREE may change on --resume (longrec.settings); the others are fixed.
     lr: float = field(default=1e-3, metadata=RESUME_APPLY)  # Adam learning rate
+    # adam (every parameter, every step) | lazy_adam (embedding tables updated on the rows a batch touched only)
+    optimizer: str = "adam"
     batch_size: int = 256
     eval_batch_size: int = field(default=4096, metadata=RESUME_FREE)
     epochs: int = field(default=2, metadata=RESUME_FREE)
@@ -55,6 +58,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}. Got {self.optimizer!r} instead.")
         if self.precision not in PRECISIONS:
             problems.append(f"train.precision must be one of {', '.join(PRECISIONS)}. Got {self.precision!r} instead.")
         if not DEVICE_PATTERN.fullmatch(self.device):

@@ -19,8 +19,9 @@ Networking: the rendezvous and the collectives use loopback only (MASTER_ADDR=12
 told to use the loopback interface); this is single-machine data parallelism. gloo on the CPU, NCCL on CUDA.
 
 Not supported with more than one rank (refused with `check_options`): `train.compile` (DDP and compile are not tested
-together here). Models that read the whole batch in their loss (TD-SASRec's in-batch candidates) train, but a rank's
-candidates are its own part of the batch, so they do not equal the single-process run.
+together here) and `train.optimizer = "lazy_adam"` (sparse table gradients). Models that read the whole batch in their
+loss (TD-SASRec's in-batch candidates) train, but a rank's candidates are its own part of the batch, so they do not
+equal the single-process run.
 """
 
 from __future__ import annotations
@@ -142,12 +143,17 @@ def process_group(ranks: Ranks, device: torch.device) -> Iterator[torch.device]:
             dist.destroy_process_group()
 
 
-def check_options(ranks: Ranks, compile: bool) -> None:
+def check_options(ranks: Ranks, compile: bool, optimizer: str = "adam") -> None:
     """Refuse options the data-parallel path does not support, before anything is written."""
     if ranks.world > 1 and compile:
         raise ValueError(
             f"train.compile = true is not supported with {ranks.world} ranks (data-parallel training runs the eager "
             "model under DistributedDataParallel). Set train.compile=false, or train with one process."
+        )
+    if ranks.world > 1 and optimizer != "adam":
+        raise ValueError(
+            f"train.optimizer = {optimizer!r} is not supported with {ranks.world} ranks (its sparse table gradients "
+            "are not all-reduced by the data-parallel path yet). Set train.optimizer=adam, or train with one process."
         )
 
 

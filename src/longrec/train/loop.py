@@ -130,7 +130,7 @@ def fit(
     out = Path(out)
     tc, dc = train, data
     ranks = ranks or Ranks()
-    check_options(ranks, tc.compile)
+    check_options(ranks, tc.compile, tc.optimizer)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     if fast_paths():
@@ -138,7 +138,7 @@ def fit(
     _check_validation_labels(store, tc.metric)
     device = setup(ranks, resolve_device(tc.device))
     model = model.to(device)
-    optimizer = make_optimizer(model, tc.lr)
+    optimizer = make_optimizer(model, tc.lr, tc.optimizer)
     if optimizer_state is not None:
         optimizer.load_state_dict(dict(optimizer_state))
         for group in optimizer.param_groups:
