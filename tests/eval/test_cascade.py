@@ -24,8 +24,8 @@ from longrec.eval.cascade import MISS, CascadeConfig, cascade_ranks, check_vocab
 from longrec.eval.metrics import rank_metrics
 from longrec.eval.retrieval import PoolConfig, candidate_pool, evaluate_retrieval
 from longrec.models import build_model_for_sizes
-from longrec.run import load_run, train
-from longrec.run.cascade import cascade_runs
+from longrec.run import Run, load_run, train
+from longrec.run.cascade import cascade_runs, check_same_vocabulary
 from longrec.search import search_stage
 from longrec.search.config import SearchConfig
 from tests.conftest import make_log
@@ -232,6 +232,12 @@ def test_models_and_runs_of_another_vocabulary_are_refused(store: TrajectoryStor
     with pytest.raises(ValueError, match=r"the ranker was built for another vocabulary than .*num_items"):
         evaluate_cascade(model_for(store, "din"), stranger, store, CascadeConfig(pool=POOL))
     check_vocabulary(model_for(store, "din"), store, "ranker")  # the store's own sizes pass
+    config = load_config(None, ["model.name='din'", "model.dim=4"])
+    ours = Run(tmp_path / "ours", config, store, model_for(store, "din"), 0)
+    theirs = Run(tmp_path / "theirs", config, other, stranger, 0)
+    with pytest.raises(ValueError, match=r"the pre-ranking run .*ours was trained on a store with vocabulary sha"):
+        cascade_runs(ours, theirs, CascadeConfig(pool=POOL))
+    check_same_vocabulary(ours, Run(tmp_path / "again", config, store, model_for(store, "din"), 0))
 
 
 # --- the command line ---------------------------------------------------------------------------------------------
@@ -267,6 +273,5 @@ def test_longrec_cascade_writes_a_report_and_refuses_what_it_must_not_touch(
     assert main([*argv[:-1], str(tmp_path / "mine")]) == 2 and (tmp_path / "mine" / "notes.txt").exists()
     assert main([*argv, "--force", "--m", "5,x"]) == 2
     assert "--m must be comma-separated positive ints" in capsys.readouterr().err
-    stranger = train_tiny(make_store(tmp_path / "other", seed=5, num_items=70), tmp_path / "stranger", "din")
-    assert main([*argv[:3], str(stranger), *argv[4:], "--force"]) == 2
-    assert "vocabulary sha" in capsys.readouterr().err
+    assert main([*argv[:3], str(tmp_path / "nowhere"), *argv[4:], "--force"]) == 2
+    assert "is not a run directory" in capsys.readouterr().err

@@ -21,7 +21,8 @@ NDCG@N (`longrec.eval.metrics.rank_metrics`; one relevant item per row, so Recal
   block of the pool as C rows viewing one history), through the run's search stage and `forward`, as serving scores
   it: slower, same metric. A `CandidateScorer` behind a target-dependent searcher (anything but `none` and
   `latest`) takes the one-user path too, since its user side then depends on the candidate. In both paths the
-  positive is scored in the same call as each block of the pool it is compared with.
+  positive is scored in the same call as each block of the pool it is compared with. `score_pool` is that scoring
+  (any samples, any labels, block by block); `pool_ranks` and the cascade (`longrec.eval.cascade`) both read it.
 
 Shapes: B rows (positives) per call, C pool items (per block), L history length, M taxonomy levels, E extra fields.
 """
