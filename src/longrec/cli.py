@@ -1,5 +1,5 @@
-"""`longrec` command line: synth, prepare, import-samples, train, eval, summarise, export, serve, demo, analyze,
-compact, config.
+"""`longrec` command line: synth, prepare, import-samples, train, eval, cascade, summarise, export, serve, demo,
+analyze, compact, config.
 
 Results go to stdout; progress and logs go to stderr. An error prints one line and exits 2 (the traceback only
 with --debug).
@@ -62,6 +62,13 @@ EXAMPLES = {
   longrec eval runs/din --split valid --data data/synth
   longrec eval runs/sasrec --retrieval --n 10,50,200             # Recall@N, NDCG@N against a candidate pool
   longrec eval runs/sasrec --retrieval --pool uniform --pool-size 5000 --pool-seed 1""",
+    "cascade": """examples:
+  longrec cascade runs/td-sasrec runs/dare --out reports/cascade            # M = 50, 200; K = 10, 50
+  longrec cascade runs/td-sasrec runs/dare --m 10,50,200,1000 --k 10 --pool-size 2000 --out reports/m-sweep
+  longrec cascade runs/mean-tower runs/tin --pool uniform --pool-items train_targets --out reports/c2 --force
+  # the same settings for both pre-rankers compare them on the same pool:
+  longrec cascade runs/sasrec-bce runs/dare --m 50,200 --out reports/bce
+  longrec cascade runs/sasrec-softmax runs/dare --m 50,200 --out reports/softmax""",
     "export": """examples:
   longrec export runs/din --out models/din                   # the serving artifact (docs/serving.md)
   longrec export runs/din-day2 --delta-from models/din --out deltas/day2   # only what changed""",
@@ -268,6 +275,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw from every item or from the train split's targets (default: %(default)s)",
     )
     p.set_defaults(func=commands.eval)
+
+    p = add(
+        "cascade",
+        "Pre-rank each test positive's candidate pool with one run, keep its top M, rank those with another run: "
+        "end-to-end Recall@K and NDCG@K, the pre-ranker's survival rate, the ranker's quality on what reaches it, "
+        "against the ranker alone on the whole pool (docs/cascade.md); writes OUT/cascade.json.",
+    )
+    p.add_argument("prerank", help="the pre-ranking run directory (e.g. TD-SASRec or its mean tower; any model)")
+    p.add_argument("rank", help="the ranking run directory (any model), trained on the same store")
+    p.add_argument("--out", required=True, help="report folder: new, empty, or a previous cascade report (--force)")
+    p.add_argument("--force", action="store_true", help="replace a previous cascade report in OUT")
+    p.add_argument(
+        "--m", default="50,200", help="candidates passed to the ranker, comma-separated (default: %(default)s)"
+    )
+    p.add_argument("--k", default="10,50", help="end-to-end cut-offs K, comma-separated (default: %(default)s)")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    p.add_argument("--data", default=None, help="a prepared store with the same vocabulary (default: the ranker's)")
+    p.add_argument(
+        "--no-sample-auc",
+        action="store_true",
+        help="skip the ranker's AUC on the samples that survive (it pre-ranks every sample, not only the positives)",
+    )
+    pool = p.add_argument_group("the candidate pool (as in 'longrec eval --retrieval')")
+    pool.add_argument(
+        "--pool", default="popularity", choices=("all", "uniform", "popularity"), help="sampler (default: %(default)s)"
+    )
+    pool.add_argument("--pool-size", type=int, default=1000, help="items drawn (default: %(default)s)")
+    pool.add_argument("--pool-seed", type=int, default=0, help="seed of the draw (default: %(default)s)")
+    pool.add_argument(
+        "--pool-items",
+        default="all",
+        choices=("all", "train_targets"),
+        help="draw from every item or from the train split's targets (default: %(default)s)",
+    )
+    p.set_defaults(func=commands.cascade)
 
     p = add(
         "analyze",

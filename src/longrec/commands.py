@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = [
     "analyze",
+    "cascade",
     "compact",
     "config",
     "demo",
@@ -277,6 +278,74 @@ def _cutoffs(text: str) -> list[int]:
     if not words or not all(w.isdigit() and int(w) > 0 for w in words):
         raise ValueError(f"--n must be comma-separated positive ints, e.g. --n 50,200. Got {text!r} instead.")
     return [int(w) for w in words]
+
+
+def cascade(args: argparse.Namespace) -> int:
+    from longrec.eval.cascade import CascadeConfig, parse_cutoffs
+    from longrec.eval.retrieval import PoolConfig
+    from longrec.files import CASCADE, check_output
+    from longrec.run.cascade import cascade_runs, write_cascade
+
+    config = CascadeConfig(
+        ms=tuple(parse_cutoffs(args.m, "--m")),
+        ks=tuple(parse_cutoffs(args.k, "--k")),
+        pool=PoolConfig(args.pool, args.pool_size, args.pool_seed, args.pool_items),
+        split=args.split,
+        sample_auc=not args.no_sample_auc,
+    )
+    check_output(args.out, CASCADE, args.force)  # before the work: a refused --out costs nothing
+    report = cascade_runs(args.prerank, args.rank, config, args.data, progress=not args.quiet)
+    path = write_cascade(report, args.out, args.force)
+    print_cascade_table(report)
+    print(f"report: {path}")
+    return 0
+
+
+def print_cascade_table(report: dict[str, Any]) -> None:
+    """The cascade report as a rich table: the two references, then one row per M (docs/cascade.md reads it)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    ks, auc = report["ks"], "auc" in report["ranker_alone"]
+
+    def cell(value: Any) -> str:
+        return "-" if value is None or value != value else f"{value:.3f}"
+
+    pre, rank = report["prerank_run"], report["rank_run"]
+    lines = [
+        f"pre-ranker: {pre['model']} ({pre['path']}); ranker: {rank['model']} ({rank['path']})",
+        f"{report['split']}: {report['positives']:,} positives, each against a pool of {report['pool']['line']}",
+        "scored = candidates the ranker scores per request; survival = positives the pre-ranker keeps (its Recall@M);",
+        "R@K, NDCG end to end (a cut positive is a miss); '| kept' = the ranker on what the pre-ranker kept (AUC over "
+        "the samples whose target survives). Ties count against the positive.",
+    ]
+    table = Table()
+    headers = ["", "M", "scored", "survival", *[f"R@{k}" for k in ks], f"NDCG@{ks[-1]}"]
+    headers += [f"R@{k} | kept" for k in ks] + (["AUC | kept", "GAUC | kept", "samples kept"] if auc else [])
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="left" if i == 0 else "right")
+    alone, prerank = report["ranker_alone"], report["prerank_alone"]
+    table.add_row(
+        "pre-ranker only", "-", "0", "-", *[cell(prerank[f"recall@{k}"]) for k in ks], cell(prerank[f"ndcg@{ks[-1]}"]),
+        *["-"] * (len(ks) + (3 if auc else 0)),
+    )  # fmt: skip
+    table.add_row(
+        "ranker only", "all", f"{alone['candidates']:.0f}", "1", *[cell(alone[f"recall@{k}"]) for k in ks],
+        cell(alone[f"ndcg@{ks[-1]}"]), *[cell(alone[f"recall@{k}"]) for k in ks],
+        *([cell(alone["auc"]), cell(alone["gauc"]), f"{alone['samples']:,}"] if auc else []),
+    )  # fmt: skip
+    for row in report["cascade"]:
+        table.add_row(
+            "cascade", str(row["m"]), f"{row['candidates']:.0f}", cell(row["survival"]),
+            *[cell(row[f"recall@{k}"]) for k in ks], cell(row[f"ndcg@{ks[-1]}"]),
+            *[cell(row[f"ranker_recall@{k}"]) for k in ks],
+            *([cell(row["auc"]), cell(row["gauc"]), f"{row['samples']:,}"] if auc else []),
+        )  # fmt: skip
+    out = console()
+    if not out.is_terminal:  # a pipe or a file: wide enough that no header is cut
+        out = Console(width=160)
+    out.print("\n".join(lines), highlight=False, soft_wrap=True)
+    out.print(table)
 
 
 def analyze(args: argparse.Namespace) -> int:

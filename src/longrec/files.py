@@ -1,7 +1,7 @@
 """Writing outputs without losing anything: atomic files and folders, and output folders that are never the user's.
 
-Every command that writes a folder (`prepare`, `import-samples`, `synth`, `train`, `demo`, `analyze`, `export`) follows
-one rule, `check_output`:
+Every command that writes a folder (`prepare`, `import-samples`, `synth`, `train`, `demo`, `analyze`, `export`,
+`cascade`) follows one rule, `check_output`:
 
 - `--out` may be a new path, an empty folder, or **a previous output of the same command**, recognised by its marker
   file (a store's `manifest.json`, a synthetic log's `synthetic.json`, a run's `config.json`, ...) and holding only
@@ -44,6 +44,7 @@ from typing import Any
 
 __all__ = [
     "ARTIFACT",
+    "CASCADE",
     "DELTA",
     "DELTAS",
     "DEMO",
@@ -124,6 +125,7 @@ RUN = OutputKind(
     ),
     hint=" To continue it instead, pass --resume.",
 )
+CASCADE = OutputKind("cascade report", "longrec cascade", "cascade.json", ("cascade.json",))
 DEMO = OutputKind(
     "demo folder", "longrec demo", "demo.json", ("demo.json", "summary.json", "raw", "data", "runs"), True
 )

@@ -21,7 +21,8 @@ NDCG@N (`longrec.eval.metrics.rank_metrics`; one relevant item per row, so Recal
   block of the pool as C rows viewing one history), through the run's search stage and `forward`, as serving scores
   it: slower, same metric. A `CandidateScorer` behind a target-dependent searcher (anything but `none` and
   `latest`) takes the one-user path too, since its user side then depends on the candidate. In both paths the
-  positive is scored in the same call as each block of the pool it is compared with.
+  positive is scored in the same call as each block of the pool it is compared with. `score_pool` is that scoring
+  (any samples, any labels, block by block); `pool_ranks` and the cascade (`longrec.eval.cascade`) both read it.
 
 Shapes: B rows (positives) per call, C pool items (per block), L history length, M taxonomy levels, E extra fields.
 """
@@ -46,7 +47,17 @@ from longrec.models.contract import CandidateScorer
 from longrec.search import one_user_request, search_stage
 from longrec.search.config import SearchConfig
 
-__all__ = ["POOL_ITEMS", "POOL_SAMPLERS", "PoolConfig", "candidate_pool", "evaluate_retrieval", "pool_ranks"]
+__all__ = [
+    "POOL_ITEMS",
+    "POOL_SAMPLERS",
+    "PoolConfig",
+    "ScoredBlock",
+    "candidate_pool",
+    "evaluate_retrieval",
+    "pool_ranks",
+    "score_pool",
+    "scoring_path",
+]
 
 POOL_SAMPLERS = ("all", "uniform", "popularity")
 POOL_ITEMS = ("all", "train_targets")
@@ -120,41 +131,59 @@ def _blocks(C: int, width: int) -> Iterator[slice]:
         yield slice(start, min(start + width, C))
 
 
+@dataclass(frozen=True)
+class ScoredBlock:
+    """One call's scores: rows `rows` of the requested samples against the pool columns `block`."""
+
+    rows: slice  # into the `rows` argument of `score_pool`
+    block: slice  # into the pool
+    scores: np.ndarray  # [b, 1 + c] float64: column 0 the sample's own target, then the block's pool items
+    valid: np.ndarray  # [b, c] bool, False where the pool item is the sample's own target (no competitor)
+    goal: np.ndarray  # [b] int64 goal of each sample (0 without goals)
+
+
+def scoring_path(model: nn.Module, search: SearchConfig | None = None) -> str:
+    """How `score_pool` scores `model` behind `search`: "score_candidates" (batched) or "one_user_request"."""
+    fast = isinstance(model, CandidateScorer) and (search or SearchConfig()).method in TARGET_FREE_SEARCH
+    return "score_candidates" if fast else "one_user_request"
+
+
 @torch.no_grad()
-def pool_ranks(
+def score_pool(
     model: nn.Module,
     store: TrajectoryStore,
     split: str,
+    rows: np.ndarray,
     pool: np.ndarray,
     search: SearchConfig | None = None,
     max_history: int = 200,
     progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """Each positive's 0-based rank among `pool` (ties against it), in the order of the split's positives.
+) -> Iterator[ScoredBlock]:
+    """Score the target of each requested sample of `split` and every `pool` item for that sample's user (the module
+    docstring: two paths, the target scored in the same call as each block of the pool it is compared with).
 
-    Returns:
-        ranks [N] int64 and goals [N] int64 of the split's N positives, and the scoring path that ran
-        ("score_candidates" or "one_user_request").
+    Args:
+        rows: [N] indices of the split's samples (any labels), scored in this order.
+
+    Yields:
+        `ScoredBlock`s: row chunks in order and, within a chunk, pool blocks in order, together covering
+        [N, 1 + C]; `len(pool)` columns fit in one block up to 65,535 (batched) or 1,023 (one user at a time).
     """
     model.eval()
     samples = store.samples(split)
-    positives = np.flatnonzero(np.asarray(samples.label) > 0.5)  # [N]
     search = search or SearchConfig()
-    fast = isinstance(model, CandidateScorer) and search.method in TARGET_FREE_SEARCH
+    fast = scoring_path(model, search) == "score_candidates"
     ids = torch.as_tensor(pool, dtype=torch.long)  # [C]
     category = torch.as_tensor(np.asarray(store.item_category)[pool].astype(np.int64))  # [C, M]
     extra = torch.as_tensor(np.asarray(store.item_extra)[pool].astype(np.int64))  # [C, E]
     C, M, E = len(pool), category.shape[1], extra.shape[1]
     width = max(1, min(C, CELLS - 1))  # pool columns per call
-    rows = max(1, CELLS // (1 + width)) if fast else 256  # positives collated together
-    ranks: list[np.ndarray] = []
-    goals: list[np.ndarray] = []
-    chunks = range(0, len(positives), rows)
+    chunk = max(1, CELLS // (1 + width)) if fast else 256  # samples collated together
+    chunks = range(0, len(rows), chunk)
     for start in track(chunks, "ranking", console=Console(stderr=True), disable=not progress, transient=True):
-        batch = collate(store, samples, positives[start : start + rows], max_history)  # [B, L]
+        batch = collate(store, samples, rows[start : start + chunk], max_history)  # [B, L]
         B = len(batch)
         goal = batch.goal if batch.goal is not None else torch.zeros_like(batch.target)  # [B]
-        rank = np.zeros(B, dtype=np.int64)
         if fast:
             assert isinstance(model, CandidateScorer)
             searched = search_stage(batch, model, search)  # target-free: the same for every candidate
@@ -167,8 +196,7 @@ def pool_ranks(
                     paths = torch.cat([batch.target_category[:, None], category[block].expand(B, c, M)], 1)
                 scores = model.score_candidates(searched, items, goal[:, None].expand_as(items), paths)  # [B, 1 + c]
                 valid = (ids[block][None, :] != batch.target[:, None]).numpy()  # [B, c]
-                s = scores.float().numpy()
-                rank += pool_rank(s[:, 0], s[:, 1:], valid)
+                yield ScoredBlock(slice(start, start + B), block, scores.double().numpy(), valid, goal.numpy())
         else:
             for i in range(B):
                 one = _row(batch, i)  # [1, L]
@@ -185,16 +213,33 @@ def pool_ranks(
                         assert one.target_extra is not None
                         fields["target_extra"] = torch.cat([one.target_extra, extra[block]])  # [1 + c, E]
                     request = one_user_request(one, fields)  # [1 + c, L], the rows view one history
-                    s = model(search_stage(request, model, search)).float().numpy()  # [1 + c]
-                    rank[i] += pool_rank(s[:1], s[None, 1:], (ids[block] != one.target).numpy()[None])[0]
-        ranks.append(rank)
-        goals.append(goal.numpy())
-    empty = np.zeros(0, np.int64)
-    return (
-        np.concatenate(ranks) if ranks else empty,
-        np.concatenate(goals) if goals else empty,
-        "score_candidates" if fast else "one_user_request",
-    )
+                    s = model(search_stage(request, model, search)).double().numpy()  # [1 + c]
+                    valid = (ids[block] != one.target).numpy()[None]  # [1, c]
+                    yield ScoredBlock(slice(start + i, start + i + 1), block, s[None], valid, goal[i : i + 1].numpy())
+
+
+def pool_ranks(
+    model: nn.Module,
+    store: TrajectoryStore,
+    split: str,
+    pool: np.ndarray,
+    search: SearchConfig | None = None,
+    max_history: int = 200,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Each positive's 0-based rank among `pool` (ties against it), in the order of the split's positives.
+
+    Returns:
+        ranks [N] int64 and goals [N] int64 of the split's N positives, and the scoring path that ran
+        ("score_candidates" or "one_user_request").
+    """
+    positives = np.flatnonzero(np.asarray(store.samples(split).label) > 0.5)  # [N]
+    rank = np.zeros(len(positives), dtype=np.int64)  # [N]
+    goals = np.zeros(len(positives), dtype=np.int64)  # [N]
+    for part in score_pool(model, store, split, positives, pool, search, max_history, progress):
+        rank[part.rows] += pool_rank(part.scores[:, 0], part.scores[:, 1:], part.valid)
+        goals[part.rows] = part.goal
+    return rank, goals, scoring_path(model, search)
 
 
 def evaluate_retrieval(
