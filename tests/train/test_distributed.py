@@ -110,6 +110,20 @@ def test_two_ranks_take_the_single_process_steps_and_only_rank_0_writes(
     assert _max_difference(run2 / "last.pt", tmp_path / "straight" / "last.pt") < 1e-5
 
 
+@pytest.mark.slow
+def test_two_ranks_with_lazy_adam_take_the_single_process_lazy_steps(experiment: Path, tmp_path: Path) -> None:
+    # The sparse table gradients are all-reduced by DDP (gloo's sparse all-reduce) and LazyAdam updates the union of
+    # the ranks' rows: the single process's lazy steps on the whole batch. (~20 s: marked slow.)
+    lazy = [f"train.max_steps={K}", f"train.eval_every={K}", "train.optimizer=lazy_adam"]
+    code = main(["--quiet", "train", str(experiment), "--out", str(tmp_path / "two"), "--nproc", "2"]
+                + [f"--set={s}" for s in lazy])  # fmt: skip
+    assert code == 0
+    _single(experiment, tmp_path / "one", *lazy)
+    assert _max_difference(tmp_path / "two" / "last.pt", tmp_path / "one" / "last.pt") < 1e-5
+    _single(experiment, tmp_path / "dense", *lazy[:2])  # dense Adam: another trajectory, so lazy Adam did run
+    assert _max_difference(tmp_path / "two" / "last.pt", tmp_path / "dense" / "last.pt") > 1e-3
+
+
 def test_a_non_positive_nproc_is_refused(experiment: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", str(experiment), "--out", str(tmp_path / "r"), "--nproc", "0"]) == 2
     assert "--nproc must be a positive int (processes, one rank each). Got 0 instead." in capsys.readouterr().err

@@ -249,7 +249,8 @@ class DSITIN(nn.Module):
                 t = table(need(batch.target_category)).flatten(1)  # [B, M·D]
             elif name in ("action", "domain"):
                 h = table(need(batch.history_action if name == "action" else batch.history_domain))  # [B, L, D]
-                t = table.weight[-1].expand(B, -1)  # [B, D], the target's learned token
+                # [B, D], the target's learned token (a lookup, so the table's gradient stays sparse under lazy Adam)
+                t = table(batch.target.new_full((B,), table.num_embeddings - 1))
             elif name == "scene":
                 h, t = table(need(batch.history_scene)), table(need(batch.scene))  # [B, L, D], [B, D]
             else:

@@ -96,7 +96,7 @@ def train(
     """
     out = Path(out)
     ranks = current_ranks()
-    check_options(ranks, config.train.compile, config.train.optimizer)
+    check_options(ranks, config.train.compile)
     with process_group(ranks, resolve_device(config.train.device)), contextlib.ExitStack() as stack:
         store = open_store(config.data.path, config.data.shards)
         continuing = resume and (out / "config.json").is_file()

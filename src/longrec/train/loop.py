@@ -130,7 +130,7 @@ def fit(
     out = Path(out)
     tc, dc = train, data
     ranks = ranks or Ranks()
-    check_options(ranks, tc.compile, tc.optimizer)
+    check_options(ranks, tc.compile)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     if fast_paths():
