@@ -375,7 +375,7 @@ class TDSASRec(nn.Module):
             return (users.sum() + t.sum()) * 0.0  # no positive to rank: a zero loss that still backpropagates
         c = self.config
         args = (users[positive], t[positive], t)  # [P, E], [P, E], [B, E]: every target of the batch is a candidate
-        ids = {"positive_ids": batch.target[positive], "negative_ids": batch.target}
+        ids, negative_ids = batch.target[positive], batch.target  # [P], [B]
         if c.loss == "croloss":
             return croloss(
                 *args,
@@ -383,10 +383,11 @@ class TDSASRec(nn.Module):
                 kernel=c.croloss_kernel,
                 temperature=c.temperature,
                 lambda_method=c.croloss_lambda,
-                **ids,
+                positive_ids=ids,
+                negative_ids=negative_ids,
             )
         ranking = sampled_softmax_loss if c.loss == "sampled_softmax" else bpr_loss
-        return ranking(*args, temperature=c.temperature, **ids)
+        return ranking(*args, temperature=c.temperature, positive_ids=ids, negative_ids=negative_ids)
 
     def forward(self, batch: Batch) -> Tensor:
         """Return one click logit per example, shape [B]: batch.target scored under its target head and goal."""
