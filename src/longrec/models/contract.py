@@ -60,7 +60,7 @@ __all__ = [
 
 @runtime_checkable
 class OwnLoss(Protocol):
-    """A model whose training loss is its own (TD-SASRec's sampled softmax couples the rows of a batch)."""
+    """A model whose training loss is its own (TD-SASRec's ranking losses couple the rows of a batch)."""
 
     def loss(self, batch: Batch) -> Tensor | None: ...
 

@@ -39,10 +39,13 @@ Design choices (the paper leaves them open):
   real behaviours' embeddings + q_τ), blind to order and time (no blocks, no temporal tables); everything else
   (item tower, goal bias, scoring, losses) is unchanged, so the two compare.
 - Training: BCE on `forward` works as is (Protocol A/T samples already hold sampled negatives).
-  `loss = "sampled_softmax"` opts into `train.losses.sampled_softmax_loss` through `loss(batch)`: each positive
-  row's U_τ against every target of the batch (in-batch and sampled negatives, accidental hits dropped);
-  `loss(batch)` returns None under the default "bce". The softmax leaves the per-goal bias b_τ untrained (it
-  cancels within a row), so logits trained that way rank well (AUC) but are not calibrated (logloss). Under
+  `loss = "sampled_softmax"`, `"bpr"` or `"croloss"` opts into a ranking loss of `models.losses` through
+  `loss(batch)`: each positive row's U_τ against every target of the batch (in-batch and sampled negatives,
+  accidental hits dropped), by softmax cross-entropy, pairwise logistic loss (BPR), or CROLoss, the smoothed
+  Σ_N w(N)·(1 - Recall@N) with w(N) ∝ N^-α (`croloss_alpha`: > 1 for a stage that keeps few candidates, < 1 for
+  many; `croloss_kernel`, `croloss_lambda`; `temperature` serves all three); `loss(batch)` returns None under the
+  default "bce". These losses leave the per-goal bias b_τ untrained (it cancels within a row), so logits trained
+  that way rank well (AUC, Recall@N) but are not calibrated (logloss). Under
   `target_key = "category"` the softmax scores every candidate of a row with that row's head U_τ (its positive's
   category; computing every candidate's own head for every row would cost one stream per head and row), while
   `score_candidates` scores each candidate with its own head: BCE on `forward` trains exactly what is served.
@@ -63,7 +66,7 @@ from torch import Tensor, nn
 from longrec.data.batch import Batch
 from longrec.models.checks import check_behaviour_config, check_int, check_sizes
 from longrec.models.layers import BehaviourEmbedding, mlp
-from longrec.models.losses import sampled_softmax_loss
+from longrec.models.losses import CROLOSS_KERNELS, bpr_loss, croloss, sampled_softmax_loss
 from longrec.models.tdpe import check_goal_options
 from longrec.models.temporal import YEAR, check_temporal_options, temporal_tables, time_gap_bucket
 from longrec.models.transformer import TransformerBlock, attention_mask
@@ -71,7 +74,7 @@ from longrec.models.transformer import TransformerBlock, attention_mask
 __all__ = ["ENCODERS", "LOSSES", "SCORING", "TARGET_KEYS", "TDSASRec", "TDSASRecConfig"]
 
 SCORING = ("dot", "mlp")
-LOSSES = ("bce", "sampled_softmax")
+LOSSES = ("bce", "sampled_softmax", "bpr", "croloss")
 ENCODERS = ("causal", "mean")
 TARGET_KEYS = ("goal", "category", "none")
 
@@ -96,8 +99,11 @@ class TDSASRecConfig:
     scoring: str = "dot"  # dot (two-tower) | mlp on [U_τ, v, U_τ ⊙ v]
     encoder: str = "causal"  # causal (SASRec blocks + TDPE) | mean (the ablation: order- and time-blind mean pool)
     head_hidden: tuple[int, ...] = (64, 32)  # widths of the scoring MLP (scoring = "mlp")
-    loss: str = "bce"  # bce (the loop's default) | sampled_softmax (via loss(batch); needs scoring = "dot")
-    temperature: float = 1.0  # sampled softmax: logits are <U_τ, v> / temperature
+    loss: str = "bce"  # bce (the loop's default) | sampled_softmax | bpr | croloss (via loss(batch); scoring "dot")
+    temperature: float = 1.0  # the ranking losses: logits are <U_τ, v> / temperature
+    croloss_alpha: float = 1.0  # CROLoss weighting w(N) ∝ N^-α: 1 = log, > 1 small N, < 1 large N, 0 = uniform
+    croloss_kernel: str = "softplus"  # CROLoss smoothed step: sigmoid | softplus | exp | hinge
+    croloss_lambda: bool = False  # CROLoss Lambda gradient: W'(r̂) at the detached sigmoid rank times ∂r
     init_std: float = 0.05  # embeddings, query tokens and positional tables start at N(0, init_std²)
     target_key: str = "goal"  # what keys the target heads (q_τ, p^{(τ)}): goal | category | none (one head)
     head_categories: tuple[int, ...] = ()  # target_key = "category": category ids with a head; the rest share head 0
@@ -132,15 +138,38 @@ class TDSASRecConfig:
                 raise ValueError(
                     f"{owner}.{name} must be one of {', '.join(allowed)}. Got {getattr(self, name)!r} instead."
                 )
-        if self.loss == "sampled_softmax" and self.scoring != "dot":
+        if self.loss != "bce" and self.scoring != "dot":
             raise ValueError(
-                f"{owner}.loss = 'sampled_softmax' scores candidates by <U, v> and needs scoring = 'dot'. "
+                f"{owner}.loss = {self.loss!r} scores candidates by <U, v> and needs scoring = 'dot'. "
                 f"Got scoring = {self.scoring!r} instead; train the MLP scorer with loss = 'bce'."
             )
         temperature = self.temperature
         if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not temperature > 0:
             raise ValueError(f"{owner}.temperature must be a positive float. Got {temperature!r} instead.")
+        self._check_croloss(owner)
         self._check_targets(owner)
+
+    def _check_croloss(self, owner: str) -> None:
+        alpha = self.croloss_alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha < float("inf"):
+            raise ValueError(f"{owner}.croloss_alpha must be a float >= 0 (w(N) ∝ N^-alpha). Got {alpha!r} instead.")
+        if self.croloss_kernel not in CROLOSS_KERNELS:
+            raise ValueError(
+                f"{owner}.croloss_kernel must be one of {', '.join(CROLOSS_KERNELS)}. "
+                f"Got {self.croloss_kernel!r} instead."
+            )
+        if not isinstance(self.croloss_lambda, bool):
+            raise ValueError(f"{owner}.croloss_lambda must be true or false. Got {self.croloss_lambda!r} instead.")
+        changed = [
+            f"{name} = {getattr(self, name)!r}"
+            for name, default in (("croloss_alpha", 1.0), ("croloss_kernel", "softplus"), ("croloss_lambda", False))
+            if getattr(self, name) != default
+        ]
+        if changed and self.loss != "croloss":
+            raise ValueError(
+                f"{owner}.{', '.join(changed)} is read only under loss = 'croloss'. Got loss = {self.loss!r}; "
+                "set loss = 'croloss' or leave the croloss_* options out."
+            )
 
     def _check_targets(self, owner: str) -> None:
         if self.target_key not in TARGET_KEYS:
@@ -330,7 +359,8 @@ class TDSASRec(nn.Module):
         return self._score(u, self._item_vectors(candidates, candidate_category), goals)  # [B, C]
 
     def loss(self, batch: Batch) -> Tensor | None:
-        """The training loss when `config.loss = "sampled_softmax"`, else None (the loop's BCE on `forward`).
+        """The ranking loss of `config.loss` (sampled_softmax, bpr, croloss), or None under "bce" (the loop's BCE
+        on `forward`).
 
         Each positive row's U_τ scores every target of the batch: its own positive against the other rows' targets
         (their positives and their sampled negatives); a candidate with the row's own item id is dropped.
@@ -343,14 +373,21 @@ class TDSASRec(nn.Module):
         positive = batch.label > 0.5  # [B]
         if not bool(positive.any()):
             return (users.sum() + t.sum()) * 0.0  # no positive to rank: a zero loss that still backpropagates
-        return sampled_softmax_loss(
-            users[positive],  # [P, E]
-            t[positive],  # [P, E]
-            t,  # [B, E], every target of the batch is a candidate
-            temperature=self.config.temperature,
-            positive_ids=batch.target[positive],
-            negative_ids=batch.target,
-        )
+        c = self.config
+        args = (users[positive], t[positive], t)  # [P, E], [P, E], [B, E]: every target of the batch is a candidate
+        ids, negative_ids = batch.target[positive], batch.target  # [P], [B]
+        if c.loss == "croloss":
+            return croloss(
+                *args,
+                alpha=float(c.croloss_alpha),
+                kernel=c.croloss_kernel,
+                temperature=c.temperature,
+                lambda_method=c.croloss_lambda,
+                positive_ids=ids,
+                negative_ids=negative_ids,
+            )
+        ranking = sampled_softmax_loss if c.loss == "sampled_softmax" else bpr_loss
+        return ranking(*args, temperature=c.temperature, positive_ids=ids, negative_ids=negative_ids)
 
     def forward(self, batch: Batch) -> Tensor:
         """Return one click logit per example, shape [B]: batch.target scored under its target head and goal."""
