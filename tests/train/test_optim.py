@@ -16,13 +16,7 @@ from longrec.train.optim import LazyAdam, sparse_tables
 from longrec.train.step import make_optimizer, train_step
 from tests.models.conftest import _make_model, make_batch
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sparse_grad(rows: list[int], V: int, D: int, seed: int) -> torch.Tensor:

@@ -33,12 +33,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 SEARCH = {"din": SearchConfig(), "twin": SearchConfig(method="soft", k=4), "dare": SearchConfig(method="soft", k=4)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class KeepGradients:

@@ -12,14 +12,7 @@ from longrec.search.config import SearchConfig
 from longrec.train.step import make_optimizer, reuse_freed_memory, train_step
 from tests.models.conftest import SIZES, make_batch
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: one thread is faster and immune to a busy machine (a 2-thread step waits for both threads).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class KeepGradients:
