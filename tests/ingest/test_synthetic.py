@@ -443,6 +443,9 @@ def test_write_never_deletes_a_folder_it_did_not_write(tmp_path: Path, tiny: Syn
         ({"ad_funnel": (0.3, 0.3)}, r"ad_funnel must hold 3 probabilities"),
         ({"span_days": 0}, r"span_days must be a positive finite number"),
         ({"num_users": True}, r"num_users must be a positive int\. Got True"),
+        ({"h_identity_scenes": ("home",)}, r"h_identity_scenes must be a tuple of scene names among feed, search"),
+        ({"h_cross_prob": 2.0}, r"h_cross_prob must be a probability in \[0, 1\]\. Got 2\.0"),
+        ({"mechanisms": ("h",), "num_categories": 1, "num_content_tags": 1}, r"num_categories must be >= 2 when"),
         ({"num_users": 0, "seed": -1}, r"2 problem\(s\)(.|\n)*num_users(.|\n)*seed must be a non-negative int"),
     ],
 )
