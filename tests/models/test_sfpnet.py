@@ -138,3 +138,20 @@ def test_the_fine_grained_unit_learns_the_scenario_migration_and_its_ablation_do
     full, coarse_only = search_auc(), search_auc(fine=False)
     blind = search_auc(num_blocks=0, scene_feature=False)
     assert full > 0.8 and coarse_only < 0.7 and blind < 0.65, (full, coarse_only, blind)
+
+
+def test_soft_search_ranks_by_the_gated_keys_and_with_k_equal_l_reproduces_the_model(batch) -> None:
+    from longrec.search import search_stage
+    from longrec.search.config import SearchConfig
+
+    model = sfpnet()
+    query, keys = model.search_embeddings(batch)  # [B, E], [B, L, E]
+    h, t = model.embedding(batch)  # [B, L, E], [B, E]
+    s = model.scene_embedding(batch.scene)  # [B, D]
+    for block in model.blocks:
+        h, t = block.gated(h, t, s)
+    e = h + model.position_embedding(batch.history_position.clamp(0, 255))  # [B, L, E]
+    torch.testing.assert_close(keys, e)  # per-behaviour: no pooled history statistics in the keys
+    torch.testing.assert_close(query * keys.shape[-1] ** 0.5, t + model.position_embedding.weight[0])
+    searched = search_stage(batch, model, SearchConfig(method="soft", k=batch.history.shape[1]))
+    torch.testing.assert_close(model(searched), model(batch), rtol=1e-5, atol=1e-6)

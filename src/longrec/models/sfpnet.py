@@ -121,12 +121,16 @@ class ScenarioTailoringBlock(nn.Module):
             nn.init.normal_(last.weight, std=init_std)  # a fresh block is close to the identity on the behaviours
             nn.init.zeros_(last.bias)
 
+    def gated(self, h: Tensor, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """The coarse step alone: h [B, L, E] and t [B, E] re-weighted by the scene's gate (unchanged without one)."""
+        if self.gate is None:
+            return h, t
+        g = 2.0 * torch.sigmoid(self.gate(s))  # [B, E] in (0, 2), 1 = identity
+        return h * g.unsqueeze(1), t * g  # [B, L, E], [B, E]
+
     def forward(self, h: Tensor, t: Tensor, s: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """h [B, L, E], t [B, E], scene s [B, D], mask [B, L] -> tailored h [B, L, E] and t [B, E]."""
-        if self.gate is not None:
-            g = 2.0 * torch.sigmoid(self.gate(s))  # [B, E] in (0, 2), 1 = identity
-            t = t * g  # [B, E]
-            h = h * g.unsqueeze(1)  # [B, L, E]
+        h, t = self.gated(h, t, s)  # [B, L, E], [B, E]
         if self.tailor is None:
             return h, t
         m = mask.unsqueeze(-1).to(h.dtype)  # [B, L, 1]
@@ -166,23 +170,25 @@ class SFPNet(nn.Module):
         self.head = mlp(2 * E + (D if c.scene_feature else 0), c.head_hidden)
         self.reads: tuple[str, ...] = (*self.embedding.reads, *(("scene",) if c.reads_scene else ()))
 
-    def _encode(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Keys ẽ [B, L, E], query ṽ [B, E], tailored target t^(N) [B, E], scene embedding s [B, D] (None: unused)."""
+    def _encode(self, batch: Batch, tailor: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Keys ẽ [B, L, E], query ṽ [B, E], tailored target t^(N) [B, E], scene embedding s [B, D] (None: unused).
+
+        `tailor = False` runs only the blocks' scene gates (per-behaviour keys, for search)."""
         h, t = self.embedding(batch)  # [B, L, E], [B, E]
         s = None
         if self.scene_embedding is not None and self.config.reads_scene:
             assert batch.scene is not None  # check_batch's job
             s = self.scene_embedding(batch.scene)  # [B, D]
-        elif self.scene_embedding is not None:
-            s = self.scene_embedding.weight[0].expand(t.shape[0], -1)  # [B, D], the one implicit scenario
+        elif self.scene_embedding is not None:  # looked up, not indexed: a served model's table may be external
+            s = self.scene_embedding(torch.zeros_like(batch.target))  # [B, D], the one implicit scenario
         for block in self.blocks:
-            assert s is not None
-            h, t = block(h, t, s, batch.history_mask)  # [B, L, E], [B, E]
+            assert s is not None and isinstance(block, ScenarioTailoringBlock)
+            h, t = block(h, t, s, batch.history_mask) if tailor else block.gated(h, t, s)  # [B, L, E], [B, E]
         e, v = h, t
         if self.position_embedding is not None:
             P = self.position_embedding.num_embeddings
             e = h + self.position_embedding(time_ids(batch, P - 1))  # [B, L, E]
-            v = t + self.position_embedding.weight[0]  # [B, E], row 0 = the target
+            v = t + self.position_embedding(torch.zeros_like(batch.target))  # [B, E], row 0 = the target
         return e, v, t, s
 
     def _attend(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
@@ -196,8 +202,13 @@ class SFPNet(nn.Module):
         return self._attend(batch)[0]  # [B, L]
 
     def search_embeddings(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Soft-search query ṽ / sqrt(E) [B, E] and the scene-tailored keys ẽ [B, L, E] (SFPNet's attention logits)."""
-        e, v, _, _ = self._encode(batch)  # [B, L, E], [B, E]
+        """Soft-search query ṽ / sqrt(E) [B, E] and keys ẽ [B, L, E] after the blocks' scene gates only.
+
+        The residual-tailoring reads pooled statistics of the whole history, so its keys are not per-behaviour (a key
+        would change with the other behaviours, which chunked search over 10⁴+ behaviours cannot allow); search ranks
+        by the scene-gated embeddings, and the full blocks run on the K behaviours it keeps.
+        """
+        e, v, _, _ = self._encode(batch, tailor=False)  # [B, L, E], [B, E]
         return v / math.sqrt(e.shape[-1]), e
 
     def forward(self, batch: Batch) -> Tensor:

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from longrec.ingest.synthetic.config import SyntheticConfig
-from longrec.ingest.synthetic.mechanisms import DAY, SortedIndex
+from longrec.ingest.synthetic.mechanisms import DAY, SCENES, SortedIndex
 from longrec.ingest.synthetic.world import World
 
 __all__ = ["ACTIONS", "DOMAINS", "SCENES", "Events", "generate_events"]
@@ -35,7 +35,6 @@ IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
-SCENES = ("feed", "search", "article", "video")
 ACTIONS = ("view", "click", "cart", "buy", "like", "share", "impression")
 DOMAINS = ("ad", "content")
 # Scene probabilities per row kind, over SCENES: ads live in the feed and search, content in feed/article/video.

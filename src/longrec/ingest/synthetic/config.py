@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from longrec.ingest.synthetic.mechanisms import MECHANISMS
+from longrec.ingest.synthetic.mechanisms import MECHANISMS, SCENES
 
 __all__ = ["SyntheticConfig"]
 
@@ -209,8 +209,6 @@ class SyntheticConfig:
                 f"SyntheticConfig.goal_decay_factors must hold one positive factor per goal ({len(self.goals)} for "
                 f"{self.goals!r}). Got {self.goal_decay_factors!r} instead."
             )
-        from longrec.ingest.synthetic.behaviour import SCENES  # behaviour imports this module
-
         scenes = self.h_identity_scenes
         if isinstance(scenes, str) or not all(isinstance(z, str) and z in SCENES for z in scenes):
             problems.append(

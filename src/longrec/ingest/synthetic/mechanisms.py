@@ -25,12 +25,13 @@ if TYPE_CHECKING:  # annotations only: config, world and behaviour import this m
     from longrec.ingest.synthetic.config import SyntheticConfig
     from longrec.ingest.synthetic.world import World
 
-__all__ = ["DAY", "MECHANISMS", "Mechanism", "Planted", "SortedIndex", "expand"]
+__all__ = ["DAY", "MECHANISMS", "SCENES", "Mechanism", "Planted", "SortedIndex", "expand"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
 DAY = 86_400  # seconds
+SCENES = ("feed", "search", "article", "video")  # scene codes; here because config, world and (h) need them too
 KEY_LIMIT = 2**62  # composite sort keys group * radix + time must stay below this
 
 
@@ -235,8 +236,6 @@ def scene_migration(cfg: SyntheticConfig, world: World, events: Events, rng: np.
     query, position = expand(*index.before(e.imp_user * C1 + wanted, e.imp_rel))  # [n]
     row = index.row[position]  # [n]
     planted = _decayed(e, query, row, cfg.h_tau_days * DAY, cfg.weight_h, cfg.relevance_min_weight)
-    from longrec.ingest.synthetic.behaviour import SCENES  # behaviour imports this module
-
     names = np.asarray(SCENES)
     scene = names[e.imp_scene]  # [P] the request's scene name
     assert e.target_scene is not None  # behaviour draws it when (h) is on

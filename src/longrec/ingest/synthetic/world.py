@@ -24,6 +24,7 @@ import numpy.typing as npt
 import polars as pl
 
 from longrec.ingest.synthetic.config import SyntheticConfig
+from longrec.ingest.synthetic.mechanisms import SCENES
 
 __all__ = ["Segments", "World", "build_world", "taxonomy_map"]
 
@@ -167,8 +168,6 @@ def _scene_category_map(cfg: SyntheticConfig, rng: np.random.Generator) -> IntAr
 
     The identity everywhere when (h) is off, drawn last so that configs without (h) keep their random draws.
     """
-    from longrec.ingest.synthetic.behaviour import SCENES  # behaviour imports this module
-
     C = cfg.num_categories
     table = np.tile(np.arange(C + 1, dtype=np.int64), (len(SCENES), 1))  # [Z, C + 1] identity
     if not cfg.on("h"):
