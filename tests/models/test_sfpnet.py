@@ -135,9 +135,12 @@ def test_the_fine_grained_unit_learns_the_scenario_migration_and_its_ablation_do
     # A linear head on [u, t, s] keeps the head from decoding what attention mixed: the score must come from the
     # (tailored) attention and representation. Without the residual-tailoring, keys and query share the tables and
     # every scene's gate is a diagonal re-weighting, so in search π(c) and π⁻¹(c) look alike to a target c.
+    # Measured: 0.92 / 0.63 / 0.50. A residual that reads the context only (the same shift for every behaviour of a
+    # row: no change to attention, only to the pooled value) reaches 0.80, under the bar: the per-behaviour half of
+    # the tailoring is what is tested, not only the pooled context.
     full, coarse_only = search_auc(), search_auc(fine=False)
     blind = search_auc(num_blocks=0, scene_feature=False)
-    assert full > 0.8 and coarse_only < 0.7 and blind < 0.65, (full, coarse_only, blind)
+    assert full > 0.85 and coarse_only < 0.7 and blind < 0.65, (full, coarse_only, blind)
 
 
 def test_soft_search_ranks_by_the_gated_keys_and_with_k_equal_l_reproduces_the_model(batch) -> None:
