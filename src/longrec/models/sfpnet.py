@@ -15,8 +15,8 @@ t^(l-1) [B, E] and the behaviours h^(l-1) [B, L, E] (h^(0), t^(0): the item ⊕ 
   h_i^(l) = h'_i + W_2 PReLU(W_1 [h'_i, c] + b_1) + b_2, and t^(l) = t'.
   The correction is non-linear in (h'_i, c) jointly, so it can move behaviours of one category towards the targets
   they imply *in this scene*; a shift that were the same for every behaviour would add a constant to every attention
-  logit of a row and change nothing after the softmax. W_2 starts at N(0, init_std²) and b_2 at zero, so a fresh
-  block is close to the identity on the behaviours and training grows the correction from there.
+  logit of a row, change nothing after the softmax, and reach only the pooled value. W_2 starts at N(0, init_std²)
+  and b_2 at zero, so a fresh block is close to the identity on the behaviours and training grows the correction.
 
 After the blocks, target attention as in TIN: keys ẽ_i = h_i^(N) + p_{pos_i} (relative position, most recent = 1),
 query ṽ = t^(N) + p_0, α = softmax_i(<ẽ_i, ṽ>/sqrt(E)) over the real behaviours, u = Σ_i α_i (ẽ_i ⊙ ṽ); the head MLP
@@ -38,6 +38,8 @@ Design choices where the paper is vague (also in docs/scenarios.md):
   changing what a behaviour means, not the behaviour's surface.
 - Data without scenes (`num_scenes = 0`) is one implicit scenario: the blocks read one learned scene vector, so the
   model still runs (and tailors behaviours to the history's context) and reads no optional field beyond categories.
+- Soft search (`search_embeddings`) ranks by the keys after the scene gates only: the tailored keys read pooled
+  history statistics, so they are not per-behaviour, which chunked search needs; the blocks run on the K kept.
 - Ablations: `fine = false` (no residual-tailoring, the test that it is needed), `coarse = false`, `num_blocks`
   (0 = plain target attention, with `scene_feature` the "scenario as a plain feature" baseline and without it the
   scenario-blind shared model).
