@@ -247,8 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(
         "eval",
-        "Score a trained run's best checkpoint on a split (AUC, GAUC, logloss; with --retrieval, Recall@N and NDCG@N "
-        "of its positives against a candidate pool); writes RUN/eval_SPLIT.json (RUN/eval_SPLIT_retrieval.json).",
+        "Score a trained run's best checkpoint on a split (AUC, GAUC, logloss, per goal and per scene; with "
+        "--retrieval, Recall@N and NDCG@N of its positives against a candidate pool); writes RUN/eval_SPLIT.json "
+        "(RUN/eval_SPLIT_retrieval.json).",
     )
     p.add_argument("run", help="run directory written by 'longrec train'")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"))

@@ -339,7 +339,7 @@ def test_noise_field_exists_only_with_c_and_changes_nothing_else() -> None:
 
 
 def _plant_recent_behaviour(cfg: SyntheticConfig, world: World, events: Events, rng: np.random.Generator) -> Planted:
-    """A mechanism (h) written the way the package docstring says: +2 when the user has any earlier behaviour; the
+    """A mechanism (i) written the way the package docstring says: +2 when the user has any earlier behaviour; the
     relevant behaviour is the latest one."""
     index = SortedIndex.build(events.beh_user, events.beh_rel, np.arange(events.num_behaviours), events.radix)
     lo, hi = index.before(events.imp_user, events.imp_rel)  # [P]
@@ -350,25 +350,25 @@ def _plant_recent_behaviour(cfg: SyntheticConfig, world: World, events: Events, 
 def test_a_mechanism_registered_in_one_line_gets_its_truth_columns_and_leaves_other_configs_alone(
     tiny: SyntheticLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(MECHANISMS, "h", Mechanism(_plant_recent_behaviour, "test: the latest behaviour, +2"))
+    monkeypatch.setitem(MECHANISMS, "i", Mechanism(_plant_recent_behaviour, "test: the latest behaviour, +2"))
     assert generate(TINY).truth.equals(tiny.truth)  # registered but off: the frames of before
-    planted = generate(dataclasses.replace(TINY, mechanisms=(*TINY.mechanisms, "h")))
+    planted = generate(dataclasses.replace(TINY, mechanisms=(*TINY.mechanisms, "i")))
     truth = planted.truth
-    assert "term_h" in truth.columns and "relevant_h" in truth.columns and "term_h" not in tiny.truth.columns
-    assert set(truth["term_h"].unique()) <= {0.0, 2.0}
+    assert "term_i" in truth.columns and "relevant_i" in truth.columns and "term_i" not in tiny.truth.columns
+    assert set(truth["term_i"].unique()) <= {0.0, 2.0}
     shift = planted.planted["bias"] - tiny.planted["bias"]  # the bias is recalibrated for the new term
-    np.testing.assert_allclose(truth["logit"] - truth["term_h"], tiny.truth["logit"] + shift, rtol=0, atol=1e-9)
-    assert planted.log.drop("label").equals(tiny.log.drop("label"))  # (h) draws nothing: only the labels move
-    assert planted.metadata()["mechanisms"]["h"] == {"on": True, "doc": "test: the latest behaviour, +2"}
+    np.testing.assert_allclose(truth["logit"] - truth["term_i"], tiny.truth["logit"] + shift, rtol=0, atol=1e-9)
+    assert planted.log.drop("label").equals(tiny.log.drop("label"))  # (i) draws nothing: only the labels move
+    assert planted.metadata()["mechanisms"]["i"] == {"on": True, "doc": "test: the latest behaviour, +2"}
     rows = planted.log.select("event_id", "user_id", "timestamp")
     pairs = truth.select(
-        "event_id", "user_id", "timestamp", "term_h", pl.col("relevant_h").list.first().alias("latest")
+        "event_id", "user_id", "timestamp", "term_i", pl.col("relevant_i").list.first().alias("latest")
     )
     joined = pairs.join(rows, left_on="latest", right_on="event_id", suffix="_b", how="left")
-    assert ((joined["term_h"] == 2.0) == joined["latest"].is_not_null()).all()
+    assert ((joined["term_i"] == 2.0) == joined["latest"].is_not_null()).all()
     hit = joined.filter(pl.col("latest").is_not_null())
     assert (hit["user_id"] == hit["user_id_b"]).all() and (hit["timestamp_b"] < hit["timestamp"]).all()
-    assert all(set(h) <= set(r) for h, r in zip(truth["relevant_h"], truth["relevant"], strict=True))
+    assert all(set(h) <= set(r) for h, r in zip(truth["relevant_i"], truth["relevant"], strict=True))
 
 
 def test_write_produces_the_files(tmp_path: Path, tiny: SyntheticLog) -> None:
@@ -443,6 +443,9 @@ def test_write_never_deletes_a_folder_it_did_not_write(tmp_path: Path, tiny: Syn
         ({"ad_funnel": (0.3, 0.3)}, r"ad_funnel must hold 3 probabilities"),
         ({"span_days": 0}, r"span_days must be a positive finite number"),
         ({"num_users": True}, r"num_users must be a positive int\. Got True"),
+        ({"h_identity_scenes": ("home",)}, r"h_identity_scenes must be a tuple of scene names among feed, search"),
+        ({"h_cross_prob": 2.0}, r"h_cross_prob must be a probability in \[0, 1\]\. Got 2\.0"),
+        ({"mechanisms": ("h",), "num_categories": 1, "num_content_tags": 1}, r"num_categories must be >= 2 when"),
         ({"num_users": 0, "seed": -1}, r"2 problem\(s\)(.|\n)*num_users(.|\n)*seed must be a non-negative int"),
     ],
 )
@@ -476,3 +479,69 @@ def test_scales_to_ten_to_the_five_events_per_user() -> None:
     assert per_user.min() >= 50_000 and per_user.sum() > 300_000
     assert data.log.group_by("user_id").agg(pl.col("timestamp").is_sorted().alias("ok"))["ok"].all()
     assert data.truth["relevant"].list.len().to_numpy().min() > 0
+
+
+# (h) scenario interest migration: TINY with (h) on next to (a), so both draw and label.
+MIGRATION = dataclasses.replace(TINY, mechanisms=("a", "h"), num_users=60)
+
+
+@pytest.fixture(scope="module")
+def migration() -> SyntheticLog:
+    return generate(MIGRATION)
+
+
+def test_scene_migration_term_and_relevant_sets_match_a_brute_force_oracle(migration: SyntheticLog) -> None:
+    cfg, table = migration.config, migration.planted["scene_category_map"]
+    history = {u: f for (u,), f in behaviours(migration.log).partition_by("user_id", as_dict=True).items()}
+    scenes = migration.log.select("event_id", "scene")
+    truth = migration.truth.join(scenes, on="event_id", suffix="_log")
+    assert (truth["scene"] == truth["scene_log"]).all()  # the truth's scene is the impression row's
+    for row in truth.iter_rows(named=True):
+        wanted = table[row["scene"]][row["cat_2"]]
+        assert row["h_category"] == wanted
+        h = history[row["user_id"]].filter((pl.col("timestamp") < row["timestamp"]) & (pl.col("cat_2") == wanted))
+        w = np.exp(-(row["timestamp"] - h["timestamp"].to_numpy()) / (cfg.h_tau_days * 86400))
+        assert row["term_h"] == pytest.approx(cfg.weight_h * math.log1p(w.sum()), abs=1e-9)
+        assert row["relevant_h"] == sorted(h["event_id"].to_numpy()[w >= cfg.relevance_min_weight])
+        assert set(row["relevant_h"]) <= set(row["relevant"])
+    score = truth["term_a"].to_numpy() + truth["term_h"].to_numpy()
+    np.testing.assert_allclose(truth["logit"].to_numpy(), migration.planted["bias"] + score, atol=1e-9)
+    assert (truth["term_h"] > 0).any() and set(truth["scene"]) == {"feed", "search"}
+
+
+def test_scene_maps_are_the_identity_in_the_feed_and_a_derangement_in_search(migration: SyntheticLog) -> None:
+    C = MIGRATION.num_categories
+    table = migration.planted["scene_category_map"]
+    assert table["feed"] == list(range(C + 1))
+    search = np.asarray(table["search"][1:])
+    assert sorted(search) == list(range(1, C + 1))  # a permutation of the categories
+    assert (search != np.arange(1, C + 1)).all()  # that moves every one
+
+
+def test_a_target_relates_to_the_history_through_the_map_of_the_scene_it_was_drawn_for(migration: SyntheticLog) -> None:
+    truth = migration.truth.filter(pl.col("h_target_scene") != "")  # history-drawn targets
+    own = truth.filter(pl.col("h_target_scene") == pl.col("scene"))
+    crossed = truth.filter(pl.col("h_target_scene") != pl.col("scene"))
+    assert own.height and crossed.height  # h_cross_prob = 0.5 gives both, in both scenes
+    assert set(crossed["scene"]) == {"feed", "search"}
+    # Drawn for its own scene, a target's π(c) is the category of a recent behaviour: (h)'s term fires; drawn for the
+    # other scene, it relates to the history through the other π, which this scene's rule does not follow.
+    assert (own["term_h"] > 0).mean() > 0.9 > 0.5 > (crossed["term_h"] > 0).mean()
+    search = migration.truth.filter(pl.col("scene") == "search")
+    assert (search["h_category"] != search["cat_2"]).all()
+    feed = migration.truth.filter(pl.col("scene") == "feed")
+    assert (feed["h_category"] == feed["cat_2"]).all()
+
+
+def test_scene_migration_off_leaves_every_frame_as_it_was(tiny: SyntheticLog) -> None:
+    knobs = dataclasses.replace(TINY, weight_h=9.0, h_tau_days=1.0, h_identity_scenes=("search",), h_cross_prob=0.9)
+    again = generate(knobs)  # (h)'s knobs do nothing while (h) is off: no draws, no columns
+    assert again.log.equals(tiny.log) and again.truth.equals(tiny.truth)
+    assert "scene_category_map" not in again.planted and "term_h" not in again.truth.columns
+    assert again.planted == tiny.planted
+
+
+def test_scene_migration_labels_follow_its_term() -> None:
+    data = generate(dataclasses.replace(MEDIUM, mechanisms=("h",)))
+    truth = data.truth
+    assert roc_auc_score(truth["label"].to_numpy(), truth["term_h"].to_numpy()) > 0.65

@@ -130,6 +130,7 @@ EXPECTED_CAPABILITIES = {
     "eta": {"search_embeddings", "attention_weights"},
     "mean_pool": set(),
     "sdim": {"search_embeddings"},
+    "sfpnet": {"search_embeddings", "attention_weights"},
     "stacked_tin": {"search_embeddings", "attention_weights", "keyed_temporal"},
     "td_sasrec": {"own_loss", "candidate_scorer"},
     "tin": {"search_embeddings", "attention_weights", "keyed_temporal"},

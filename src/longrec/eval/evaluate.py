@@ -40,14 +40,21 @@ def predict(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
 ) -> dict[str, np.ndarray]:
-    """Run search + `model` in eval mode over `batches`; return logits, labels, users, target categories and goals
-    ([N] each, on the CPU).
+    """Run search + `model` in eval mode over `batches`; return logits, labels, users, target categories, goals and
+    scenes ([N] each, on the CPU).
 
     Batches are moved to `device` (`DevicePrefetcher`); the forward runs under `autocast(precision, device)` and the
     logits come back as fp32."""
     model.eval()
     device = torch.device(device)
-    parts: dict[str, list[np.ndarray]] = {"logits": [], "labels": [], "users": [], "categories": [], "goals": []}
+    parts: dict[str, list[np.ndarray]] = {
+        "logits": [],
+        "labels": [],
+        "users": [],
+        "categories": [],
+        "goals": [],
+        "scenes": [],
+    }
     batches = track(
         batches, "evaluating", total=total, console=Console(stderr=True), disable=not progress, transient=True
     )
@@ -64,6 +71,7 @@ def predict(
             cat[:, -1].cpu().numpy() if cat is not None and cat.shape[1] else np.zeros(n, np.int64)
         )
         parts["goals"].append(batch.goal.cpu().numpy() if batch.goal is not None else np.zeros(n, np.int64))
+        parts["scenes"].append(batch.scene.cpu().numpy() if batch.scene is not None else np.zeros(n, np.int64))
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
 
 
@@ -95,7 +103,7 @@ def evaluate(
 
     Returns:
         {"auc", "gauc", "gauc_category", "logloss", "count", "positive_rate"}, plus "per_goal" keyed by goal name
-        when the data has more than one goal.
+        when the data has more than one goal and "per_scene" keyed by scene name when it has more than one scene.
     """
     samples = store.samples(split)
     pin = torch.device(device).type == "cuda"
@@ -119,16 +127,21 @@ def evaluate(
         dist.all_gather_object(parts, out)
         out = {k: np.concatenate([part[k] for part in parts]) for k in out}
     has_goals = store.sizes.get("num_goals", 1) > 1
+    has_scenes = store.sizes.get("num_scenes", 0) > 2  # id 0 (unknown) plus at least two scenes
     metrics = compute_metrics(
         out["labels"],
         out["logits"],
         out["users"],
         categories=out["categories"] if store.taxonomy_levels else None,
         goals=out["goals"] if has_goals else None,
+        scenes=out["scenes"] if has_scenes else None,
     )
     if has_goals and "per_goal" in metrics:
         names = ["unknown", *map(str, store.vocab("goal").to_list())]
         metrics["per_goal"] = {names[int(g)]: v for g, v in metrics["per_goal"].items()}
+    if has_scenes and "per_scene" in metrics:
+        names = ["unknown", *map(str, store.vocab("scene").to_list())]
+        metrics["per_scene"] = {names[int(z)]: v for z, v in metrics["per_scene"].items()}
     return metrics
 
 

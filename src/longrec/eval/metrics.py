@@ -215,8 +215,9 @@ def compute_metrics(
     users: ArrayLike,
     categories: ArrayLike | None = None,
     goals: ArrayLike | None = None,
+    scenes: ArrayLike | None = None,
 ) -> dict[str, Any]:
-    """All CTR metrics of one evaluation split, overall and per advertising goal.
+    """All CTR metrics of one evaluation split, overall, per advertising goal and per scene (scenario).
 
     Args:
         labels: [N] 0/1, every evaluated sample (no dropped partial batch).
@@ -224,10 +225,12 @@ def compute_metrics(
         users: [N] user ids; `gauc` groups by them.
         categories: [N] target category ids at the level to group by (e.g. `target_category[:, -1]`), or None.
         goals: [N] advertising goal of each sample, or None.
+        scenes: [N] scene (the request's app surface) of each sample, or None.
 
     Returns:
         {"auc", "gauc", "logloss", "count", "positive_rate"} plus "gauc_category" when categories are given, and
-        "per_goal": {goal: {same keys}} when goals are given (goal keys are Python scalars, in sorted order).
+        "per_goal": {goal: {same keys}} when goals are given (goal keys are Python scalars, in sorted order), and
+        "per_scene": {scene: {same keys}} likewise when scenes are given.
         Undefined AUC/GAUC values are nan (e.g. a goal whose samples are all negative).
 
     Example:
@@ -246,6 +249,13 @@ def compute_metrics(
             goal.item(): _summary(y[m], x[m], u[m], None if c is None else c[m])
             for goal in np.unique(g)
             for m in [g == goal]
+        }
+    if scenes is not None:
+        z = _groups(scenes, "scenes", y.size)
+        out["per_scene"] = {
+            scene.item(): _summary(y[m], x[m], u[m], None if c is None else c[m])
+            for scene in np.unique(z)
+            for m in [z == scene]
         }
     return out
 

@@ -28,6 +28,7 @@ from longrec.models.eta import ETA, ETAConfig
 from longrec.models.mean_pool import MeanPool, MeanPoolConfig
 from longrec.models.sasrec import TDSASRec, TDSASRecConfig
 from longrec.models.sdim import SDIM, SDIMConfig
+from longrec.models.sfpnet import SFPNet, SFPNetConfig
 from longrec.models.stacked_tin import StackedTIN, StackedTINConfig
 from longrec.models.tin import TIN, TINConfig
 from longrec.models.twin import TWIN, TWINConfig
@@ -71,6 +72,7 @@ MODELS: dict[str, tuple[type[Any], type[nn.Module]]] = {
     "eta": (ETAConfig, ETA),
     "mean_pool": (MeanPoolConfig, MeanPool),
     "sdim": (SDIMConfig, SDIM),
+    "sfpnet": (SFPNetConfig, SFPNet),
     "stacked_tin": (StackedTINConfig, StackedTIN),
     "td_sasrec": (TDSASRecConfig, TDSASRec),
     "tin": (TINConfig, TIN),

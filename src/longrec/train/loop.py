@@ -225,7 +225,11 @@ def fit(
                 f"train.metric = '{tc.metric}' is undefined on the validation split of {store.root} at step "
                 f"{state['step']} (no group holds both labels). Use train.metric = 'auc' or 'logloss'."
             )
-        line = {"step": state["step"], "epoch": state["epoch"], **{k: v for k, v in metrics.items() if k != "per_goal"}}
+        line = {
+            "step": state["step"],
+            "epoch": state["epoch"],
+            **{k: v for k, v in metrics.items() if k not in ("per_goal", "per_scene")},
+        }
         state["history"].append(line)
         state["validated_step"] = state["step"]
         if ranks.main:

@@ -48,6 +48,13 @@ probability equals `target_positive_rate`.
   occur nowhere else, so the most recent `g_min_back` behaviours hold no evidence: a model that sees only the recent
   window cannot tell a remembered target from a new one, while search over the whole history (category search on
   `cat_3`, or soft search) can retrieve the memory. Users need histories longer than `g_min_back` (e.g. 10^4 events).
+- (h) → SFPNet: interest migrates between scenarios (opt-in, off by default). Impressions come in the feed or in
+  search; in scene z a target of category c relates to the user's behaviours (any domain) of category π_z(c),
+  `w_h · log1p(Σ exp(−Δt / h_tau_days))`. π_z is the identity for the scenes in `h_identity_scenes` (the feed) and a
+  random cycle through all categories (π_z(c) ≠ c) elsewhere. A history-drawn target is an item of π_z⁻¹ of its
+  history behaviour's category, z the request's scene or, with probability `h_cross_prob`, a scene drawn from the
+  impression scenes' prior: the same history then comes with the targets of both scenes in both scenes, and only the
+  request's scene says which relate to it (a scenario-blind model cannot tell).
 
 **Ground truth.** `SyntheticLog.truth` has one row per labelled impression (`event_id`, `user_id`, logit, prob, label,
 per-mechanism terms, the effective τ of (a)) and list columns of contributing behaviour `event_id`s: `relevant_a` /
@@ -55,26 +62,29 @@ per-mechanism terms, the effective τ of (a)) and list columns of contributing b
 and the latest A_t before it), `relevant_f` (the ≤ `f_top_k` behaviours averaged), `relevant` (their union: what a
 perfect search retrieves). A switched-off mechanism has a zero term and empty lists. With (g) on, the truth also has
 `term_g` and `relevant_g` (the far same-SPU behaviours of a memory target) and `memory_target` (whether the shown item
-is of a memory SPU); the memory SPUs are in `planted["memory_spus"]`. Configs without (g) give the frames they gave
-before (g) existed. τ per category, goal factors, the planted pairs, item qualities and the bias are in
-`SyntheticLog.planted` (and `synthetic.json`).
+is of a memory SPU); the memory SPUs are in `planted["memory_spus"]`. With (h) on, the truth has `term_h`,
+`relevant_h`, `scene` (the request's), `h_category` (π_z(c), the category whose behaviours count) and
+`h_target_scene` (the scene whose π drew a history-drawn target, "" otherwise); π per scene is in
+`planted["scene_category_map"]`. Configs without (g) or (h) give the frames they gave before those existed. τ per
+category, goal factors, the planted pairs, item qualities and the bias are in `SyntheticLog.planted` (and
+`synthetic.json`).
 
 Generation (`generator.py`) is vectorised numpy over chunks of users (≤ ~1M events per chunk bounds the memory), so
 it scales to 10^5 events per user. The same config (seed included) gives identical frames. `config.py` holds
 `SyntheticConfig`.
 
-**Adding a mechanism (h).** A mechanism is one function in `mechanisms.py` and one entry in its `MECHANISMS` dict:
+**Adding a mechanism (i).** A mechanism is one function in `mechanisms.py` and one entry in its `MECHANISMS` dict:
 
-1. `def plant_h(cfg, world, events, rng) -> Planted`: the term [P] it adds to each impression's logit, computed
+1. `def plant_i(cfg, world, events, rng) -> Planted`: the term [P] it adds to each impression's logit, computed
    only from the user's behaviours strictly before the impression (`SortedIndex.before` finds them), and the
    (impression index, behaviour event_id) pairs behind it; or columns it adds (`log_columns`, `truth_columns`).
-2. `"h": Mechanism(plant_h, "<module meant to find it>: <what it plants>")` at the end of `MECHANISMS`, so that it
+2. `"i": Mechanism(plant_i, "<module meant to find it>: <what it plants>")` at the end of `MECHANISMS`, so that it
    runs last and configs without it keep their frames.
 
-Its knobs (`weight_h`, ...) are fields of `SyntheticConfig`, like `weight_a`. With (h) on, the label includes its
-term and the truth gains `term_h` and `relevant_h`; `relevant` includes its pairs. A mechanism that also needs
-planted parameters or behaviours of its own, as (e) and (g) do, draws them in `world.py` or `behaviour.py` under
-`cfg.on("h")`, so that the random draws of configs without it do not move.
+Its knobs (`weight_i`, ...) are fields of `SyntheticConfig`, like `weight_a`. With (i) on, the label includes its
+term and the truth gains `term_i` and `relevant_i`; `relevant` includes its pairs. A mechanism that also needs
+planted parameters or behaviours of its own, as (e), (g) and (h) do, draws them in `world.py` or `behaviour.py` under
+`cfg.on("i")`, so that the random draws of configs without it do not move.
 """
 
 from longrec.ingest.synthetic.behaviour import ACTIONS, SCENES

@@ -10,7 +10,10 @@ behaviour holds the deepest stage. With (g) on, each user's `g_memories` memory 
 
 Impressions come a few minutes after a random behaviour of the user; the shown ad comes from the SPU of a recent ad
 behaviour with probability `target_from_history_prob` (with (g) on, some show a memory SPU), else from the popularity
-prior. The result, `Events`, is what every planted mechanism reads; their labels are not drawn here.
+prior. With (h) on, a history-drawn target is replaced by an item of category π_z⁻¹(c), c the category of the history
+behaviour it came from and z the request's scene (or, with probability `h_cross_prob`, a scene drawn from the
+impression scenes' prior), so that its relation to the history goes through π_z. The result,
+`Events`, is what every planted mechanism reads; their labels are not drawn here.
 Shapes: U users, N behaviours and P impressions of the chunk.
 """
 
@@ -23,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from longrec.ingest.synthetic.config import SyntheticConfig
-from longrec.ingest.synthetic.mechanisms import DAY, SortedIndex
+from longrec.ingest.synthetic.mechanisms import DAY, SCENES, SortedIndex
 from longrec.ingest.synthetic.world import World
 
 __all__ = ["ACTIONS", "DOMAINS", "SCENES", "Events", "generate_events"]
@@ -32,7 +35,6 @@ IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
-SCENES = ("feed", "search", "article", "video")
 ACTIONS = ("view", "click", "cart", "buy", "like", "share", "impression")
 DOMAINS = ("ad", "content")
 # Scene probabilities per row kind, over SCENES: ads live in the feed and search, content in feed/article/video.
@@ -74,6 +76,7 @@ class Events:
     tau_days: FloatArray  # [P] (a)'s decay time constant for this target and goal (per goal under (e))
     log_order: IntArray  # [N + P] behaviours then impressions -> log order
     radix: int
+    target_scene: IntArray | None = None  # [P] (h): scene whose π drew a history-drawn target, -1 else; None: (h) off
 
     @property
     def num_behaviours(self) -> int:
@@ -247,6 +250,20 @@ def generate_events(
     imp_cat2 = world.category_of_spu[imp_cat3]  # [P]
     imp_goal = rng.integers(0, len(cfg.goals), P)  # [P]
     imp_scene = _choice(_IMPRESSION_SCENES, P, rng)  # [P]
+    target_scene = None  # [P] (h): the scene whose π drew a history-drawn target, -1 for the others
+    if cfg.on("h"):  # (h): a history-drawn target moves to the category π_z⁻¹(c) of the interest c it came from ...
+        inverse = np.zeros_like(world.scene_category_map)  # [Z, C + 1] π_z⁻¹
+        np.put_along_axis(inverse, world.scene_category_map, np.arange(inverse.shape[1])[None, :], axis=1)
+        # ... where z is the request's scene, or with probability h_cross_prob a scene drawn from the impression
+        # scenes' prior: then the history and target are those of another scene, which this scene's rule scores.
+        cross = rng.random(P) < cfg.h_cross_prob  # [P]
+        z = np.where(cross, _choice(_IMPRESSION_SCENES, P, rng), imp_scene)  # [P]
+        migrated = inverse[z, imp_cat2]  # [P] == imp_cat2 where π_z is the identity
+        move = from_history & (migrated != imp_cat2)  # [P]
+        imp_item[move] = world.items_by_category.sample(migrated[move], rng)
+        imp_cat3 = world.spu_of_item[imp_item]  # [P]
+        imp_cat2 = world.category_of_spu[imp_cat3]  # [P]
+        target_scene = np.where(from_history, z, -1)  # [P]
     tau_days = world.tau_days[imp_cat2] * world.goal_factor[imp_goal]  # [P] (a) decay, per goal under (e)
 
     return Events(
@@ -274,4 +291,5 @@ def generate_events(
         tau_days=tau_days,
         log_order=log_order,
         radix=radix,
+        target_scene=target_scene,
     )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from longrec.ingest.synthetic.mechanisms import MECHANISMS
+from longrec.ingest.synthetic.mechanisms import MECHANISMS, SCENES
 
 __all__ = ["SyntheticConfig"]
 
@@ -74,6 +74,10 @@ class SyntheticConfig:
     g_memories: int = 3  # (g): memory behaviours per user, planted as the user's oldest behaviours
     g_min_back: int = 1000  # (g): only same-SPU behaviours more than this many behaviours before the impression count
     g_target_prob: float = 0.5  # (g): share of impressions that show an item of a memory SPU
+    weight_h: float = 2.5
+    h_tau_days: float = 14.0  # (h): decay of the behaviours of category π_scene(c) behind a target of category c
+    h_identity_scenes: tuple[str, ...] = ("feed",)  # (h): scenes whose π is the identity; every other one migrates
+    h_cross_prob: float = 0.5  # (h): share of history-drawn targets drawn by another scene's π (a prior draw)
     relevance_min_weight: float = 0.05  # (a), (b): a decayed match is "relevant" when its weight is at least this
     # Randomness and time.
     seed: int = 0
@@ -139,6 +143,7 @@ class SyntheticConfig:
             "ad_fraction",
             "target_from_history_prob",
             "g_target_prob",
+            "h_cross_prob",
         )
         for name in probabilities:
             value = getattr(self, name)
@@ -166,6 +171,7 @@ class SyntheticConfig:
             "tau_min_days",
             "tau_max_days",
             "content_tau_days",
+            "h_tau_days",
             "span_days",
         )
         for name in positive_floats:
@@ -184,7 +190,7 @@ class SyntheticConfig:
             problems.append(
                 f"SyntheticConfig.tau_max_days ({self.tau_max_days}) must be >= tau_min_days ({self.tau_min_days})."
             )
-        for name in ("weight_a", "weight_b", "weight_d", "weight_f", "weight_g"):
+        for name in ("weight_a", "weight_b", "weight_d", "weight_f", "weight_g", "weight_h"):
             value = getattr(self, name)
             if not _is_number(value) or not math.isfinite(value):
                 problems.append(f"SyntheticConfig.{name} must be a finite number. Got {value!r} instead.")
@@ -203,6 +209,17 @@ class SyntheticConfig:
                 f"SyntheticConfig.goal_decay_factors must hold one positive factor per goal ({len(self.goals)} for "
                 f"{self.goals!r}). Got {self.goal_decay_factors!r} instead."
             )
+        scenes = self.h_identity_scenes
+        if isinstance(scenes, str) or not all(isinstance(z, str) and z in SCENES for z in scenes):
+            problems.append(
+                f"SyntheticConfig.h_identity_scenes must be a tuple of scene names among {', '.join(SCENES)}. "
+                f"Got {scenes!r} instead."
+            )
+        if "h" in self.mechanisms and _is_int(self.num_categories) and self.num_categories < 2:
+            problems.append(
+                "SyntheticConfig.num_categories must be >= 2 when mechanism 'h' is on (a migrating scene maps every "
+                f"category to another one). Got {self.num_categories} instead."
+            )
         unknown = [m for m in self.mechanisms if m not in MECHANISMS]
         if unknown:
             problems.append(
@@ -215,5 +232,5 @@ class SyntheticConfig:
             raise ValueError(f"{len(problems)} problem(s) in SyntheticConfig:\n  - " + "\n  - ".join(problems))
 
     def on(self, mechanism: str) -> bool:
-        """Whether a planted mechanism ('a'..'g') is switched on."""
+        """Whether a planted mechanism ('a'..'h') is switched on."""
         return mechanism in self.mechanisms

@@ -312,6 +312,8 @@ def generate(config: SyntheticConfig, progress: bool = False) -> SyntheticLog:
     }
     if config.on("g"):
         planted["memory_spus"] = world.memory_spus.tolist()
+    if config.on("h"):  # π_z(c) per scene name; index c = category c, index 0 unused
+        planted["scene_category_map"] = {scene: world.scene_category_map[z].tolist() for z, scene in enumerate(SCENES)}
     stats: dict[str, Any] = {
         "num_users": config.num_users,
         "num_rows": log.height,

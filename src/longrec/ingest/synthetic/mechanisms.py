@@ -25,12 +25,13 @@ if TYPE_CHECKING:  # annotations only: config, world and behaviour import this m
     from longrec.ingest.synthetic.config import SyntheticConfig
     from longrec.ingest.synthetic.world import World
 
-__all__ = ["DAY", "MECHANISMS", "Mechanism", "Planted", "SortedIndex", "expand"]
+__all__ = ["DAY", "MECHANISMS", "SCENES", "Mechanism", "Planted", "SortedIndex", "expand"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
 DAY = 86_400  # seconds
+SCENES = ("feed", "search", "article", "video")  # scene codes; here because config, world and (h) need them too
 KEY_LIMIT = 2**62  # composite sort keys group * radix + time must stay below this
 
 
@@ -215,6 +216,34 @@ def long_range_memory(cfg: SyntheticConfig, world: World, events: Events, rng: n
     return Planted(term, (query[far], e.beh_event[row[far]]), truth_columns={"memory_target": memory_target})
 
 
+def scene_migration(cfg: SyntheticConfig, world: World, events: Events, rng: np.random.Generator) -> Planted:
+    """(h) Interest migrates between scenarios: in scene z a target of category c relates to the behaviours of
+    category π_z(c), `w_h · log1p(Σ exp(−Δt / h_tau_days))` over the user's behaviours (any domain) of that category.
+
+    π_z is the identity for the scenes in `h_identity_scenes` (default: the feed) and a random derangement of the
+    categories for every other scene (`World.scene_category_map`), so the same history implies different targets in
+    different scenes; `behaviour` moves a history-drawn target to π_z⁻¹ of its category, z the request's scene or, with
+    probability `h_cross_prob`, another draw from the impression scenes' prior (then this scene's rule scores a target
+    meant for another). Relevant: the matches whose decay is at least `relevance_min_weight`. Adds the truth columns
+    `scene` (the request's), `h_category` (π_z(c)) and `h_target_scene` (the scene whose π drew a history-drawn target;
+    "" for a target from the popularity prior).
+    """
+    C1 = cfg.num_categories + 1
+    e = events
+    every = np.arange(e.num_behaviours, dtype=np.int64)  # [N]
+    index = SortedIndex.build(e.beh_user * C1 + e.beh_cat2, e.beh_rel, every, e.radix)
+    wanted = world.scene_category_map[e.imp_scene, e.imp_cat2]  # [P] π_z(c)
+    query, position = expand(*index.before(e.imp_user * C1 + wanted, e.imp_rel))  # [n]
+    row = index.row[position]  # [n]
+    planted = _decayed(e, query, row, cfg.h_tau_days * DAY, cfg.weight_h, cfg.relevance_min_weight)
+    names = np.asarray(SCENES)
+    scene = names[e.imp_scene]  # [P] the request's scene name
+    assert e.target_scene is not None  # behaviour draws it when (h) is on
+    drawn_for = np.where(e.target_scene >= 0, names[np.maximum(e.target_scene, 0)], "")  # [P] "" = from popularity
+    columns = {"scene": scene, "h_category": wanted, "h_target_scene": drawn_for}
+    return Planted(planted.term, planted.relevant, truth_columns=columns)
+
+
 # Registry order is the order the functions run in (it fixes the random draws of those that draw) and the order of
 # the truth columns. A new mechanism goes at the end, so configs without it keep their frames.
 MECHANISMS: dict[str, Mechanism] = {
@@ -245,6 +274,10 @@ MECHANISMS: dict[str, Mechanism] = {
     "g": Mechanism(
         long_range_memory,
         "long-range search: +w_g when a memory-SPU target has a same-SPU behaviour over g_min_back behaviours back",
+    ),
+    "h": Mechanism(
+        scene_migration,
+        "SFPNet: in scene z a target of category c relates to behaviours of category pi_z(c), w_h*log1p(sum decay)",
     ),
 }
 # Mechanisms whose term_* and relevant_* truth columns exist even when they are off (zeros, empty lists), as they did

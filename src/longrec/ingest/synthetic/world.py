@@ -24,6 +24,7 @@ import numpy.typing as npt
 import polars as pl
 
 from longrec.ingest.synthetic.config import SyntheticConfig
+from longrec.ingest.synthetic.mechanisms import SCENES
 
 __all__ = ["Segments", "World", "build_world", "taxonomy_map"]
 
@@ -89,6 +90,7 @@ class World:
     quality: FloatArray  # [I + 1] (f): hidden item quality
     goal_factor: FloatArray  # [T] (e): τ multiplier per goal (ones when (e) is off)
     memory_spus: IntArray  # [S_g] (g): SPUs of the memory categories, sorted (empty when (g) is off)
+    scene_category_map: IntArray  # [Z, C + 1] (h): π_z(c), the history category a target of c relates to in scene z
 
     def sample_categories(self, size: int, rng: np.random.Generator) -> IntArray:
         """Categories drawn from the popularity prior. -> [size] in 1..C."""
@@ -137,6 +139,7 @@ def build_world(cfg: SyntheticConfig, rng: np.random.Generator) -> World:
         pair_first[1:], pair_second[1:] = first, second
     quality = np.r_[0.0, rng.standard_normal(cfg.num_items)]  # [I + 1]
     goal_factor = np.asarray(cfg.goal_decay_factors if cfg.on("e") else [1.0] * len(cfg.goals), dtype=np.float64)
+    scene_category_map = _scene_category_map(cfg, rng)  # [Z, C + 1]; draws only when (h) is on
     return World(
         industry_of_category=industry_of_category,
         category_of_spu=category_of_spu,
@@ -155,7 +158,26 @@ def build_world(cfg: SyntheticConfig, rng: np.random.Generator) -> World:
         quality=quality,
         goal_factor=goal_factor,
         memory_spus=memory_spus,
+        scene_category_map=scene_category_map,
     )
+
+
+def _scene_category_map(cfg: SyntheticConfig, rng: np.random.Generator) -> IntArray:
+    """(h): π_z per scene z, as rows of a [Z, C + 1] table (column 0 unused): the identity for the scenes in
+    `h_identity_scenes`, a random derangement of 1..C (π_z(c) != c for every c) for every other scene.
+
+    The identity everywhere when (h) is off, drawn last so that configs without (h) keep their random draws.
+    """
+    C = cfg.num_categories
+    table = np.tile(np.arange(C + 1, dtype=np.int64), (len(SCENES), 1))  # [Z, C + 1] identity
+    if not cfg.on("h"):
+        return table
+    for z, scene in enumerate(SCENES):
+        if scene in cfg.h_identity_scenes:
+            continue
+        shift = rng.permutation(C)  # a random cycle through all categories: c -> next in the cycle, never c itself
+        table[z, 1 + shift] = 1 + np.roll(shift, -1)
+    return table
 
 
 def taxonomy_map(cfg: SyntheticConfig, world: World) -> pl.DataFrame:
