@@ -17,6 +17,7 @@ import longrec
 from longrec.cli import main
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
+from longrec.data.shards import prepare_shards
 from longrec.serve.history import Event, HistoryStore
 from longrec.serve.history_compact import compact
 from longrec.serve.history_sqlite import LogSealedError, SqliteLog, open_embedded
@@ -176,6 +177,26 @@ def test_compaction_folds_the_log_into_a_store_and_every_history_reads_the_same(
         assert (second.folded, second.raw_kept) == (1, 2)  # the new event; the raw records are carried over
     with open_embedded(tmp_path / "c2", clock=clock) as again:
         _assert_same(_histories(again), expected)
+
+
+def test_a_sharded_store_serves_and_compacts_like_the_whole_store(tmp_path: Path) -> None:
+    # `prepare --shards 3` of the same log: histories (base + log, every cutoff) read the same as over the whole
+    # store, and compaction folds them into one store that reads the same again.
+    protocol = ProtocolConfig.for_protocol("T", min_history=0)
+    prepare(history_log(), tmp_path / "whole", protocol)
+    prepare_shards(history_log(), tmp_path / "sharded", protocol, 3)
+    clock = Clock()
+    with open_embedded(tmp_path / "whole", log=tmp_path / "whole.sqlite", clock=clock) as whole:
+        _fill(whole)
+        expected = _histories(whole)
+    with open_embedded(tmp_path / "sharded", log=tmp_path / "sharded.sqlite", clock=clock) as sharded:
+        assert len(sharded.store.shards) == 3
+        _fill(sharded)
+        _assert_same(_histories(sharded), expected)
+        compact(sharded, tmp_path / "c1")
+    with open_embedded(tmp_path / "c1", clock=clock) as after:
+        assert "shards" not in after.store.manifest
+        _assert_same(_histories(after), expected)
 
 
 def test_longrec_compact_is_one_command_that_refuses_a_missing_log(

@@ -12,6 +12,7 @@ The output folder (written atomically with `longrec.files.output_directory`) hol
   Item tables: the taxonomy and extra tables are the base's (an item keeps the side information it was trained
   with); `items/count.npy` adds the folded behaviours. It is a serving store: it has no protocol samples (cutting
   them again is `longrec prepare`'s work), and its manifest records the compaction.
+  A sharded base (a `longrec prepare --shards N` folder, opened whole) compacts into one such store.
 - `log.sqlite`: the new log. It holds (a) the behaviours of users the vocabulary does not know, still read from the
   log (a store cannot hold a user without a dense id, and adding one would change the vocabulary sha); (b) the raw
   records of folded behaviours that had an out-of-vocabulary value (item, action, category level, ...), marked folded:
@@ -171,19 +172,20 @@ def _write_store(store: TrajectoryStore, rows: list[StoredRow], W: int, dest: Pa
     np.save(dest / "trajectories" / "offsets.npy", new_offsets)
     for name, base in store.arrays.items():
         merged = np.empty((N + A, *base.shape[1:]), base.dtype)  # [N + A] or [N + A, M] / [N + A, E]
-        merged[~folded] = base
+        merged[~folded] = np.asarray(base)  # a sharded base's rows are read from each user's shard here
         merged[folded] = columns[name].astype(base.dtype)
         np.save(dest / "trajectories" / f"{name}.npy", merged)
     (dest / "items").mkdir()
-    for name in ("category", "extra"):
-        shutil.copyfile(store.root / "items" / f"{name}.npy", dest / "items" / f"{name}.npy")
+    for name, table in (("category", store.item_category), ("extra", store.item_extra)):
+        np.save(dest / "items" / f"{name}.npy", np.asarray(table))  # the base's (a sharded base: its merged tables)
     item = packed[:, 1]
     count = store.item_count + np.bincount(item[item > 0], minlength=store.item_count.shape[0])
     np.save(dest / "items" / "count.npy", count.astype(np.int64))
-    shutil.copytree(store.root / "vocab", dest / "vocab")
+    shutil.copytree(store.vocab_root / "vocab", dest / "vocab")
     if vocab_sha(dest / "vocab") != store.manifest["vocab_sha"]:
-        raise RuntimeError(f"{dest / 'vocab'}: the copied vocabulary does not hash like {store.root / 'vocab'}.")
+        raise RuntimeError(f"{dest / 'vocab'}: the copied vocabulary does not hash like {store.vocab_root / 'vocab'}.")
     manifest = copy.deepcopy(store.manifest)
+    manifest.pop("shards", None)  # a sharded base compacts into one store
     manifest["counts"] = {
         "users": int(np.count_nonzero(np.diff(new_offsets))),
         "behaviours": N + A,

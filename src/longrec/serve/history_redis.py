@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from longrec.data.store import TrajectoryStore
+from longrec.data.sharded import open_store
 from longrec.serve.events import LogRow, packed_width
 from longrec.serve.history import NO_CUTOFF, HistoryStore, LogStats
 
@@ -193,7 +193,8 @@ def open_redis(
     """A history store over a prepared store (the base) and a Redis append log.
 
     Args:
-        path: the prepared store, opened read-only (memory-mapped).
+        path: the prepared store, or a sharded folder of `longrec prepare --shards N` (all its shards), opened
+            read-only (memory-mapped).
         client: a Redis URL ("redis://host:6379/0", a client made and closed here) or a `redis.Redis`.
         prefix, max_keep, max_ids, dedup_window_s: see `RedisLog`.
         max_future_s, clock: see `HistoryStore`.
@@ -211,7 +212,7 @@ def open_redis(
         except ImportError as err:
             raise ImportError("the Redis history backend needs redis-py: pip install 'longrec[serve]'.") from err
         client = redis.Redis.from_url(client)
-    store = TrajectoryStore.open(path)
+    store = open_store(path)  # one prepared store, or every shard of a `prepare --shards` folder
     log = RedisLog(
         client,
         vocab_sha=store.manifest["vocab_sha"],

@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from longrec.data.store import TrajectoryStore
+from longrec.data.sharded import open_store
 from longrec.files import OutputKind
 from longrec.serve.events import LogRow, packed_width
 from longrec.serve.history import HistoryStore, LogStats
@@ -332,8 +332,8 @@ def open_embedded(
     """A history store over a prepared store and an SQLite append log.
 
     Args:
-        path: a prepared store (then `log` is required), or a folder written by `longrec compact` (its `store/` and
-            `log.sqlite`).
+        path: a prepared store or a sharded folder of `longrec prepare --shards N` (all its shards; then `log` is
+            required), or a folder written by `longrec compact` (its `store/` and `log.sqlite`).
         log: the log file, created when missing (unless `create` is False).
         synchronous, dedup_window_s: see `SqliteLog`.
         max_future_s, clock: see `HistoryStore`.
@@ -351,7 +351,7 @@ def open_embedded(
                 "log file too (log=...)."
             )
         root, log = root / "store", root / LOG_NAME
-    store = TrajectoryStore.open(root)
+    store = open_store(root)  # one prepared store, or every shard of a `prepare --shards` folder
     sqlite_log = SqliteLog(
         log,
         vocab_sha=store.manifest["vocab_sha"],
