@@ -25,7 +25,9 @@ from longrec.ingest.movielens import load_movielens
 __all__ = ["Split", "evaluate_topn", "interaction_matrix", "movielens_matrix", "split_interactions", "top_k"]
 
 
-def interaction_matrix(users: NDArray[np.int64], items: NDArray[np.int64], min_item_count: int = 1) -> NDArray[np.float32]:
+def interaction_matrix(
+    users: NDArray[np.int64], items: NDArray[np.int64], min_item_count: int = 1
+) -> NDArray[np.float32]:
     """Binary matrix [U, I] from (user, item) pairs of any int ids; duplicate pairs count once.
 
     Items with fewer than `min_item_count` distinct users are dropped (an item nobody else saw cannot be recommended
@@ -34,7 +36,9 @@ def interaction_matrix(users: NDArray[np.int64], items: NDArray[np.int64], min_i
     u = np.asarray(users)
     i = np.asarray(items)
     if u.shape != i.shape or u.ndim != 1 or u.size == 0:
-        raise ValueError(f"users and items must be 1-D arrays of the same non-zero length. Got {u.shape} and {i.shape}.")
+        raise ValueError(
+            f"users and items must be 1-D arrays of the same non-zero length. Got {u.shape} and {i.shape}."
+        )
     pairs = np.unique(np.stack([u, i], 1), axis=0)  # [P, 2] distinct pairs
     item_ids, item_index, counts = np.unique(pairs[:, 1], return_inverse=True, return_counts=True)
     keep = counts[item_index] >= min_item_count  # [P]

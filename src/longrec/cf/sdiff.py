@@ -142,7 +142,13 @@ def _step_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 class SDiffModel(nn.Module):
     """The basis, the (possibly anisotropic) schedule and the FiLM-conditioned denoiser of one fitted S-Diff."""
 
-    def __init__(self, config: SDiffConfig, basis: NDArray[np.float64] | None, frequencies: NDArray[np.float64] | None, num_items: int) -> None:
+    def __init__(
+        self,
+        config: SDiffConfig,
+        basis: NDArray[np.float64] | None,
+        frequencies: NDArray[np.float64] | None,
+        num_items: int,
+    ) -> None:
         super().__init__()
         self.config = config
         if basis is None:  # the item domain: identity transform, isotropic noise
@@ -156,7 +162,9 @@ class SDiffModel(nn.Module):
             floor = config.shaping_floor
             g = ((lam + floor) / (lam.max() + floor)) ** config.shaping
         self.register_buffer("noise_std", g)  # [k] g_j
-        betas = config.noise_scale * torch.linspace(config.noise_min, config.noise_max, config.steps, dtype=torch.float64)
+        betas = config.noise_scale * torch.linspace(
+            config.noise_min, config.noise_max, config.steps, dtype=torch.float64
+        )
         alpha_bar = torch.cumprod(1.0 - betas, 0)
         self.register_buffer("betas", betas.float())  # [T]
         self.register_buffer("alpha_bar", alpha_bar.float())  # [T], index t-1
