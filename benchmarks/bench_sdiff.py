@@ -89,7 +89,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 if best is None or valid["recall@20"] > best["valid_recall"]:
                     test = evaluate_topn(scores, split, "test")
                     best = {"model": name, "seed": seed, "settings": settings, "seconds": round(seconds, 2),
-                            "valid_recall": valid["recall@20"], "recall": test["recall@20"], "ndcg": test["ndcg@20"]}  # fmt: skip
+                            "valid_recall": valid["recall@20"], "recall": test["recall@20"],
+                            "ndcg": test["ndcg@20"]}  # fmt: skip
             assert best is not None
             runs.append(best)
             print(f"seed {seed} {name}: {best}", flush=True)

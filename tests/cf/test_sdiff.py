@@ -59,7 +59,7 @@ def test_forward_noise_variance_follows_the_frequency_as_documented() -> None:
 
 
 def test_config_reports_every_problem() -> None:
-    with pytest.raises(ValueError, match="inference_step.*shaping"):
+    with pytest.raises(ValueError, match=r"inference_step.*shaping"):
         SDiffConfig(steps=5, inference_step=6, shaping=-1.0)
 
 

@@ -5,7 +5,15 @@ Unlike the sequence CTR models of `longrec.models`, these see no order and no ti
 """
 
 from longrec.cf.baselines import ease, ease_weights, item_knn, popularity
-from longrec.cf.data import Split, evaluate_topn, interaction_matrix, movielens_matrix, split_interactions, top_k
+from longrec.cf.data import (
+    Split,
+    evaluate_topn,
+    interaction_matrix,
+    movielens_matrix,
+    split_interactions,
+    store_matrix,
+    top_k,
+)
 from longrec.cf.sdiff import SDiffConfig, SDiffModel, SpectralBasis, fit_sdiff, sdiff_scores, spectral_basis
 
 __all__ = [
@@ -24,5 +32,6 @@ __all__ = [
     "sdiff_scores",
     "spectral_basis",
     "split_interactions",
+    "store_matrix",
     "top_k",
 ]

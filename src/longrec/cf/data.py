@@ -19,10 +19,19 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from longrec.data.sharded import open_store
 from longrec.eval.metrics import ndcg_at_k, recall_at_k
 from longrec.ingest.movielens import load_movielens
 
-__all__ = ["Split", "evaluate_topn", "interaction_matrix", "movielens_matrix", "split_interactions", "top_k"]
+__all__ = [
+    "Split",
+    "evaluate_topn",
+    "interaction_matrix",
+    "movielens_matrix",
+    "split_interactions",
+    "store_matrix",
+    "top_k",
+]
 
 
 def interaction_matrix(
@@ -40,7 +49,7 @@ def interaction_matrix(
             f"users and items must be 1-D arrays of the same non-zero length. Got {u.shape} and {i.shape}."
         )
     pairs = np.unique(np.stack([u, i], 1), axis=0)  # [P, 2] distinct pairs
-    item_ids, item_index, counts = np.unique(pairs[:, 1], return_inverse=True, return_counts=True)
+    _, item_index, counts = np.unique(pairs[:, 1], return_inverse=True, return_counts=True)
     keep = counts[item_index] >= min_item_count  # [P]
     pairs = pairs[keep]
     if pairs.size == 0:
@@ -64,6 +73,15 @@ def movielens_matrix(path: str | Path, min_rating: float = 4.0, min_item_count: 
     finally:
         loaded.close()
     return interaction_matrix(log["user_id"].to_numpy(), log["item_id"].to_numpy(), min_item_count)
+
+
+def store_matrix(root: str | Path, min_item_count: int = 5) -> NDArray[np.float32]:
+    """The binary matrix of a prepared store's (or sharded folder's) trajectories: every stored behaviour of a user
+    is an interaction (the store's actions are not filtered here; prepare the store with the actions you want)."""
+    store = open_store(root)
+    rows = np.repeat(np.arange(store.offsets.shape[0] - 1), np.diff(store.offsets))  # [N] trajectory of each row
+    users = rows if store.owner is None else np.asarray(store.owner)[rows]
+    return interaction_matrix(users, np.asarray(store.arrays["item"]), min_item_count)
 
 
 @dataclass(frozen=True)

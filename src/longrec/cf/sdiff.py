@@ -142,6 +142,11 @@ def _step_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 class SDiffModel(nn.Module):
     """The basis, the (possibly anisotropic) schedule and the FiLM-conditioned denoiser of one fitted S-Diff."""
 
+    basis: torch.Tensor  # [I, k], or empty in the item domain
+    noise_std: torch.Tensor  # [k] g_j
+    betas: torch.Tensor  # [T]
+    alpha_bar: torch.Tensor  # [T], index t - 1
+
     def __init__(
         self,
         config: SDiffConfig,
