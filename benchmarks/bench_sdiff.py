@@ -44,7 +44,7 @@ from longrec.cf import (
 )
 
 MODELS = ("popularity", "ItemKNN", "EASE", "item-domain diffusion", "isotropic spectral diffusion", "S-Diff")
-BASE = SDiffConfig(noise_scale=1.0, noise_max=0.1)
+BASE = SDiffConfig()  # the defaults: T = 20, β = linspace(0.001, 0.1), hidden 512, 50 epochs
 
 
 def grid(name: str, seed: int) -> list[tuple[dict[str, Any], Callable[[np.ndarray], np.ndarray]]]:

@@ -94,13 +94,13 @@ class SDiffConfig:
     """
 
     domain: Literal["spectral", "items"] = "spectral"
-    components: int = 200
+    components: int = 100
     shaping: float = 1.0
     shaping_floor: float = 0.05
     steps: int = 20
-    noise_scale: float = 0.1
+    noise_scale: float = 1.0
     noise_min: float = 0.001
-    noise_max: float = 0.02
+    noise_max: float = 0.1
     inference_step: int = 0
     hidden: int = 512
     time_dim: int = 16
