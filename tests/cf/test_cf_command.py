@@ -12,16 +12,20 @@ from longrec.cf import store_matrix
 from longrec.cf.command import main
 from longrec.data.prepare import prepare
 from longrec.data.protocols import ProtocolConfig
+from longrec.data.shards import prepare_shards
 from tests.conftest import make_log
 
 
-def test_store_matrix_holds_each_users_items(tmp_path: Path) -> None:
+def test_store_matrix_holds_each_users_items_whole_or_sharded(tmp_path: Path) -> None:
     log = make_log(num_users=15, events=20, seed=3)
     prepare(log, tmp_path / "store", ProtocolConfig.for_protocol("T"))
     x = store_matrix(tmp_path / "store", min_item_count=1)
     pairs = log.select("user_id", "item_id").unique()
     assert x.sum() == pairs.height  # one cell per distinct (user, item)
     assert sorted(x.sum(1).astype(int).tolist()) == sorted(pairs.group_by("user_id").len()["len"].to_list())
+    # A sharded folder of the same log gives the same matrix.
+    prepare_shards(log, tmp_path / "sharded", ProtocolConfig.for_protocol("T"), 3)
+    assert np.array_equal(store_matrix(tmp_path / "sharded", min_item_count=1), x)
 
 
 def test_command_writes_a_report_and_refuses_to_overwrite_without_force(

@@ -81,7 +81,8 @@ def store_matrix(root: str | Path, min_item_count: int = 5) -> NDArray[np.float3
     store = open_store(root)
     rows = np.repeat(np.arange(store.offsets.shape[0] - 1), np.diff(store.offsets))  # [N] trajectory of each row
     users = rows if store.owner is None else np.asarray(store.owner)[rows]
-    return interaction_matrix(users, np.asarray(store.arrays["item"]), min_item_count)
+    items = np.asarray(store.arrays["item"][np.arange(int(store.offsets[-1]))])  # a sharded folder reads by rows
+    return interaction_matrix(users, items, min_item_count)
 
 
 @dataclass(frozen=True)
