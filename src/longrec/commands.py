@@ -18,6 +18,7 @@ __all__ = [
     "cascade",
     "compact",
     "config",
+    "content",
     "demo",
     "eval",
     "export",
@@ -410,4 +411,32 @@ def compact(args: argparse.Namespace) -> int:
     with open_embedded(args.history, log=args.log, create=False) as history:
         result = compact(history, args.out, force=args.force)
     print("\n".join(result.lines()))
+    return 0
+
+
+def content(args: argparse.Namespace) -> int:
+    from longrec.data.content import content_from_pairs, read_vector_file, write_content
+    from longrec.data.store import TrajectoryStore
+
+    store = TrajectoryStore.open(args.store)
+    columns = [c for c in (args.columns or "").split(",") if c]
+    raw, vectors = read_vector_file(args.source, id_column=args.id_column, vector_columns=columns, ids=args.ids)
+    table, counts = content_from_pairs(
+        store, raw, vectors, unknown=args.unknown, missing=args.missing, dtype=args.dtype
+    )
+    folder = write_content(
+        store,
+        args.modality,
+        table,
+        source=Path(args.source).name,
+        method="file",
+        counts=counts,
+        missing=args.missing,
+        force=args.force,
+    )
+    print(
+        f"wrote modality '{args.modality}' to {folder}: {table.shape[0]:,} rows x {table.shape[1]} {table.dtype}; "
+        f"items given {counts['items_given']:,}, missing (zero rows) {counts['items_missing']:,}, unknown ids "
+        f"skipped {counts['ids_unknown']:,}"
+    )
     return 0
