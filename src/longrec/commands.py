@@ -414,6 +414,30 @@ def compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def content_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `longrec content` (kept here so that cli.py stays one readable page)."""
+    p.add_argument("action", choices=["add"], help="add: write modality NAME from a file keyed by raw item id")
+    p.add_argument("store", help="the prepared store")
+    p.add_argument(
+        "--from", dest="source", required=True, metavar="FILE", help=".parquet (id + vector column(s)) or .npy"
+    )
+    p.add_argument("--modality", required=True, metavar="NAME", help="the modality's name, e.g. text, image")
+    p.add_argument("--ids", default=None, metavar="FILE", help="with a .npy: the raw ids (.npy, or text: one a line)")
+    p.add_argument("--id-column", default="item_id", help="the Parquet id column (default: item_id)")
+    p.add_argument(
+        "--columns", default=None, help="comma-separated Parquet vector column(s) (default: every other column)"
+    )
+    p.add_argument(
+        "--unknown", default="error", choices=["error", "skip"], help="ids the store does not know (skip: counted)"
+    )
+    p.add_argument(
+        "--missing", default="error", choices=["error", "zero"], help="store items without a vector (zero: counted)"
+    )
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="stored dtype")
+    p.add_argument("--force", action="store_true", help="replace the modality if the store already has it")
+    p.set_defaults(func=content)
+
+
 def content(args: argparse.Namespace) -> int:
     from longrec.data.content import content_from_pairs, read_vector_file, write_content
     from longrec.data.store import TrajectoryStore
