@@ -166,3 +166,33 @@ def test_cli_content_add(store: TrajectoryStore, tmp_path: Path, capsys: pytest.
     assert table.vectors.dtype == np.float16 and table.manifest["items_missing"] == 1
     assert main([*args, "--missing", "zero"]) == 2  # exists: needs --force
     assert "--force" in capsys.readouterr().err
+
+
+def test_a_run_reads_the_content_it_names_and_the_checkpoint_carries_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import torch
+
+    from longrec.run import load_run
+
+    out = tmp_path / "store"
+    prepare(make_log(num_users=30, events=20, seed=9), out, ProtocolConfig.for_protocol("T"))
+    store = TrajectoryStore.open(out)
+    raw = _raw_items(store)
+    table, counts = content_from_pairs(store, raw, _vectors(len(raw), 6))
+    write_content(store, "text", table, source="test", method="test", counts=counts)
+    sets = ["model.dim=4", "model.attention_hidden=[8]", "model.head_hidden=[8]", f"data.path={out}"]
+    sets += ["data.max_history=10", "train.batch_size=16", "train.epochs=1", "model.content_proj=3"]
+    args = ["--quiet", "train", "configs/din_synthetic.toml", *(f"--set={s}" for s in sets)]
+    assert main([*args, "--out", str(tmp_path / "no"), "--set=data.content=['image']"]) == 2
+    assert "has no content modality 'image'" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "run"), "--set=data.content=['text']"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["content"]["text"]["dim"] == 6
+    run = load_run(tmp_path / "run")
+    content = run.model.state_dict()["content"]
+    torch.testing.assert_close(content, torch.from_numpy(table))
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 2  # content_proj without data.content
+    assert "needs item content" in capsys.readouterr().err

@@ -47,9 +47,11 @@ __all__ = [
     "ContentError",
     "ContentTable",
     "content_from_pairs",
+    "content_matrix",
     "list_modalities",
     "open_content",
     "read_vector_file",
+    "with_content_dim",
     "write_content",
 ]
 
@@ -267,6 +269,26 @@ def open_content(store: TrajectoryStore, modality: str, mmap: bool = True) -> Co
         if manifest.get(key) != got:
             raise ContentError(f"{marker}: says {key} = {manifest.get(key)!r}, {where} has {got!r}.")
     return ContentTable(modality=modality, vectors=vectors, manifest=manifest)
+
+
+def content_matrix(store: TrajectoryStore, modalities: Sequence[str]) -> tuple[np.ndarray, dict[str, Any]]:
+    """The modalities a run reads (`data.content`), validated and concatenated: [V_item, Σ D_m] float32, and their
+    manifests {modality: content.json} (a run records them). Raises as `open_content`."""
+    tables = [open_content(store, m) for m in modalities]
+    matrix = np.concatenate([np.asarray(t.vectors, dtype=np.float32) for t in tables], axis=1)
+    return matrix, {t.modality: t.manifest for t in tables}
+
+
+def with_content_dim(sizes: dict[str, Any], store: TrajectoryStore, modalities: Sequence[str]) -> dict[str, Any]:
+    """`sizes` plus `content_dim` = Σ D_m of the modalities (0 when none): the data-derived width of a model's
+    content table. Reads only the manifests (the vectors are validated when the run loads them)."""
+    dim = 0
+    for modality in modalities:
+        marker = _modality_dir(store.root, modality) / CONTENT.marker
+        if not marker.is_file():
+            open_content(store, modality)  # raises FileNotFoundError naming the modalities the store has
+        dim += int(read_json_object(marker, "content manifest")["dim"])
+    return {**sizes, "content_dim": dim} if modalities else dict(sizes)
 
 
 def read_vector_file(
