@@ -92,7 +92,7 @@ EXAMPLES = {
   longrec compact data/synth-c1 --out data/synth-c2      # a compacted folder holds its own log""",
     "content": """examples:
   longrec content add data/ml --from item_text.parquet --modality text      # item_id + a list<float> column
-  longrec content add data/ml --from emb.npy --ids emb_ids.txt --modality image --missing zero --force""",
+  longrec content text data/ml --movielens movielens_latest_small --modality text --dim 64 --missing zero""",
     "config": """examples:
   longrec config configs/din_synthetic.toml
   longrec config configs/din_synthetic.toml --set model.dim=32 --set train.lr=0.01""",
