@@ -196,3 +196,11 @@ def test_a_run_reads_the_content_it_names_and_the_checkpoint_carries_it(
     torch.testing.assert_close(content, torch.from_numpy(table))
     assert main([*args, "--out", str(tmp_path / "plain")]) == 2  # content_proj without data.content
     assert "needs item content" in capsys.readouterr().err
+    assert main(["--quiet", "export", str(tmp_path / "run"), "--out", str(tmp_path / "served")]) == 0
+    from longrec.serve.artifact import load_artifact
+
+    served = load_artifact(tmp_path / "served")
+    torch.testing.assert_close(served.model.state_dict()["content"], torch.from_numpy(table))
+    again = [*args, "--out", str(tmp_path / "next"), "--set=data.content=['text']"]
+    assert main([*again, "--continue-from", str(tmp_path / "run")]) == 2
+    assert "not supported yet" in capsys.readouterr().err
