@@ -90,6 +90,9 @@ EXAMPLES = {
     "compact": """examples:
   longrec compact data/synth --log serving/history.sqlite --out data/synth-c1
   longrec compact data/synth-c1 --out data/synth-c2      # a compacted folder holds its own log""",
+    "content": """examples:
+  longrec content add data/ml --from item_text.parquet --modality text      # item_id + a list<float> column
+  longrec content text data/ml --movielens movielens_latest_small --modality text --dim 64 --missing zero""",
     "config": """examples:
   longrec config configs/din_synthetic.toml
   longrec config configs/din_synthetic.toml --set model.dim=32 --set train.lr=0.01""",
@@ -392,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: new, empty, or a previous compaction (with --force)")
     p.add_argument("--force", action="store_true", help="replace OUT if it holds a previous compaction")
     p.set_defaults(func=commands.compact)
+
+    commands.content_arguments(add("content", "Add item content vectors (one modality) beside a prepared store."))
 
     p = add("config", "Print the resolved experiment config, or every problem in it.")
     p.add_argument("config", nargs="?", default=None, help="experiment TOML")

@@ -18,6 +18,7 @@ __all__ = [
     "cascade",
     "compact",
     "config",
+    "content",
     "demo",
     "eval",
     "export",
@@ -410,4 +411,73 @@ def compact(args: argparse.Namespace) -> int:
     with open_embedded(args.history, log=args.log, create=False) as history:
         result = compact(history, args.out, force=args.force)
     print("\n".join(result.lines()))
+    return 0
+
+
+def content_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `longrec content` (kept here so that cli.py stays one readable page)."""
+    p.add_argument(
+        "action",
+        choices=["add", "text"],
+        help="add: vectors from a file keyed by raw item id; text: TF-IDF + SVD vectors of item text (scikit-learn)",
+    )
+    p.add_argument("store", help="the prepared store")
+    p.add_argument("--modality", required=True, metavar="NAME", help="the modality's name, e.g. text, image")
+    p.add_argument(
+        "--from",
+        dest="source",
+        default=None,
+        metavar="FILE",
+        help="add: .parquet (id + vector column(s)) or .npy; text: a .csv/.csv.gz/.parquet table of item text",
+    )
+    p.add_argument("--ids", default=None, metavar="FILE", help="add, with a .npy: the raw ids (.npy, or one a line)")
+    p.add_argument("--id-column", default="item_id", help="the file's id column (default: item_id)")
+    p.add_argument(
+        "--columns",
+        default=None,
+        help="comma-separated columns: add: the vector column(s) (default: every other); text: the text columns",
+    )
+    p.add_argument("--movielens", default=None, metavar="DIR", help="text: movies.csv titles + genres (+ tags.csv)")
+    p.add_argument("--dim", type=int, default=64, help="text: the vector width (SVD components; default 64)")
+    p.add_argument("--seed", type=int, default=0, help="text: the SVD's seed (default 0)")
+    p.add_argument(
+        "--analyzer", default="word", choices=["word", "char"], help="text: word tokens, or char 1-2-grams (Chinese)"
+    )
+    p.add_argument(
+        "--unknown", default="error", choices=["error", "skip"], help="add: ids the store does not know (skip: counted)"
+    )
+    p.add_argument(
+        "--missing", default="error", choices=["error", "zero"], help="store items without a vector (zero: counted)"
+    )
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="stored dtype")
+    p.add_argument("--force", action="store_true", help="replace the modality if the store already has it")
+    p.set_defaults(func=content)
+
+
+def content(args: argparse.Namespace) -> int:
+    from longrec.data.content import content_from_pairs, read_vector_file, write_content
+    from longrec.data.store import TrajectoryStore
+
+    store = TrajectoryStore.open(args.store)
+    columns = [c for c in (args.columns or "").split(",") if c]
+    extra: dict[str, Any] = {}
+    if args.action == "add":
+        if args.source is None:
+            raise ValueError("longrec content add needs --from FILE (a .parquet or .npy of vectors).")
+        raw, vectors = read_vector_file(args.source, id_column=args.id_column, vector_columns=columns, ids=args.ids)
+        table, counts = content_from_pairs(store, raw, vectors, args.unknown, args.missing, args.dtype)
+        source, method = Path(args.source).name, "file"
+    else:
+        from longrec.data.content_text import text_content_from
+
+        options = (args.id_column, columns, args.dim, args.seed, args.analyzer, args.missing)
+        table, counts, source = text_content_from(store, args.movielens, args.source, *options)
+        table, method = table.astype(args.dtype), "tfidf+truncated_svd"
+        extra = {"seed": args.seed, "analyzer": args.analyzer}
+    folder = write_content(store, args.modality, table, source, method, counts, args.missing, args.force, extra)
+    print(
+        f"wrote modality '{args.modality}' to {folder}: {table.shape[0]:,} rows x {table.shape[1]} {table.dtype}; "
+        f"items given {counts['items_given']:,}, missing (zero rows) {counts['items_missing']:,}, unknown ids "
+        f"skipped {counts['ids_unknown']:,}"
+    )
     return 0

@@ -45,6 +45,7 @@ from typing import Any
 __all__ = [
     "ARTIFACT",
     "CASCADE",
+    "CONTENT",
     "DELTA",
     "DELTAS",
     "DEMO",
@@ -100,8 +101,9 @@ STORE = OutputKind(
     "prepared store",
     "longrec prepare / import-samples",
     "manifest.json",
-    ("manifest.json", "trajectories", "items", "vocab", "samples"),
+    ("manifest.json", "trajectories", "items", "vocab", "samples", "content"),
 )
+CONTENT = OutputKind("content modality", "longrec content add", "content.json", ("content.json", "vectors.npy"))
 SYNTHETIC = OutputKind(
     "synthetic log", "longrec synth", "synthetic.json", ("synthetic.json", "log.parquet", "truth.parquet", "*.csv")
 )

@@ -29,6 +29,9 @@ class DataConfig:
     # them instead of histories, the model starts from the weights that computed them with its user side frozen, and
     # only the candidate side trains (stage 2 of VISTA's training; step cost independent of L); "" = off
     summaries: str = ""
+    # item content modalities to read from the store's content/ folder (`longrec content add`), e.g. ["text"]: a
+    # model with a content option (DIN's content_proj) gets their vectors, concatenated, as a frozen table
+    content: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         problems = []
@@ -44,5 +47,7 @@ class DataConfig:
             set(self.shards)
         ) != len(self.shards):
             problems.append(f"data.shards must list distinct shard indices >= 0. Got {self.shards!r} instead.")
+        if any(not isinstance(m, str) or not m for m in self.content) or len(set(self.content)) != len(self.content):
+            problems.append(f"data.content must list distinct modality names. Got {self.content!r} instead.")
         if problems:
             raise ConfigError(problems, "DataConfig")

@@ -18,6 +18,7 @@ Layout of a prepared directory (the LongCTR / FuxiCTR layout: samples index into
     items/count.npy               int64 [V_item]: behaviours per item, for frequency-proportional negatives
     vocab/<name>.parquet          raw values in dense-id order: dense id = row + 1 (0 = padding / unknown); <name>
                                   is a column name, so it must be a safe file name (`is_safe_name`)
+    content/<modality>/           optional item content vectors + content.json (`longrec.data.content`)
     samples/<split>/<field>.npy   user, end, target_item, target_category, target_extra, target_time, label, goal,
                                   scene, event_id; a sample's history is trajectory[:end] (behaviours strictly
                                   before target_time)

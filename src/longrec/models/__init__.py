@@ -60,6 +60,7 @@ DATA_SIZE_FIELDS = frozenset(
         "num_scenes",
         "num_goals",
         "num_extra",
+        "content_dim",  # Σ D_m of the content modalities a run reads (data.content; longrec.data.content)
     }
 )
 

@@ -12,6 +12,11 @@ are left-padded): the "DIN on the latest K" baseline of long-sequence papers.
 No BatchNorm (DARE's head has one): it would make a logit depend on the rest of the batch in train mode and break
 the batch-of-one and padding contracts.
 
+Item content (`content_proj = P > 0`, off by default; docs/multimodal.md): the run hands the model the content table
+C [V_item, D_c] of the modalities in `data.content` (`set_content`; a frozen buffer, so the checkpoint carries it), and
+every behaviour and the target get W·C[item] (W [P, D_c], no bias, so padding stays 0) concatenated to their
+embedding: E grows by P. An unseen (cold) item's id embedding is untrained noise, but its content is not.
+
 Shapes: B batch, L history length (K after `max_history`), D embedding dim, M taxonomy levels, E = D·(1 + M)
 behaviour width (D without categories), W scorer/head widths.
 """
@@ -45,6 +50,8 @@ class DINConfig:
     init: str = (
         "default"  # default (PyTorch's) | normal: every non-bias weight from N(0, init_std²) (layers.init_weights)
     )
+    content_dim: int = 0  # D_c, width of the content table (data-derived: Σ dims of data.content); 0 = none
+    content_proj: int = 0  # P, width of the projected content concatenated to each item embedding; 0 = off
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -57,10 +64,17 @@ class DINConfig:
         object.__setattr__(self, "head_hidden", check_sizes(owner, "head_hidden", self.head_hidden))
         if self.max_history is not None:
             check_int(owner, "max_history", self.max_history)
+        if self.content_proj < 0 or self.content_dim < 0 or (self.content_proj > 0 and self.content_dim == 0):
+            raise ValueError(
+                f"{owner}: content_proj = {self.content_proj} needs item content: set data.content to the store's "
+                f"modalities (longrec content add); got content_dim = {self.content_dim}."
+            )
 
 
 class DIN(nn.Module):
     """Target attention with unnormalised MLP weights over the (most recent) history."""
+
+    content: Tensor | None  # C [V_item, D_c], a buffer; None without content
 
     def __init__(self, config: DINConfig) -> None:
         super().__init__()
@@ -68,11 +82,39 @@ class DIN(nn.Module):
         self.embedding = BehaviourEmbedding(
             config.num_items, config.dim, config.num_categories, config.taxonomy_levels, config.init_std
         )
-        E = self.embedding.out_dim
+        E = self.embedding.out_dim + config.content_proj
+        self.content_projection = (
+            nn.Linear(config.content_dim, config.content_proj, bias=False) if config.content_proj > 0 else None
+        )
+        # C [V_item, D_c]: frozen (no gradient, not in the optimizer), saved with the weights
+        self.register_buffer(
+            "content", torch.zeros(config.num_items, config.content_dim) if config.content_proj > 0 else None
+        )
         self.attention_scorer = mlp(4 * E, config.attention_hidden)
         self.head = head_mlp(3 * E, config.head_hidden, config.head_norm)
         self.reads: tuple[str, ...] = self.embedding.reads
         init_weights(self, config.init, config.init_std)
+
+    def set_content(self, table: Tensor) -> None:
+        """Copy the content table C [V_item, D_c] (row i = dense item id i, row 0 zeros) into the model."""
+        if self.content is None:
+            raise ValueError(
+                "data.content is set but this DIN has content_proj = 0: set model.content_proj > 0 to read it."
+            )
+        if tuple(table.shape) != tuple(self.content.shape):
+            raise ValueError(f"content table: expected shape {tuple(self.content.shape)}, got {tuple(table.shape)}.")
+        with torch.no_grad():
+            self.content.copy_(table)
+
+    def _embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Behaviour embeddings h [B, L, E] and target embedding t [B, E], content projection included."""
+        h, t = self.embedding(batch)  # [B, L, E - P], [B, E - P]
+        if self.content_projection is None:
+            return h, t
+        assert self.content is not None
+        h_c = self.content_projection(self.content[batch.history])  # [B, L, P]: gathered on the device, per batch
+        t_c = self.content_projection(self.content[batch.target])  # [B, P]
+        return torch.cat([h, h_c], dim=-1), torch.cat([t, t_c], dim=-1)
 
     def _most_recent(self, batch: Batch) -> Batch:
         """The batch cut to its last `max_history` columns (every L-axis field, so side information stays aligned)."""
@@ -99,7 +141,7 @@ class DIN(nn.Module):
 
     def _attend(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
         """Attention weights [B, K], behaviour embeddings h [B, K, E] and target embedding t [B, E]."""
-        h, t = self.embedding(batch)  # [B, K, E], [B, E]
+        h, t = self._embed(batch)  # [B, K, E], [B, E]
         scores = self._scores(h, t)  # [B, K]
         # Eq. 3: no softmax, so the intensity of interest survives pooling; padding contributes exactly 0.
         weights = scores.masked_fill(~batch.history_mask, 0.0)  # [B, K]
@@ -116,7 +158,7 @@ class DIN(nn.Module):
         The scorer MLP cannot be searched with an inner product, so the search ranks by the embeddings themselves
         (SIM soft search / "DIN on the top-K"); any embedding searcher (simhash, sdim) can use them too.
         """
-        h, t = self.embedding(batch)  # [B, L, E], [B, E]
+        h, t = self._embed(batch)  # [B, L, E], [B, E]
         return t, h
 
     def forward(self, batch: Batch) -> Tensor:

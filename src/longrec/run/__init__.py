@@ -34,6 +34,7 @@ from torch import nn
 
 from longrec.config import Config
 from longrec.data.batch import Batch
+from longrec.data.content import content_matrix, with_content_dim
 from longrec.data.device import resolve_device
 from longrec.data.sharded import open_store
 from longrec.data.store import TrajectoryStore
@@ -155,7 +156,17 @@ def _fit(
 ) -> dict[str, Any]:
     """Build the model (seeded: the same on every rank), or take a continued run's start, and train it."""
     torch.manual_seed(config.train.seed)
-    model = build_model_for_sizes(config.model.name, config.model.params, store.sizes)
+    sizes = with_content_dim(store.sizes, store, config.data.content)
+    model = build_model_for_sizes(config.model.name, config.model.params, sizes)
+    if config.data.content:  # the frozen content table (a buffer: the checkpoint carries it)
+        matrix, report["content"] = content_matrix(store, config.data.content)
+        set_content = getattr(model, "set_content", None)
+        if set_content is None:
+            raise ValueError(
+                f"data.content = {config.data.content} but model '{config.model.name}' does not read item content "
+                "(models with a content option: din with content_proj > 0)."
+            )
+        set_content(torch.from_numpy(matrix))
     if start is not None and start.model is not None:
         model.load_state_dict(start.model)
     if config.data.summaries:  # stage 2: the weights that computed the summaries, user side frozen
@@ -331,7 +342,8 @@ def load_run(path: str | Path, data: str | Path | None = None) -> Run:
             f"{run / 'checkpoint.pt'} was trained with vocabulary sha {checkpoint['vocab_sha']} but {store.root} has "
             f"{store.manifest['vocab_sha']}; use the store it was trained on, or retrain."
         )
-    model = build_model_for_sizes(config.model.name, config.model.params, store.sizes)
+    sizes = with_content_dim(store.sizes, store, config.data.content)  # the content table comes from the checkpoint
+    model = build_model_for_sizes(config.model.name, config.model.params, sizes)
     model.load_state_dict(checkpoint["model"])
     model.eval()
     return Run(run, config, store, model, int(checkpoint.get("step", 0)), info)

@@ -48,9 +48,15 @@ def continuation(source: str | Path, config: Config, store: TrajectoryStore, out
     Raises:
         FileNotFoundError: `source` is not a run directory, or has no last.pt yet.
         ConfigError: the model config differs from the source run's (every difference listed).
-        ValueError: `store`'s vocabulary is neither the run's nor grown from it; or a tensor cannot grow.
+        ValueError: `store`'s vocabulary is neither the run's nor grown from it; or a tensor cannot grow; or the run
+            reads item content (data.content: not supported yet).
     """
     source = Path(source)
+    if config.data.content:
+        raise ValueError(
+            f"--continue-from {source} with data.content = {config.data.content} is not supported yet: the content "
+            "table would have to grow with the new items (docs/multimodal.md). Train a new model instead."
+        )
     old, info = read_run_config(source)
     changes = model_changes(old, config)
     if changes:

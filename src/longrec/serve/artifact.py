@@ -45,6 +45,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from longrec.config import Config
+from longrec.data.content import with_content_dim
 from longrec.data.sharded import ShardedStore
 from longrec.data.store import TrajectoryStore
 from longrec.data.vocab import Vocabulary
@@ -186,7 +187,8 @@ def serving_meta(config: Config, sizes: Mapping[str, Any], vocab_sha: str) -> di
 
 def run_meta(run: Run) -> dict[str, Any]:
     """`serving_meta` of a loaded run, plus its source (the run folder's name and the checkpoint's step)."""
-    meta = serving_meta(run.config, run.store.sizes, str(run.store.manifest["vocab_sha"]))
+    sizes = with_content_dim(run.store.sizes, run.store, run.config.data.content)
+    meta = serving_meta(run.config, sizes, str(run.store.manifest["vocab_sha"]))
     meta["source"] = {"run": run.path.resolve().name, "step": run.step}
     return meta
 
