@@ -1,0 +1,5 @@
+"""`python -m longrec.cf` (longrec.cf.command)."""
+
+from longrec.cf.command import main
+
+raise SystemExit(main())
