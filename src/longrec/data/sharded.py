@@ -107,16 +107,14 @@ class ShardRows:
             rows = np.asarray(key)
             if rows.dtype == bool or not np.issubdtype(rows.dtype, np.integer):
                 raise TypeError(f"{self.name} rows of a sharded store take int indices or slices, got {rows.dtype}.")
-        flat = rows.reshape(-1).astype(np.int64, copy=False)
-        flat = np.where(flat < 0, flat + self.shape[0], flat)
-        if flat.size and (flat.min() < 0 or flat.max() >= self.shape[0]):
-            raise IndexError(f"{self.name}: row out of range for {self.shape[0]:,} behaviours.")
-        order, bounds, local = self.store.locate(flat)
+        flat = rows.reshape(-1)
         out = np.empty((flat.size, *self.shape[1:]), dtype=self.dtype)
-        for s, part in self.parts.items():
-            pick = order[bounds[s] : bounds[s + 1]]  # positions in `flat` of this shard's rows
-            if pick.size:
-                out[pick] = part[local[pick]]
+        try:
+            plan = self.store.locate(flat)
+        except IndexError as err:
+            raise IndexError(f"{self.name}: {err}") from None
+        for s, pick, local in plan:
+            out[pick] = self.parts[s][local]  # one gather from the shard, one scatter into the batch's order
         return out.reshape(*rows.shape, *self.shape[1:])
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -131,7 +129,7 @@ class ShardedStore(TrajectoryStore):
     selected: list[int]
     user_shard: np.ndarray  # [U] the selected shard holding each user's behaviours (0 for users with none)
     local_start: np.ndarray  # [U] the user's first row in its shard
-    _located: tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+    _located: tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]] | None = None
 
     @classmethod
     def open_sharded(cls, root: str | Path, shards: Sequence[int] | None = None, mmap: bool = True) -> ShardedStore:
@@ -249,21 +247,32 @@ class ShardedStore(TrajectoryStore):
         }
         return store
 
-    def locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Where global behaviour rows [n] are: (`order` [n], positions of the rows grouped by shard; `bounds`
-        [S + 1], shard i's are order[bounds[i]:bounds[i + 1]]; `local` [n], each row in its shard).
+    def locate(self, rows: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """Where global behaviour rows [n] are: for each shard holding some, (shard, `pick` [n_s] positions in `rows`,
+        `local` [n_s] those rows in the shard). Negative rows count from the end, as numpy's.
 
         The last answer is kept (with the rows it was computed for): collate reads every history field with the
-        same rows, so they are located once per batch.
+        same rows, so they are located (and checked) once per batch.
+
+        Raises:
+            IndexError: a row outside the store's behaviours.
         """
         last = self._located
         if last is not None and last[0].shape == rows.shape and np.array_equal(last[0], rows):
             return last[1]
-        user = np.searchsorted(self.offsets, rows, side="right") - 1  # [n] the user of each row
+        flat = rows.astype(np.int64, copy=False)
+        N = int(self.offsets[-1])
+        flat = np.where(flat < 0, flat + N, flat)
+        if flat.size and (flat.min() < 0 or flat.max() >= N):
+            raise IndexError(f"row out of range for {N:,} behaviours.")
+        user = np.searchsorted(self.offsets, flat, side="right") - 1  # [n] the user of each row
         shard = self.user_shard[user]  # [n]
-        order = np.argsort(shard, kind="stable")  # [n]
-        bounds = np.searchsorted(shard[order], np.arange(len(self.shards) + 1))  # [S + 1]
-        answer = (order, bounds, self.local_start[user] + rows - self.offsets[user])
+        local = self.local_start[user] + flat - self.offsets[user]  # [n]
+        answer = []
+        for s in range(len(self.shards)):  # a mask per shard: S passes over n, no O(n log n) sort
+            pick = np.flatnonzero(shard == s)  # [n_s]
+            if pick.size:
+                answer.append((s, pick, local[pick]))
         self._located = (rows.copy(), answer)
         return answer
 
