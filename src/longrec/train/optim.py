@@ -96,7 +96,9 @@ class LazyAdam(torch.optim.Adam):
             state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        grad = grad.coalesce()  # free for the lookups' gradients (`sparse_rows_grad` returns them coalesced)
+        # free for one lookup's gradient (`sparse_rows_grad` returns it coalesced); a table looked up twice in a step
+        # (targets and histories) gets autograd's uncoalesced sum of two, which this sorts
+        grad = grad.coalesce()
         rows, g = grad.indices()[0], grad.values()  # [U], [U, D]
         if rows.numel() == 0:
             return
